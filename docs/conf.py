@@ -1,0 +1,34 @@
+"""Sphinx configuration for trio_channels."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))
+
+project = "trio_channels"
+author = "the trio_channels developers"
+copyright = "2026, the trio_channels developers"  # noqa: A001
+release = "0.1.0.dev0"
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.viewcode",
+    "myst_parser",
+]
+intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+nitpicky = True
+nitpick_ignore_regex = [
+    # Third-party types we do not link to (no network for intersphinx here).
+    (r"py:.*", r"(trio|attrs|re|collections\.abc|typing|contextlib|redis|hypercorn|trio_websocket)\..*"),
+    (r"py:.*", r"(Any|Mapping|Sequence|Iterable|ClassVar|Final|_Entry|_Queue|_Waiter)"),
+    (r"py:class", r"(ChannelFull|MessageTooLarge|BaseChannelLayer|CapacityMap|LayerStatistics)"),
+]
+html_theme = "alabaster"
+exclude_patterns = ["_build"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+myst_heading_anchors = 3

@@ -1,0 +1,88 @@
+"""Channel layers: named FIFO queues plus groups, in memory or in Redis.
+
+This package knows nothing of interface servers or routing.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+from .base import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    BaseChannelLayer,
+    CapacityMap,
+    ChannelFull,
+    ChannelLayerError,
+    LayerStatistics,
+    MessageTooLarge,
+    non_local_name,
+    validate_channel_name,
+    validate_group_name,
+    validate_message,
+)
+from .inmemory import InMemoryChannelLayer
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "BaseChannelLayer",
+    "CapacityMap",
+    "ChannelFull",
+    "ChannelLayerError",
+    "InMemoryChannelLayer",
+    "LayerStatistics",
+    "MessageTooLarge",
+    "from_url",
+    "non_local_name",
+    "validate_channel_name",
+    "validate_group_name",
+    "validate_message",
+]
+
+_NUMBER_OPTIONS = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int}
+
+
+def _query_options(query: str, url: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        convert = _NUMBER_OPTIONS.get(key)
+        if convert is None:
+            continue
+        try:
+            options[key] = convert(value)
+        except ValueError:
+            raise ValueError(
+                f"layer URL {url!r} is invalid: option {key}={value!r} must be a number"
+            ) from None
+    return options
+
+
+def from_url(url: str, **options: Any) -> BaseChannelLayer:
+    """Build a channel layer from a URL; keyword *options* override those in the query string.
+
+    * ``memory://`` (optionally ``memory://?expiry=30&capacity=200``): :class:`InMemoryChannelLayer`.
+    * ``redis://host:port/db``, ``rediss://…``, ``unix:///path.sock``: the Redis layer, with
+      several hosts separated by commas for sharding.
+
+    Raises :exc:`ValueError` naming the URL if the scheme or an option is not understood.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"layer URL must be a str, not {type(url).__name__}")
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "memory":
+        if parts.netloc or parts.path not in ("", "/"):
+            raise ValueError(f"layer URL {url!r} is invalid: write it as 'memory://' (no host or path)")
+        return InMemoryChannelLayer(**{**_query_options(parts.query, url), **options})
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            from .redis import RedisChannelLayer  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise ValueError(
+                f"layer URL {url!r} needs the Redis layer, which failed to import: {exc}"
+            ) from exc
+        return RedisChannelLayer.from_url(url, **options)
+    raise ValueError(
+        f"layer URL {url!r} is invalid: unknown scheme {parts.scheme!r}; "
+        "use memory://, redis://host:6379/0, rediss:// or unix://"
+    )

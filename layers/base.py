@@ -1,0 +1,420 @@
+"""The channel layer contract every backend shares.
+
+Everything here is pure: name rules, message rules, the capacity map and the encoding that
+gives copy-on-send and the size limit. Backends (:mod:`layers.inmemory`, :mod:`layers.redis`)
+are thin Trio shells around these pieces, so the rules cannot drift between them.
+
+Name rules (ASGI 1.0, reference §2.2):
+
+* a channel name is ASCII letters, digits, ``-``, ``_`` and ``.``, optionally followed by one
+  ``!`` (process-specific) or ``?`` (single-reader) and a suffix of the same characters;
+* it is shorter than 100 characters;
+* a ``?`` name carries its random part (it must not end with ``?``);
+* receiving on a ``!`` name is done on the prefix up to and including ``!``;
+* a group name is the same alphabet without ``!`` or ``?``.
+"""
+
+from __future__ import annotations
+
+import abc
+import fnmatch
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Final
+
+import attrs
+import msgpack
+import trio
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_NAME_LENGTH",
+    "RESERVED_KEY",
+    "BaseChannelLayer",
+    "CapacityMap",
+    "ChannelFull",
+    "ChannelLayerError",
+    "LayerStatistics",
+    "MessageTooLarge",
+    "decode_message",
+    "encode_message",
+    "non_local_name",
+    "parse_delay_message",
+    "validate_channel_name",
+    "validate_group_name",
+    "validate_message",
+]
+
+#: Key layers use internally to carry the full name of a process-specific channel.
+RESERVED_KEY: Final = "__asgi_channel__"
+#: Names must be strictly shorter than this.
+MAX_NAME_LENGTH: Final = 100
+#: Default limit on one encoded message, in bytes (1 MiB).
+DEFAULT_MAX_MESSAGE_SIZE: Final = 1024 * 1024
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+_CHANNEL_RE: Final = re.compile(r"[a-zA-Z0-9\-_.]+([?!][a-zA-Z0-9\-_.]*)?")
+_GROUP_RE: Final = re.compile(r"[a-zA-Z0-9\-_.]+")
+_ALPHABET_RULE: Final = "only ASCII letters, digits, '-', '_' and '.' are allowed"
+
+
+class ChannelLayerError(Exception):
+    """Base class of the errors a channel layer raises on its own account."""
+
+
+class ChannelFull(ChannelLayerError):
+    """The destination channel is at capacity; the message was not sent.
+
+    Interface servers answer 503 (HTTP) or close 1013 (WebSocket); applications usually wait
+    and retry. Group sends never raise it.
+    """
+
+
+class MessageTooLarge(ChannelLayerError, ValueError):
+    """The encoded message is larger than the layer's ``max_message_size``."""
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _check_text_and_length(name: object, kind: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name {name!r} is invalid: it must be str, not {type(name).__name__}")
+    if len(name) >= MAX_NAME_LENGTH:
+        raise TypeError(
+            f"{kind} name {name[:20]!r}... is invalid: it is {len(name)} characters long and "
+            f"must be shorter than {MAX_NAME_LENGTH}"
+        )
+    return name
+
+
+def validate_channel_name(name: object, *, receive: bool = False) -> str:
+    """Return *name* if it is a valid channel name, else raise :exc:`TypeError`.
+
+    With ``receive=True`` a process-specific name must be the bare prefix (ending in ``!``).
+    The error message quotes the name and states the rule it broke.
+    """
+    name = _check_text_and_length(name, "channel")
+    if _CHANNEL_RE.fullmatch(name) is None:
+        if name.count("!") + name.count("?") > 1:
+            rule = "it may contain at most one '!' or '?'"
+        elif name[:1] in ("!", "?") or not name:
+            rule = "it must start with at least one letter, digit, '-', '_' or '.'"
+        else:
+            rule = _ALPHABET_RULE + ", with one '!' or '?' before an optional suffix"
+        raise TypeError(f"channel name {name!r} is invalid: {rule}")
+    if name.endswith("?"):
+        raise TypeError(
+            f"channel name {name!r} is invalid: a single-reader name needs its random part "
+            "after '?'; get one from layer.new_channel()"
+        )
+    if receive and "!" in name and not name.endswith("!"):
+        raise TypeError(
+            f"channel name {name!r} is invalid for receive: receive on the process prefix "
+            f"{non_local_name(name)!r}, which returns messages of every channel under it"
+        )
+    return name
+
+
+def validate_group_name(name: object) -> str:
+    """Return *name* if it is a valid group name, else raise :exc:`TypeError`."""
+    name = _check_text_and_length(name, "group")
+    if _GROUP_RE.fullmatch(name) is None:
+        raise TypeError(f"group name {name!r} is invalid: {_ALPHABET_RULE}")
+    return name
+
+
+def non_local_name(name: str) -> str:
+    """The part of a process-specific name up to and including ``!``; other names unchanged."""
+    bang = name.find("!")
+    return name if bang < 0 else name[: bang + 1]
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _path(parent: str, key: object) -> str:
+    return f"{parent}[{key!r}]"
+
+
+def _check_value(value: object, path: str) -> None:
+    # Iterative in spirit but recursion is fine: ASGI messages are shallow.
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bool or kind is float or value is None:
+        return
+    if kind is int:
+        if not _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+            raise ValueError(f"{path} is invalid: {value!r} does not fit in a signed 64-bit integer")
+        return
+    if kind is dict:
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                raise TypeError(f"{path} is invalid: dict keys must be str, got {type(key).__name__} {key!r}")
+            _check_value(item, _path(path, key))
+        return
+    if kind is list or kind is tuple:
+        for index, item in enumerate(value):  # type: ignore[arg-type]
+            _check_value(item, _path(path, index))
+        return
+    raise TypeError(
+        f"{path} is invalid: {kind.__name__} values are not allowed; use str, bytes, int, "
+        "float, bool, None, list or dict"
+    )
+
+
+def validate_message(message: object) -> dict[str, Any]:
+    """Check *message* against the ASGI message rules and return it.
+
+    Raises :exc:`TypeError` for a disallowed type (the message names the path of the bad value,
+    e.g. ``message['payload'][3]``) and :exc:`ValueError` for an out-of-range integer or the
+    reserved key.
+    """
+    if type(message) is not dict:
+        raise TypeError(f"message must be a dict, not {type(message).__name__}: {message!r:.80}")
+    if RESERVED_KEY in message:
+        raise ValueError(f"message['{RESERVED_KEY}'] is reserved for the channel layer's own use")
+    _check_value(message, "message")
+    return message
+
+
+_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+
+
+def encode_message(message: object, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
+    """Validate and encode *message* to msgpack bytes (the stored, copied form).
+
+    Raises what :func:`validate_message` raises, and :exc:`MessageTooLarge` if the encoding is
+    longer than *max_size* bytes.
+    """
+    validate_message(message)
+    data: bytes = _packer.pack(message)
+    if len(data) > max_size:
+        raise MessageTooLarge(
+            f"message is {len(data)} bytes encoded, over the layer's limit of {max_size} bytes; "
+            "split large payloads into chunks"
+        )
+    return data
+
+
+def decode_message(data: bytes) -> dict[str, Any]:
+    """Decode bytes made by :func:`encode_message` (bytes and text stay distinct)."""
+    result: dict[str, Any] = msgpack.unpackb(data, raw=False, use_list=True)
+    return result
+
+
+def parse_delay_message(message: Mapping[str, Any]) -> tuple[str, dict[str, Any], float]:
+    """Read an ASGI-1 ``asgi.delay`` message into ``(channel, content, delay_seconds)``.
+
+    The format is ``{"channel": str, "content": dict, "delay": milliseconds}``.
+    """
+    for key in ("channel", "content", "delay"):
+        if key not in message:
+            raise ValueError(f"asgi.delay message is missing message[{key!r}]")
+    channel = validate_channel_name(message["channel"])
+    content = message["content"]
+    if type(content) is not dict:
+        raise TypeError(f"asgi.delay message['content'] must be a dict, not {type(content).__name__}")
+    delay = message["delay"]
+    if type(delay) is not int or delay < 0:
+        raise ValueError(
+            f"asgi.delay message['delay'] is invalid: {delay!r}; it must be a non-negative "
+            "number of milliseconds"
+        )
+    return channel, content, delay / 1000
+
+
+# --------------------------------------------------------------------------- capacity
+
+
+@attrs.define(eq=False)
+class CapacityMap:
+    """Per-channel capacity: the first matching pattern of *channel_capacity* wins.
+
+    String keys are globs (``fnmatch``), compiled regexes are used as they are. A
+    process-specific channel is looked up by its prefix (``prefix!``), so all channels under one
+    prefix share one capacity.
+    """
+
+    default: int
+    patterns: tuple[tuple[re.Pattern[str], int], ...] = ()
+    _cache: dict[str, int] = attrs.field(factory=dict, init=False, repr=False)
+
+    @classmethod
+    def build(cls, default: int, channel_capacity: Mapping[Any, int] | None) -> CapacityMap:
+        patterns: list[tuple[re.Pattern[str], int]] = []
+        for pattern, value in (channel_capacity or {}).items():
+            if isinstance(pattern, str):
+                compiled = re.compile(fnmatch.translate(pattern))
+            elif isinstance(pattern, re.Pattern):
+                compiled = pattern
+            else:
+                raise TypeError(
+                    f"channel_capacity key {pattern!r} is invalid: use a glob string or a compiled regex"
+                )
+            if type(value) is not int or value < 1:
+                raise ValueError(
+                    f"channel_capacity[{pattern!r}] is invalid: {value!r}; it must be an int >= 1"
+                )
+            patterns.append((compiled, value))
+        return cls(default, tuple(patterns))
+
+    def get(self, channel: str) -> int:
+        """Capacity of *channel* (a full or non-local name)."""
+        name = non_local_name(channel)
+        try:
+            return self._cache[name]
+        except KeyError:
+            pass
+        value = next((limit for pattern, limit in self.patterns if pattern.match(name)), self.default)
+        if len(self._cache) < 10_000:
+            self._cache[name] = value
+        return value
+
+
+# --------------------------------------------------------------------------- the layer ABC
+
+
+@attrs.frozen(kw_only=True)
+class LayerStatistics:
+    """Counters of one channel, or of the whole layer when ``channel`` is ``None``.
+
+    ``messages_count`` counts messages accepted since the layer (or the counter) started,
+    ``messages_pending`` those waiting now, ``messages_max_age`` the age in seconds of the
+    oldest waiting one, ``channel_full_count`` the sends refused with :exc:`ChannelFull`.
+    """
+
+    channel: str | None
+    messages_count: int
+    messages_pending: int
+    messages_max_age: float
+    channel_full_count: int
+
+    def asdict(self) -> dict[str, Any]:
+        """The ASGI-1 ``*_statistics()`` dict form (without ``channel``)."""
+        result = attrs.asdict(self)
+        del result["channel"]
+        return result
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be finite, got {value!r}")
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+
+
+@attrs.define(eq=False, kw_only=True)
+class BaseChannelLayer(abc.ABC):
+    """What every channel layer offers; see ``docs/concepts.rst`` for the semantics.
+
+    A layer is an async context manager: entering it starts its background tasks (timers,
+    pollers) in its own nursery and leaving it stops them.
+    """
+
+    ChannelFull: ClassVar[type[ChannelFull]] = ChannelFull
+    MessageTooLarge: ClassVar[type[MessageTooLarge]] = MessageTooLarge
+    extensions: ClassVar[tuple[str, ...]] = ()
+
+    expiry: float = attrs.field(default=60, validator=_positive)
+    group_expiry: float = attrs.field(default=86400, validator=_positive)
+    capacity: int = attrs.field(default=100, validator=_positive_int)
+    channel_capacity: Mapping[Any, int] | None = None
+    max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive_int)
+    _capacities: CapacityMap = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._capacities = CapacityMap.build(self.capacity, self.channel_capacity)
+
+    def get_capacity(self, channel: str) -> int:
+        """The capacity that applies to *channel*."""
+        return self._capacities.get(channel)
+
+    def _encode(self, message: object) -> bytes:
+        return encode_message(message, self.max_message_size)
+
+    # -- the async contract ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def __aenter__(self) -> BaseChannelLayer: ...
+
+    @abc.abstractmethod
+    async def __aexit__(self, *exc_info: object) -> bool | None: ...
+
+    @abc.abstractmethod
+    async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
+        """Send *message* to *channel*; with ``delay`` (seconds) deliver it that much later.
+
+        Raises :exc:`ChannelFull`, :exc:`MessageTooLarge`, and :exc:`TypeError` /
+        :exc:`ValueError` for a bad name or message. If cancelled, the message was either sent
+        or not, never half-sent.
+        """
+
+    @abc.abstractmethod
+    async def receive(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        """Wait for the next message on any of *channels*; return ``(channel, message)``.
+
+        A process-specific prefix (``"name!"``) receives from every channel under it and
+        returns the full name. Time limits come from the caller's cancel scope; a cancelled
+        receive loses no message.
+        """
+
+    @abc.abstractmethod
+    async def new_channel(self, pattern: str) -> str:
+        """Return a new single-reader channel name: *pattern* (ending in ``?``) + a random part."""
+
+    @abc.abstractmethod
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add *channel* to *group* (again: refresh its membership)."""
+
+    @abc.abstractmethod
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove *channel* from *group*; no error if it is not a member."""
+
+    @abc.abstractmethod
+    async def group_channels(self, group: str) -> list[str]:
+        """The current members of *group*."""
+
+    @abc.abstractmethod
+    async def send_group(self, group: str, message: dict[str, Any]) -> None:
+        """Send *message* to every member of *group*. Never raises :exc:`ChannelFull`."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Drop every message, group and delayed message."""
+
+    @abc.abstractmethod
+    async def statistics(self, channel: str | None = None) -> LayerStatistics:
+        """Counters for *channel*, or for the whole layer."""
+
+    # -- ASGI-1 spellings ---------------------------------------------------------------
+
+    async def global_statistics(self) -> dict[str, Any]:
+        """ASGI-1 ``global_statistics()``."""
+        return (await self.statistics()).asdict()
+
+    async def channel_statistics(self, channel: str) -> dict[str, Any]:
+        """ASGI-1 ``channel_statistics(channel)``."""
+        return (await self.statistics(channel)).asdict()
+
+
+def validate_receive_channels(channels: Iterable[str]) -> list[str]:
+    """Validate names for receive; return them mapped to their non-local form, de-duplicated."""
+    if isinstance(channels, str):
+        raise TypeError(f"channels must be a list of names, not the str {channels!r}; write [{channels!r}]")
+    names = list(dict.fromkeys(non_local_name(validate_channel_name(c, receive=True)) for c in channels))
+    if not names:
+        raise ValueError("receive() needs at least one channel name")
+    return names
+
+
+def current_time() -> float:
+    """Trio's clock, so ``MockClock`` drives expiry in tests."""
+    return trio.current_time()

@@ -1,0 +1,59 @@
+"""The ``layer`` fixture every backend runs the conformance suite through.
+
+Each backend contributes a factory that makes an *unentered* layer with the suite's settings
+(expiry 1 s, group expiry 2 s, capacity 5, as asgiref's own run). In-memory backends run under
+an autojumping ``MockClock`` (``layer_clock``), so expiry costs no wall time; backends with
+their own clock (Redis) get ``None`` and wait in real time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import trio.testing
+
+import layers
+
+EXPIRY = 1
+GROUP_EXPIRY = 2
+CAPACITY = 5
+
+LayerFactory = Callable[..., layers.BaseChannelLayer]
+
+
+def _memory_factory(request: pytest.FixtureRequest) -> LayerFactory:
+    def make(**overrides: Any) -> layers.BaseChannelLayer:
+        options: dict[str, Any] = {"expiry": EXPIRY, "group_expiry": GROUP_EXPIRY, "capacity": CAPACITY}
+        return layers.InMemoryChannelLayer(**{**options, **overrides})
+
+    return make
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], LayerFactory]] = {"memory": _memory_factory}
+VIRTUAL_TIME = {"memory"}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def layer_factory(backend: str, request: pytest.FixtureRequest) -> LayerFactory:
+    """Makes unentered layers of the current backend with the suite's settings."""
+    return BACKENDS[backend](request)
+
+
+@pytest.fixture
+def layer_clock(backend: str) -> trio.testing.MockClock | None:
+    """Request this in tests that wait for expiry: virtual time where the backend allows."""
+    return trio.testing.MockClock(autojump_threshold=0) if backend in VIRTUAL_TIME else None
+
+
+@pytest.fixture
+async def layer(layer_factory: LayerFactory) -> AsyncIterator[layers.BaseChannelLayer]:
+    async with layer_factory() as opened:
+        await opened.flush()
+        yield opened

@@ -1,0 +1,127 @@
+"""The pure contract: names, messages, capacity maps, URLs (plain synchronous tests)."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+
+import pytest
+
+import layers
+from layers.base import CapacityMap, decode_message, encode_message, parse_delay_message
+
+VALID_CHANNELS = ["http.request", "http.response!ab0def", "http.request.body?ab0def", "0.a_b-c?d_e-f.1", "x!"]
+
+
+@pytest.mark.parametrize("name", VALID_CHANNELS)
+def test_valid_channel_names(name: str) -> None:
+    """asgiref's valid examples pass and come back unchanged."""
+    assert layers.validate_channel_name(name) == name
+
+
+def test_receive_mode_needs_the_bare_prefix() -> None:
+    """In receive mode a '!' name must end at '!'."""
+    assert layers.validate_channel_name("p!", receive=True) == "p!"
+    with pytest.raises(TypeError, match="receive on the process prefix 'p!'"):
+        layers.validate_channel_name("p!local", receive=True)
+
+
+@pytest.mark.parametrize("name", ["foo", "foo.bar-baz_1"])
+def test_valid_group_names(name: str) -> None:
+    """Group names use the channel alphabet without '!' or '?'."""
+    assert layers.validate_group_name(name) == name
+
+
+def test_name_length_limit_is_99() -> None:
+    """Names shorter than 100 characters are fine; 100 is too long."""
+    layers.validate_channel_name("a" * 99)
+    with pytest.raises(TypeError, match="100 characters long"):
+        layers.validate_channel_name("a" * 100)
+
+
+def test_non_local_name() -> None:
+    """The non-local name of a process-specific channel is its prefix through '!'."""
+    assert layers.non_local_name("interface.x!abc") == "interface.x!"
+    assert layers.non_local_name("http.request") == "http.request"
+    assert layers.non_local_name("body?abc") == "body?abc"
+
+
+def test_get_capacity_globs_regexes_and_order() -> None:
+    """reference §2.5: first matching pattern wins, globs and regexes, default otherwise.
+
+    A process-specific channel is matched by its prefix (the queue its capacity is shared in),
+    so a regex for one ends at '!'.
+    """
+    capacities = CapacityMap.build(
+        42,
+        OrderedDict(
+            [("http.response!*", 10), ("http.request", 100), (re.compile(r"^websocket.send\!$"), 20)]
+        ),
+    )
+    assert capacities.get("http.disconnect") == 42
+    assert capacities.get("http.request") == 100
+    assert capacities.get("http.response!abcdefgh") == 10
+    assert capacities.get("websocket.send!abc") == 20
+
+
+@pytest.mark.parametrize(
+    ("mapping", "error"),
+    [({"x": 0}, "channel_capacity\\['x'\\] is invalid: 0"), ({3: 1}, "channel_capacity key 3 is invalid")],
+)
+def test_bad_capacity_maps(mapping: dict[object, int], error: str) -> None:
+    """A bad channel_capacity entry fails at construction, naming it."""
+    with pytest.raises((TypeError, ValueError), match=error):
+        layers.InMemoryChannelLayer(channel_capacity=mapping)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("expiry", 0), ("group_expiry", -1), ("capacity", 0), ("capacity", 1.5), ("expiry", float("inf"))],
+)
+def test_bad_layer_options(option: str, value: object) -> None:
+    """A bad option fails at construction and names the option."""
+    with pytest.raises(ValueError, match=option):
+        layers.InMemoryChannelLayer(**{option: value})
+
+
+def test_encoding_keeps_bytes_and_text_apart() -> None:
+    """The stored form round-trips bytes and text as themselves."""
+    message = {"b": b"\x00\xff", "t": "\u00e9", "l": [1, 2.5, None, True], "d": {"k": b""}}
+    assert decode_message(encode_message(message)) == message
+
+
+def test_error_paths_name_the_bad_value() -> None:
+    """Deep paths are spelled the way you would index them."""
+    with pytest.raises(TypeError, match=r"message\['a'\]\[0\]\['b'\] is invalid: complex"):
+        layers.validate_message({"a": [{"b": 1j}]})
+
+
+def test_parse_delay_message() -> None:
+    """asgi.delay messages give (channel, content, seconds); bad ones name the key."""
+    assert parse_delay_message({"channel": "x", "content": {"a": 1}, "delay": 1500}) == ("x", {"a": 1}, 1.5)
+    with pytest.raises(ValueError, match=r"missing message\['content'\]"):
+        parse_delay_message({"channel": "x", "delay": 1})
+    with pytest.raises(TypeError, match="channel name"):
+        parse_delay_message({"channel": "bad name", "content": {}, "delay": 1})
+
+
+def test_from_url_memory() -> None:
+    """memory:// builds the in-memory layer; query options and keywords configure it."""
+    layer = layers.from_url("memory://?expiry=5&capacity=7", group_expiry=9)
+    assert isinstance(layer, layers.InMemoryChannelLayer)
+    assert (layer.expiry, layer.capacity, layer.group_expiry) == (5, 7, 9)
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("ftp://x", "unknown scheme 'ftp'"),
+        ("memory://host", "write it as 'memory://'"),
+        ("memory://?capacity=lots", "capacity='lots' must be a number"),
+    ],
+)
+def test_from_url_errors(url: str, error: str) -> None:
+    """Bad layer URLs are a ValueError naming the URL and the fix."""
+    with pytest.raises(ValueError, match=error) as info:
+        layers.from_url(url)
+    assert url in str(info.value)

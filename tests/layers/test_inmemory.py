@@ -1,0 +1,68 @@
+"""Behaviour specific to the in-memory layer (its timer task, lifetime, no-I/O twins)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from layers import InMemoryChannelLayer
+
+
+async def test_timer_sweeps_abandoned_channels(autojump: trio.testing.MockClock) -> None:
+    """Messages nobody reads are dropped at their expiry, and their channel leaves its groups."""
+    async with InMemoryChannelLayer(expiry=10) as layer:
+        await layer.group_add("g", "gone!c1")
+        await layer.send("gone!c1", {"n": 1})
+        await layer.send("abandoned", {"n": 1})
+        assert (await layer.statistics()).messages_pending == 2
+        await trio.sleep(10.5)
+        assert (await layer.statistics()).messages_pending == 0
+        assert await layer.group_channels("g") == []
+
+
+async def test_timer_sleeps_when_idle(autojump: trio.testing.MockClock) -> None:
+    """An idle layer's timer waits without waking up (the clock can jump a day at once)."""
+    async with InMemoryChannelLayer() as layer:
+        await trio.sleep(86400)
+        await layer.send("x", {})
+        assert layer.receive_nowait(["x"]) == ("x", {})
+
+
+async def test_receive_nowait_twin() -> None:
+    """receive_nowait returns a waiting message or raises WouldBlock."""
+    layer = InMemoryChannelLayer()
+    with pytest.raises(trio.WouldBlock):
+        layer.receive_nowait(["nothing"])
+    layer.send_nowait("something", {"a": 1})
+    assert layer.receive_nowait(["something"]) == ("something", {"a": 1})
+
+
+async def test_delay_needs_an_open_layer() -> None:
+    """A delayed send on a layer that was never entered says how to fix it."""
+    with pytest.raises(RuntimeError, match="async with InMemoryChannelLayer"):
+        await InMemoryChannelLayer().send("x", {}, delay=1)
+
+
+async def test_layer_is_entered_once() -> None:
+    """Entering an open layer again is an error, not a second timer."""
+    async with InMemoryChannelLayer() as layer:
+        with pytest.raises(RuntimeError, match="already open"):
+            await layer.__aenter__()
+
+
+async def test_errors_in_the_body_come_out_unwrapped() -> None:
+    """An exception inside 'async with layer' reaches the caller as itself, not a group."""
+    with pytest.raises(KeyError):
+        async with InMemoryChannelLayer():
+            raise KeyError("mine")
+
+
+async def test_single_reader_channels_leave_no_trace(autojump: trio.testing.MockClock) -> None:
+    """Thousands of new_channel names, each used once, do not accumulate state."""
+    async with InMemoryChannelLayer() as layer:
+        for _ in range(1000):
+            name = await layer.new_channel("body?")
+            await layer.send(name, {})
+            await layer.receive([name])
+        assert layer._queues == {}
