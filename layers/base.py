@@ -91,12 +91,19 @@ def _check_text_and_length(name: object, kind: str) -> str:
     return name
 
 
+# Names seen valid before (bounded): hot paths validate the same few names over and over.
+_VALID_SEND_NAMES: set[str] = set()
+_VALID_CACHE_LIMIT: Final = 4096
+
+
 def validate_channel_name(name: object, *, receive: bool = False) -> str:
     """Return *name* if it is a valid channel name, else raise :exc:`TypeError`.
 
     With ``receive=True`` a process-specific name must be the bare prefix (ending in ``!``).
     The error message quotes the name and states the rule it broke.
     """
+    if type(name) is str and name in _VALID_SEND_NAMES and (not receive or "!" not in name):
+        return name
     name = _check_text_and_length(name, "channel")
     if _CHANNEL_RE.fullmatch(name) is None:
         if name.count("!") + name.count("?") > 1:
@@ -116,6 +123,10 @@ def validate_channel_name(name: object, *, receive: bool = False) -> str:
             f"channel name {name!r} is invalid for receive: receive on the process prefix "
             f"{non_local_name(name)!r}, which returns messages of every channel under it"
         )
+    if "?" not in name:  # single-reader names are one-offs: not worth remembering
+        if len(_VALID_SEND_NAMES) >= _VALID_CACHE_LIMIT:
+            _VALID_SEND_NAMES.clear()
+        _VALID_SEND_NAMES.add(name)
     return name
 
 
@@ -367,6 +378,13 @@ class BaseChannelLayer(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def receive_with_deadline(self, channels: Sequence[str]) -> tuple[str, dict[str, Any], float]:
+        """Like :meth:`receive`, plus the message's expiry as a ``trio.current_time()`` deadline.
+
+        Workers run each consumer under a cancel scope with this deadline.
+        """
+
+    @abc.abstractmethod
     async def new_channel(self, pattern: str) -> str:
         """Return a new single-reader channel name: *pattern* (ending in ``?``) + a random part."""
 
@@ -405,13 +423,29 @@ class BaseChannelLayer(abc.ABC):
         return (await self.statistics(channel)).asdict()
 
 
+_RECEIVE_LISTS: dict[tuple[str, ...], list[str]] = {}
+
+
 def validate_receive_channels(channels: Iterable[str]) -> list[str]:
-    """Validate names for receive; return them mapped to their non-local form, de-duplicated."""
+    """Validate names for receive; return them mapped to their non-local form, de-duplicated.
+
+    The result is cached per list of names (pollers pass the same list on every call), so it
+    must not be mutated.
+    """
+    key = tuple(channels) if isinstance(channels, (list, tuple)) else None
+    if key is not None:
+        cached = _RECEIVE_LISTS.get(key)
+        if cached is not None:
+            return cached
     if isinstance(channels, str):
         raise TypeError(f"channels must be a list of names, not the str {channels!r}; write [{channels!r}]")
     names = list(dict.fromkeys(non_local_name(validate_channel_name(c, receive=True)) for c in channels))
     if not names:
         raise ValueError("receive() needs at least one channel name")
+    if key is not None and "?" not in "".join(key):
+        if len(_RECEIVE_LISTS) >= 1024:
+            _RECEIVE_LISTS.clear()
+        _RECEIVE_LISTS[key] = names
     return names
 
 

@@ -193,7 +193,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if "?" not in key:  # single-reader channels are too many to keep counters for
                 self._queue(key).messages_count += 1
             self._messages_count += 1
-            trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, decode_message(data))))
+            message = decode_message(data)
+            trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, message, now + self.expiry)))
             return
         queue = self._queue(key)
         entries = queue.entries
@@ -215,6 +216,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
     # -- receiving -------------------------------------------------------------------------
 
     async def receive(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        channel, message, _ = await self.receive_with_deadline(channels)
+        return channel, message
+
+    async def receive_with_deadline(self, channels: Sequence[str]) -> tuple[str, dict[str, Any], float]:
         names = validate_receive_channels(channels)
         await trio.lowlevel.checkpoint_if_cancelled()
         found = self._take(names)
@@ -229,7 +234,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             self._unpark(waiter)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        result: tuple[str, dict[str, Any]] = await trio.lowlevel.wait_task_rescheduled(abort)
+        result: tuple[str, dict[str, Any], float] = await trio.lowlevel.wait_task_rescheduled(abort)
         return result
 
     def receive_nowait(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
@@ -237,9 +242,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         found = self._take(validate_receive_channels(channels))
         if found is None:
             raise trio.WouldBlock
-        return found
+        return found[0], found[1]
 
-    def _take(self, names: list[str]) -> tuple[str, dict[str, Any]] | None:
+    def _take(self, names: list[str]) -> tuple[str, dict[str, Any], float] | None:
         if len(names) > 1:
             names = random.sample(names, len(names))  # fairness: no channel starves another
         now = trio.current_time()
@@ -253,7 +258,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 if deadline > now:
                     if not entries and "?" in key:
                         del self._queues[key]
-                    return channel, decode_message(data)
+                    return channel, decode_message(data), deadline
                 self._expired(channel)
         return None
 

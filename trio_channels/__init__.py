@@ -1,7 +1,31 @@
-"""trio_channels: channel layers, groups and routed consumers for Trio applications."""
+"""trio_channels: channel layers, groups and routed consumers for Trio applications.
+
+The public door: ``from trio_channels import Channel, Group, route, include, run_worker``.
+"""
 
 from __future__ import annotations
 
+from .channel import Channel, Group, Message, current_layer, use_layer
+from .exceptions import ConsumeLater, DenyConnection
+from .routing import Router, include, route, route_class
+from .worker import Worker, WorkerStatistics, run_worker
+
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Channel",
+    "ConsumeLater",
+    "DenyConnection",
+    "Group",
+    "Message",
+    "Router",
+    "Worker",
+    "WorkerStatistics",
+    "__version__",
+    "current_layer",
+    "include",
+    "route",
+    "route_class",
+    "run_worker",
+    "use_layer",
+]

@@ -577,3 +577,14 @@ def test_cancelled_receivers_lose_nothing(layer_factory: LayerFactory, backend: 
 def test_random_is_not_seeded_by_the_suite() -> None:
     """Fairness relies on random shuffles; the suite must not pin the global seed."""
     assert len({random.random() for _ in range(5)}) == 5
+
+
+async def test_receive_with_deadline(layer: BaseChannelLayer, layer_clock: Any) -> None:
+    """The deadline handed out with a message is its expiry on Trio's clock."""
+    await layer.send("deadline", {"value": 1})
+    sent_at = trio.current_time()
+    await trio.sleep(0.25)
+    with trio.fail_after(5):
+        channel, message, deadline = await layer.receive_with_deadline(["deadline"])
+    assert (channel, message) == ("deadline", {"value": 1})
+    assert deadline == pytest.approx(sent_at + EXPIRY, abs=0.2)

@@ -1,0 +1,83 @@
+"""Channel, Group and Message outside and inside a layer context."""
+
+from __future__ import annotations
+
+import pytest
+
+from layers import ChannelFull, InMemoryChannelLayer
+from trio_channels import Channel, Group, Message, current_layer, use_layer
+
+from ..helpers import receive_now
+
+
+async def test_no_layer_context_says_how_to_fix_it() -> None:
+    """Using Channel/Group with no layer anywhere is a RuntimeError naming both fixes."""
+    with pytest.raises(
+        RuntimeError,
+        match=r"pass layer=\.\.\. to Channel/Group, or wrap the code in 'with trio_channels.use_layer",
+    ):
+        await Channel("x").send({})
+    with pytest.raises(RuntimeError, match="no current channel layer"):
+        await Group("g").send({})
+
+
+async def test_explicit_layer_and_use_layer() -> None:
+    """layer= wins; use_layer() sets the current layer for the block."""
+    layer = InMemoryChannelLayer()
+    await Channel("a", layer=layer).send({"n": 1})
+    assert await receive_now(layer, ["a"]) == ("a", {"n": 1})
+    with use_layer(layer):
+        assert current_layer() is layer
+        await Channel("b").send({"n": 2})
+        await Group("g").add(Channel("b"))
+        await Group("g").add("c")
+        assert sorted(await Group("g").channels()) == ["b", "c"]
+        await Group("g").discard("c")
+        await Group("g").send({"n": 3})
+    assert await receive_now(layer, ["b"]) == ("b", {"n": 2})
+    assert await receive_now(layer, ["b"]) == ("b", {"n": 3})
+    with pytest.raises(RuntimeError):
+        current_layer()
+
+
+async def test_outside_a_consumer_sends_are_immediate() -> None:
+    """Outside a consumer a send reaches the layer at once (and can raise ChannelFull)."""
+    layer = InMemoryChannelLayer(capacity=1)
+    await Channel("a", layer=layer).send({})
+    with pytest.raises(ChannelFull):
+        await Channel("a", layer=layer).send({})
+
+
+def test_names_are_validated() -> None:
+    """Bad names fail when the Channel or Group is made; bytes names are decoded."""
+    with pytest.raises(TypeError, match="channel name 'bad name'"):
+        Channel("bad name")
+    with pytest.raises(TypeError, match="group name 'a!b'"):
+        Group("a!b")
+    assert Channel(b"ascii.name").name == "ascii.name"
+    assert Channel("x") == Channel("x") and len({Channel("x"), Channel("x")}) == 1
+    assert str(Channel("x")) == "x"
+
+
+async def test_non_dict_content_is_a_type_error() -> None:
+    """Sending something that is not a dict names the channel and the type."""
+    layer = InMemoryChannelLayer()
+    with pytest.raises(TypeError, match=r"Channel\('x'\).send\(\) needs a dict message, not list"):
+        await Channel("x", layer=layer).send([1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Group\('g'\).send\(\) needs a dict message, not str"):
+        await Group("g", layer=layer).send("hi")  # type: ignore[arg-type]
+
+
+def test_message_is_dict_like() -> None:
+    """Message reads and writes its content; reply_channel is a Channel or None."""
+    layer = InMemoryChannelLayer()
+    message = Message({"text": "hi", "reply_channel": "interface.p!c"}, Channel("websocket.receive"), layer)
+    assert message["text"] == "hi" and message.get("bytes") is None and "text" in message
+    assert message.reply_channel == Channel("interface.p!c")
+    message["extra"] = 1
+    assert dict(message.items())["extra"] == 1
+    assert sorted(message.keys()) == ["extra", "reply_channel", "text"]
+    copied = message.copy()
+    copied["text"] = "changed"
+    assert message["text"] == "hi"
+    assert Message({}, Channel("x"), layer).reply_channel is None

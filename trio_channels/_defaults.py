@@ -1,0 +1,41 @@
+"""The routes every Router appends last, so WebSocket traffic is always consumed."""
+
+from __future__ import annotations
+
+from .channel import Message
+from .routing import Consumer, Route
+
+
+async def accept_connection(message: Message) -> None:
+    """Default ``websocket.connect`` consumer: accept every connection."""
+    if message.reply_channel is not None:
+        await message.reply_channel.send({"accept": True})
+
+
+async def ignore(message: Message) -> None:
+    """Default consumer for ``websocket.receive``, ``websocket.disconnect``, ``http.disconnect``."""
+
+
+async def not_found(message: Message) -> None:
+    """Default ``http.request`` consumer when no fallback app is configured: a plain 404."""
+    if message.reply_channel is not None:
+        body = f"404 Not Found: {message.get('path', '')}\n".encode()
+        await message.reply_channel.send(
+            {
+                "status": 404,
+                "headers": [
+                    [b"content-type", b"text/plain; charset=utf-8"],
+                    [b"content-length", str(len(body)).encode()],
+                ],
+                "content": body,
+            },
+            immediately=True,
+        )
+
+
+def default_routes(http_fallback: Consumer | None) -> list[Route]:
+    return [
+        Route("websocket.connect", accept_connection),
+        Route(["websocket.receive", "websocket.disconnect", "http.disconnect"], ignore),
+        Route("http.request", http_fallback or not_found),
+    ]

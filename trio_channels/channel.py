@@ -1,0 +1,299 @@
+"""``Channel``, ``Group`` and ``Message``: what consumers touch, and consumer atomicity.
+
+Sends made while a consumer runs go to that consumer's :class:`Outbox` and are flushed, in
+order, when it finishes (also when it raised), unless ``immediately=True``. This is the
+Channels 1 atomicity that makes "accept, then store the room in the session" race-free: the
+accept reaches the client only after the session was saved.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import trio
+
+from layers import BaseChannelLayer, ChannelFull
+from layers.base import decode_message, encode_message, validate_channel_name, validate_group_name
+
+__all__ = [
+    "Channel",
+    "Group",
+    "Message",
+    "Outbox",
+    "current_layer",
+    "use_layer",
+]
+
+log = logging.getLogger("trio_channels")
+
+_current_layer: contextvars.ContextVar[BaseChannelLayer | None] = contextvars.ContextVar(
+    "trio_channels.current_layer", default=None
+)
+_current_outbox: contextvars.ContextVar[Outbox | None] = contextvars.ContextVar(
+    "trio_channels.current_outbox", default=None
+)
+
+
+def current_layer() -> BaseChannelLayer:
+    """The channel layer of the running worker or server.
+
+    Raises :exc:`RuntimeError` with the fix when there is none.
+    """
+    layer = _current_layer.get()
+    if layer is None:
+        raise RuntimeError(
+            "no current channel layer: this runs outside a worker and outside serve(); pass "
+            "layer=... to Channel/Group, or wrap the code in 'with trio_channels.use_layer(layer):'"
+        )
+    return layer
+
+
+class use_layer:
+    """``with use_layer(layer):`` makes *layer* the current one for this task and its children."""
+
+    def __init__(self, layer: BaseChannelLayer) -> None:
+        self._layer = layer
+        self._token: contextvars.Token[BaseChannelLayer | None] | None = None
+
+    def __enter__(self) -> BaseChannelLayer:
+        self._token = _current_layer.set(self._layer)
+        return self._layer
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        _current_layer.reset(self._token)
+
+
+# ----------------------------------------------------------------------------- the outbox
+
+
+@attrs.define(eq=False, slots=True)
+class _Pending:
+    group: bool
+    name: str
+    data: bytes
+    delay: float
+
+
+@attrs.define(eq=False)
+class Outbox:
+    """The sends one consumer made, delivered in order when it finishes.
+
+    Messages are validated and copied when they are buffered, so a bad message fails the
+    ``send`` call that made it and later mutation of the dict changes nothing.
+    """
+
+    layer: BaseChannelLayer
+    _pending: list[_Pending] = attrs.field(factory=list)
+
+    def add(self, *, group: bool, name: str, content: dict[str, Any], delay: float = 0) -> None:
+        data = encode_message(content, self.layer.max_message_size)
+        self._pending.append(_Pending(group, name, data, delay))
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __iter__(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """``(kind, name, content)`` for each buffered send, for tests and debugging."""
+        for pending in self._pending:
+            yield ("group" if pending.group else "channel"), pending.name, decode_message(pending.data)
+
+    async def flush(self, *, timeout: float = 2.0) -> None:
+        """Deliver everything, in order; retry a full channel until *timeout*, then log it.
+
+        Shielded from outside cancellation within *timeout*, so a shutdown does not lose the
+        replies of a consumer that already finished.
+        """
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        with trio.move_on_after(timeout, shield=True) as scope:
+            for index, item in enumerate(pending):
+                if not await self._deliver(item, scope):
+                    dropped = len(pending) - index
+                    log.error(
+                        "gave up delivering %d buffered message(s) after %.1f s: channel %r stayed full",
+                        dropped,
+                        timeout,
+                        item.name,
+                    )
+                    return
+        if scope.cancelled_caught:
+            log.error("buffered sends did not finish within %.1f s; the rest were dropped", timeout)
+
+    async def _deliver(self, item: _Pending, scope: trio.CancelScope) -> bool:
+        message = decode_message(item.data)
+        if item.group:
+            await self.layer.send_group(item.name, message)
+            return True
+        pause = 0.01
+        while True:
+            try:
+                await self.layer.send(item.name, message, delay=item.delay)
+                return True
+            except ChannelFull:
+                # No primitive can wake us when a (possibly remote) channel drains: back off.
+                if trio.current_time() + pause >= scope.deadline:
+                    return False
+                await trio.sleep(pause)
+                pause = min(pause * 2, 0.2)
+
+
+# ----------------------------------------------------------------------------- channels
+
+
+def _ascii_name(value: str | bytes) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else value
+
+
+def _content(content: object, what: str) -> dict[str, Any]:
+    if type(content) is not dict:
+        raise TypeError(f"{what} needs a dict message, not {type(content).__name__}: {content!r:.80}")
+    return content
+
+
+@attrs.define(eq=False, repr=False)
+class Channel:
+    """A named channel on a layer (the current one unless ``layer=`` is given)."""
+
+    name: str = attrs.field(converter=_ascii_name)
+    _layer: BaseChannelLayer | None = attrs.field(default=None, alias="layer")
+
+    def __attrs_post_init__(self) -> None:
+        validate_channel_name(self.name)
+
+    @property
+    def layer(self) -> BaseChannelLayer:
+        return self._layer if self._layer is not None else current_layer()
+
+    async def send(
+        self, content: dict[str, Any], *, immediately: bool = False, delay: float | None = None
+    ) -> None:
+        """Send *content* to this channel.
+
+        Inside a consumer the send is buffered until the consumer finishes, unless
+        ``immediately=True``; ``delay`` (seconds) asks the layer to deliver it later. Raises
+        :exc:`TypeError`/:exc:`ValueError` for a bad message (also when buffering), and
+        :exc:`layers.ChannelFull` for an immediate send to a full channel.
+        """
+        _content(content, f"Channel({self.name!r}).send()")
+        outbox = _current_outbox.get()
+        if outbox is not None and not immediately:
+            outbox.add(group=False, name=self.name, content=content, delay=delay or 0)
+            await trio.lowlevel.checkpoint()
+            return
+        await self.layer.send(self.name, content, delay=delay or 0)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Channel) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"Channel({self.name!r})"
+
+
+def _channel_name(channel: Channel | str) -> str:
+    return channel.name if isinstance(channel, Channel) else validate_channel_name(channel)
+
+
+@attrs.define(eq=False, repr=False)
+class Group:
+    """A named group of channels on a layer (the current one unless ``layer=`` is given)."""
+
+    name: str = attrs.field(converter=_ascii_name)
+    _layer: BaseChannelLayer | None = attrs.field(default=None, alias="layer")
+
+    def __attrs_post_init__(self) -> None:
+        validate_group_name(self.name)
+
+    @property
+    def layer(self) -> BaseChannelLayer:
+        return self._layer if self._layer is not None else current_layer()
+
+    async def add(self, channel: Channel | str) -> None:
+        """Add *channel* (a :class:`Channel` or a name); re-adding refreshes its membership."""
+        await self.layer.group_add(self.name, _channel_name(channel))
+
+    async def discard(self, channel: Channel | str) -> None:
+        """Remove *channel*; no error if it is not a member."""
+        await self.layer.group_discard(self.name, _channel_name(channel))
+
+    async def channels(self) -> list[str]:
+        """The names of the current members."""
+        return await self.layer.group_channels(self.name)
+
+    async def send(self, content: dict[str, Any], *, immediately: bool = False) -> None:
+        """Send *content* to every member (buffered inside a consumer unless ``immediately``)."""
+        _content(content, f"Group({self.name!r}).send()")
+        outbox = _current_outbox.get()
+        if outbox is not None and not immediately:
+            outbox.add(group=True, name=self.name, content=content)
+            await trio.lowlevel.checkpoint()
+            return
+        await self.layer.send_group(self.name, content)
+
+    def __repr__(self) -> str:
+        return f"Group({self.name!r})"
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+@attrs.define(eq=False)
+class Message:
+    """One message being consumed: its content, where it came from and where to reply.
+
+    Behaves like a read/write mapping over ``content`` (``message["text"]``,
+    ``message.get("bytes")``). Decorators add ``channel_session``, ``http_session`` and
+    ``user``.
+    """
+
+    content: dict[str, Any]
+    channel: Channel
+    channel_layer: BaseChannelLayer
+    deadline: float = math.inf
+    reply_channel: Channel | None = attrs.field(init=False)
+    channel_session: Any = attrs.field(default=None, init=False)
+    http_session: Any = attrs.field(default=None, init=False)
+    user: Any = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        reply = self.content.get("reply_channel")
+        self.reply_channel = Channel(reply, layer=self.channel_layer) if reply else None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.content[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.content[key] = value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.content
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.content.get(key, default)
+
+    def keys(self) -> Any:
+        return self.content.keys()
+
+    def values(self) -> Any:
+        return self.content.values()
+
+    def items(self) -> Any:
+        return self.content.items()
+
+    def copy(self) -> Message:
+        """A new message with a deep copy of the content."""
+        return Message(
+            decode_message(encode_message(self.content)), self.channel, self.channel_layer, self.deadline
+        )
