@@ -93,6 +93,11 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     # -- lifetime --------------------------------------------------------------------------
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the layer has been entered (and not left)."""
+        return self._exit_stack is not None
+
     async def __aenter__(self) -> InMemoryChannelLayer:
         if self._exit_stack is not None:
             raise RuntimeError(f"{self!r} is already open; a layer is entered once")

@@ -1,0 +1,295 @@
+"""The I/O-free translation between connections and ASGI-1 channel messages.
+
+Every listener (Hypercorn's HTTP path, the WebSocket fast path, the trio-websocket-only
+listener) builds its messages and applies its replies through this module, so they emit the
+same message stream.
+
+WebSocket state machine (reference §3.7)::
+
+    CONNECTING --accept / data--> OPEN --close / client close--> CLOSED
+        |                                            ^
+        +--accept False / close, no data (403)-------+
+
+``order`` numbers every message sent for one connection: ``websocket.connect`` is 0, each
+``websocket.receive`` is 1, 2, ..., and ``websocket.disconnect`` comes last.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+from urllib.parse import unquote
+
+import attrs
+
+__all__ = [
+    "Accept",
+    "Close",
+    "HttpResponseProtocol",
+    "Reject",
+    "ResponseBody",
+    "ResponseStart",
+    "SendBytes",
+    "SendText",
+    "WebSocketProtocol",
+    "WebSocketState",
+    "clean_headers",
+    "http_request_message",
+]
+
+Headers = list[list[bytes]]
+
+REPLY_KEYS: Final = frozenset({"bytes", "text", "close", "accept"})
+
+
+def clean_headers(raw: Iterable[tuple[bytes, bytes]] | Iterable[Sequence[bytes]]) -> Headers:
+    """Lower-case names, keep order and duplicates, drop names containing ``_``.
+
+    Dropping underscored names stops ``X_Forwarded_For`` from impersonating
+    ``X-Forwarded-For`` once names are normalised (Daphne does the same; CVE-2015-0219).
+    """
+    headers: Headers = []
+    for name, value in raw:
+        name = bytes(name).lower()
+        if b"_" in name:
+            continue
+        headers.append([name, bytes(value)])
+    return headers
+
+
+def decode_path(raw_path: bytes | str) -> str:
+    """Percent-decode a request path into text (``+`` stays ``+``)."""
+    if isinstance(raw_path, bytes):
+        raw_path = raw_path.decode("latin-1")
+    return unquote(raw_path, encoding="utf-8", errors="surrogateescape")
+
+
+def http_request_message(
+    *,
+    reply_channel: str,
+    http_version: str,
+    method: str,
+    scheme: str,
+    path: str,
+    query_string: bytes,
+    root_path: str,
+    headers: Headers,
+    body: bytes,
+    body_channel: str | None,
+    client: list[Any] | None,
+    server: list[Any] | None,
+) -> dict[str, Any]:
+    """The ``http.request`` message (reference §3.2); every key present."""
+    return {
+        "reply_channel": reply_channel,
+        "http_version": http_version,
+        "method": method.upper(),
+        "scheme": scheme,
+        "path": path,
+        "query_string": query_string,
+        "root_path": root_path,
+        "headers": headers,
+        "body": body,
+        "body_channel": body_channel,
+        "client": client,
+        "server": server,
+    }
+
+
+# ----------------------------------------------------------------------------- HTTP replies
+
+
+@attrs.frozen
+class ResponseStart:
+    status: int
+    headers: Headers
+
+
+@attrs.frozen
+class ResponseBody:
+    content: bytes
+    more: bool
+
+
+def _check_headers(headers: object) -> Headers:
+    if not isinstance(headers, list):
+        raise ValueError(f"response headers must be a list of [name, value] byte pairs, not {headers!r:.80}")
+    checked: Headers = []
+    for pair in headers:
+        if not (
+            isinstance(pair, (list, tuple))
+            and len(pair) == 2
+            and all(isinstance(part, bytes) for part in pair)
+        ):
+            raise ValueError(f"response header {pair!r:.80} must be a [name, value] pair of bytes")
+        checked.append([pair[0].lower(), pair[1]])
+    return checked
+
+
+@attrs.define
+class HttpResponseProtocol:
+    """Applies Response / Response Chunk messages (reference §3.4) for one request."""
+
+    started: bool = False
+    finished: bool = False
+
+    def reply(self, message: dict[str, Any]) -> list[ResponseStart | ResponseBody]:
+        """The actions for one reply message; :exc:`ValueError` if it breaks the format."""
+        if self.finished:
+            return []
+        actions: list[ResponseStart | ResponseBody] = []
+        if "status" in message:
+            if self.started:
+                raise ValueError("got a second Response message (with 'status') for one request")
+            status = message["status"]
+            if type(status) is not int or not 100 <= status <= 599:
+                raise ValueError(f"response status {status!r} is invalid: it must be an int from 100 to 599")
+            actions.append(ResponseStart(status, _check_headers(message.get("headers", []))))
+            self.started = True
+        elif not self.started:
+            raise ValueError(f"the first response message must have 'status'; got keys {sorted(message)}")
+        content = message.get("content", b"")
+        if not isinstance(content, bytes):
+            raise ValueError(f"response content must be bytes, not {type(content).__name__}")
+        more = bool(message.get("more_content", False))
+        actions.append(ResponseBody(content, more))
+        self.finished = not more
+        return actions
+
+
+# ----------------------------------------------------------------------------- WebSocket
+
+
+class WebSocketState(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@attrs.frozen
+class Accept:
+    subprotocol: str | None = None
+
+
+@attrs.frozen
+class Reject:
+    status: int = 403
+
+
+@attrs.frozen
+class SendText:
+    text: str
+
+
+@attrs.frozen
+class SendBytes:
+    data: bytes
+
+
+@attrs.frozen
+class Close:
+    code: int = 1000
+
+
+WebSocketAction = Accept | Reject | SendText | SendBytes | Close
+
+
+def _close_code(value: object) -> int:
+    if value is True:
+        return 1000
+    if type(value) is int and (value == 1000 or 3000 <= value <= 4999 or 1001 <= value <= 1014):
+        return value
+    raise ValueError(f"close code {value!r} is invalid: use True (1000), 1000-1014 or 3000-4999")
+
+
+@attrs.define
+class WebSocketProtocol:
+    """One WebSocket connection: the messages it emits and how replies apply to it."""
+
+    reply_channel: str
+    path: str
+    query_string: bytes = b""
+    headers: Headers = attrs.Factory(list)
+    client: list[Any] | None = None
+    server: list[Any] | None = None
+    scheme: str = "ws"
+    root_path: str = ""
+    subprotocols: Sequence[str] = ()
+    state: WebSocketState = WebSocketState.CONNECTING
+    received: int = 0
+
+    def connect_message(self) -> dict[str, Any]:
+        return {
+            "reply_channel": self.reply_channel,
+            "scheme": self.scheme,
+            "path": self.path,
+            "query_string": self.query_string,
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "client": self.client,
+            "server": self.server,
+            "subprotocols": list(self.subprotocols),
+            "order": 0,
+        }
+
+    def receive_message(self, data: str | bytes) -> dict[str, Any]:
+        self.received += 1
+        message: dict[str, Any] = {
+            "reply_channel": self.reply_channel,
+            "path": self.path,
+            "order": self.received,
+        }
+        if isinstance(data, str):
+            message["text"] = data
+        else:
+            message["bytes"] = data
+        return message
+
+    def disconnect_message(self, code: int) -> dict[str, Any]:
+        self.state = WebSocketState.CLOSED
+        return {
+            "reply_channel": self.reply_channel,
+            "code": code,
+            "path": self.path,
+            "order": self.received + 1,
+        }
+
+    def reply(self, message: dict[str, Any]) -> list[WebSocketAction]:
+        """The actions for one Send/Close/Accept message; :exc:`ValueError` if malformed."""
+        unknown = set(message) - REPLY_KEYS
+        if unknown:
+            raise ValueError(
+                f"WebSocket reply has unknown key(s) {sorted(unknown)}; allowed: accept, text, bytes, close"
+            )
+        text, data = message.get("text"), message.get("bytes")
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"WebSocket reply 'text' must be str, not {type(text).__name__}")
+        if data is not None and not isinstance(data, bytes):
+            raise ValueError(f"WebSocket reply 'bytes' must be bytes, not {type(data).__name__}")
+        if text and data:
+            raise ValueError("WebSocket reply has both 'text' and 'bytes'; send one per message")
+        close = message.get("close", False)
+        code = _close_code(close) if close else None
+        frame: list[WebSocketAction] = [SendText(text)] if text else [SendBytes(data)] if data else []
+        actions: list[WebSocketAction] = []
+        if self.state is WebSocketState.CONNECTING:
+            accept = message.get("accept")
+            if accept is False:
+                self.state = WebSocketState.CLOSED
+                return [Reject(403)]
+            if accept or frame:
+                self.state = WebSocketState.OPEN
+                actions.append(Accept())
+            elif code is not None:
+                self.state = WebSocketState.CLOSED
+                return [Reject(403)]
+            else:
+                return []
+        elif self.state is WebSocketState.CLOSED:
+            return []
+        actions.extend(frame)
+        if code is not None:
+            self.state = WebSocketState.CLOSED
+            actions.append(Close(code))
+        return actions

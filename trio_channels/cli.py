@@ -1,0 +1,326 @@
+"""``python -m trio_channels``: ``run`` (interface + workers) and ``worker`` (workers only).
+
+Configuration errors (a bad routing path, settings module or layer URL) print one line on
+stderr and exit with status 2, like argparse's own usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import trio
+
+import layers
+from interface import InterfaceConfig
+
+from .routing import Router, import_by_path
+
+__all__ = ["main"]
+
+DEMO_ROUTING = "trio_channels.demo.routing.routing"
+BACKEND_ALIASES = {
+    "asgiref.inmemory.ChannelLayer": "layers.InMemoryChannelLayer",
+    "asgi_redis.RedisChannelLayer": "layers.redis.RedisChannelLayer",
+}
+
+
+class ConfigurationError(Exception):
+    """A user configuration problem: reported as one line, exit status 2."""
+
+
+def _load_settings(path: str) -> dict[str, Any]:
+    try:
+        module = importlib.import_module(path)
+    except ImportError as exc:
+        raise ConfigurationError(f"settings module {path!r} could not be imported: {exc}") from exc
+    layers_setting = getattr(module, "CHANNEL_LAYERS", None)
+    if not isinstance(layers_setting, dict) or "default" not in layers_setting:
+        raise ConfigurationError(f"settings module {path!r} needs CHANNEL_LAYERS = {{'default': {{...}}}}")
+    default = layers_setting["default"]
+    result: dict[str, Any] = {
+        "routing": default.get("ROUTING"),
+        "allowed_hosts": getattr(module, "ALLOWED_HOSTS", None),
+    }
+    backend = default.get("BACKEND")
+    config = dict(default.get("CONFIG", {}))
+    if backend is None:
+        raise ConfigurationError(f"settings module {path!r}: CHANNEL_LAYERS['default'] has no BACKEND")
+    if "://" in backend:
+        result["layer"] = layers.from_url(backend, **config)
+    else:
+        try:
+            cls = import_by_path(BACKEND_ALIASES.get(backend, backend), "channel layer BACKEND")
+        except ImportError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        result["layer"] = cls(**config)
+    return result
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "routing",
+        nargs="?",
+        help="dotted path to a routing list, e.g. myproject.routing.channel_routing (default: the built-in demo)",
+    )
+    parser.add_argument(
+        "--layer",
+        metavar="URL",
+        help="channel layer URL: memory:// (default), redis://host:6379/0, rediss://...",
+    )
+    parser.add_argument(
+        "--settings",
+        metavar="MODULE",
+        help="a module with CHANNEL_LAYERS (BACKEND, CONFIG, ROUTING) and ALLOWED_HOSTS, like Channels' settings",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=100, help="consumers running at once per worker (100)"
+    )
+    parser.add_argument(
+        "--consumer-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="cancel a consumer after this long (default: its message's expiry)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbosity",
+        type=int,
+        default=1,
+        choices=(0, 1, 2),
+        help="0 quiet, 1 info (default), 2 debug: log every message",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_channels",
+        description="Channel layers, groups and routed consumers on Trio: serve HTTP and WebSockets, run workers.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="serve HTTP and WebSockets, with workers in the same process (unless --noworker)",
+        description="Serve HTTP and WebSockets and run workers in one process. With no ROUTING, serves the built-in demo.",
+    )
+    _add_common(run)
+    net = run.add_argument_group("listening")
+    net.add_argument(
+        "--bind",
+        action="append",
+        metavar="ADDRESS",
+        help="host:port, unix:PATH or fd://N; repeatable (default 127.0.0.1:8000)",
+    )
+    net.add_argument(
+        "--ws-bind",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="an extra WebSocket-only listener; repeatable",
+    )
+    net.add_argument("--certfile", help="TLS certificate (PEM) for --bind listeners")
+    net.add_argument("--keyfile", help="TLS private key (PEM) for --bind listeners")
+    net.add_argument(
+        "--noworker",
+        action="store_true",
+        help="no workers here: run them with 'worker' (needs a cross-process layer)",
+    )
+    timeouts = run.add_argument_group("timeouts (seconds)")
+    timeouts.add_argument(
+        "--http-timeout", type=float, default=120, help="answer 503 if no response comes (120)"
+    )
+    timeouts.add_argument(
+        "--websocket-connect-timeout",
+        type=float,
+        default=5,
+        help="deny (403) a handshake not accepted in time (5)",
+    )
+    timeouts.add_argument(
+        "--websocket-timeout",
+        type=float,
+        help="maximum WebSocket lifetime; -1 for none (default: the layer's group_expiry)",
+    )
+    timeouts.add_argument("--ping-interval", type=float, default=20, help="ping WebSockets this often (20)")
+    timeouts.add_argument(
+        "--ping-timeout", type=float, default=30, help="close a WebSocket whose pong is this late (30)"
+    )
+    timeouts.add_argument(
+        "--grace-period",
+        type=float,
+        default=10,
+        help="on SIGINT/SIGTERM, let in-flight work finish this long (10)",
+    )
+    http = run.add_argument_group("HTTP")
+    http.add_argument(
+        "--proxy-headers", action="store_true", help="trust X-Forwarded-For/-Proto/-Port from a proxy"
+    )
+    http.add_argument("--root-path", default="", help="ASGI root_path when mounted below a URL prefix")
+    http.add_argument(
+        "--access-log",
+        metavar="PATH",
+        help="access log file, or - for stdout (default: stdout at -v 1 and up)",
+    )
+    http.add_argument(
+        "--http-app",
+        metavar="MODULE:APP",
+        help="an ASGI-3 app for un-routed HTTP requests (Starlette, Quart-Trio...)",
+    )
+    http.add_argument("--static-root", metavar="DIR", help="serve files from DIR for un-routed HTTP requests")
+    http.add_argument("--static-url", default="/static/", help="URL prefix of --static-root (/static/)")
+    http.add_argument(
+        "--max-body-size", type=int, default=100 * 1024 * 1024, help="largest request body in bytes (100 MiB)"
+    )
+
+    worker = commands.add_parser(
+        "worker",
+        help="run workers only, against a cross-process layer (Redis)",
+        description="Run a worker: consume messages from the layer and route them to consumers.",
+    )
+    _add_common(worker)
+    worker.add_argument(
+        "--only-channels",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="listen only on matching channels; repeatable",
+    )
+    worker.add_argument(
+        "--exclude-channels",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="never listen on matching channels; repeatable",
+    )
+    worker.add_argument(
+        "--grace-period",
+        type=float,
+        default=10,
+        help="on SIGINT/SIGTERM, let running consumers finish this long (10)",
+    )
+    return parser
+
+
+def _configure_logging(verbosity: int, access_log: str | None, command: str) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}[verbosity]
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("hpack", "h2", "h11", "trio-websocket", "interface.hypercorn"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    access = logging.getLogger("interface.access")
+    access.propagate = False
+    if command != "run" or (access_log is None and verbosity < 1):
+        access.setLevel(logging.WARNING)
+        return
+    handler: logging.Handler
+    if access_log in (None, "-"):
+        handler = logging.StreamHandler(sys.stdout)
+    else:
+        handler = logging.FileHandler(access_log)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+
+
+def _prepare(args: argparse.Namespace) -> dict[str, Any]:
+    settings = _load_settings(args.settings) if args.settings else {}
+    routing = args.routing or settings.get("routing") or DEMO_ROUTING
+    if args.layer:
+        try:
+            layer = layers.from_url(args.layer)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(str(exc)) from exc
+    else:
+        layer = settings.get("layer") or layers.InMemoryChannelLayer()
+    try:
+        router_check = Router(routing)
+    except (ImportError, TypeError, ValueError) as exc:
+        raise ConfigurationError(f"routing {routing!r}: {exc}") from exc
+    del router_check
+    in_memory = isinstance(layer, layers.InMemoryChannelLayer)
+    if in_memory and (args.command == "worker" or getattr(args, "noworker", False)):
+        what = "'worker'" if args.command == "worker" else "'run --noworker'"
+        raise ConfigurationError(
+            f"{what} needs a cross-process channel layer, and the in-memory layer lives in one process: "
+            "use --layer redis://localhost:6379/0 (or plain 'run', which runs workers in-process)"
+        )
+    return {"routing": routing, "layer": layer, "demo": routing == DEMO_ROUTING}
+
+
+async def _run(args: argparse.Namespace, prepared: dict[str, Any]) -> None:
+    from .server import ServerInfo, serve
+
+    options: dict[str, Any] = {
+        "layer": prepared["layer"],
+        "concurrency": args.concurrency,
+        "consumer_timeout": args.consumer_timeout,
+        "grace_period": args.grace_period,
+        "handle_signals": True,
+    }
+    if args.command == "run":
+        options.update(
+            bind=args.bind or ["127.0.0.1:8000"],
+            ws_bind=args.ws_bind,
+            workers=not args.noworker,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
+            http_app=args.http_app,
+            static_root=args.static_root,
+            static_url=args.static_url,
+            interface_config=InterfaceConfig(
+                http_timeout=args.http_timeout,
+                websocket_connect_timeout=args.websocket_connect_timeout,
+                websocket_timeout=args.websocket_timeout,
+                ping_interval=args.ping_interval,
+                ping_timeout=args.ping_timeout,
+                root_path=args.root_path,
+                proxy_headers=args.proxy_headers,
+                max_body_size=args.max_body_size,
+                grace_period=args.grace_period,
+            ),
+        )
+    else:
+        options.update(
+            interface=False, only_channels=args.only_channels, exclude_channels=args.exclude_channels
+        )
+
+    async with trio.open_nursery() as nursery:
+        info: ServerInfo = await nursery.start(partial(serve, prepared["routing"], **options))
+        layer_name = type(info.layer).__name__
+        if args.command == "run":
+            what = "the built-in demo" if prepared["demo"] else prepared["routing"]
+            for url in info.urls + info.ws_urls:
+                print(
+                    f"trio_channels: serving {what} at {url} ({layer_name}); press Ctrl+C to stop", flush=True
+                )
+        else:
+            channels = ", ".join(info.workers[0].channels) if info.workers else ""
+            print(
+                f"trio_channels: worker listening on {channels} ({layer_name}); press Ctrl+C to stop",
+                flush=True,
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbosity, getattr(args, "access_log", None), args.command)
+    try:
+        prepared = _prepare(args)
+    except ConfigurationError as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_run, args, prepared)
+    except OSError as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

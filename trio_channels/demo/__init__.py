@@ -1,0 +1,1 @@
+"""The built-in demo served by ``python -m trio_channels run`` with no routing."""

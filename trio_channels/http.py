@@ -1,0 +1,349 @@
+"""HTTP helpers for consumers: ``Request``, ``Response``, and the fallback for un-routed HTTP.
+
+``Response(...).encode()`` is the seed's ``AsgiHandler.encode_response``: it yields the
+``http.response`` message and its chunks (512 KiB each). Un-routed ``http.request`` messages
+go to the fallback: an ASGI-3 app (``--http-app``, run in the worker against the message, so
+Starlette or Quart-Trio apps just work), else static files, else a 404.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.cookies
+import json
+import mimetypes
+import os
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from layers import ChannelFull
+
+from .channel import Message
+from .routing import Consumer, import_by_path
+
+__all__ = [
+    "CHUNK_SIZE",
+    "Headers",
+    "Request",
+    "Response",
+    "asgi_consumer",
+    "http_fallback",
+    "send_response",
+    "static_files_consumer",
+]
+
+CHUNK_SIZE = 512 * 1024
+
+
+class Headers:
+    """Case-insensitive, multi-valued view of ``[[name, value], ...]`` byte pairs, as text."""
+
+    def __init__(self, raw: list[list[bytes]] | list[tuple[bytes, bytes]]) -> None:
+        self.raw = [
+            (bytes(name).lower().decode("latin-1"), bytes(value).decode("latin-1")) for name, value in raw
+        ]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        name = name.lower()
+        values = [value for key, value in self.raw if key == name]
+        return ",".join(values) if values else default
+
+    def getlist(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.raw if key == name]
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and any(key == name.lower() for key, _ in self.raw)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(key for key, _ in self.raw))
+
+    def __repr__(self) -> str:
+        return f"Headers({self.raw!r})"
+
+
+@attrs.define(eq=False)
+class Request:
+    """An ``http.request`` message as a request object.
+
+    Build it with ``await Request.from_message(message)``, which also reads a body sent in
+    chunks through ``body_channel``.
+    """
+
+    method: str
+    path: str
+    query_string: bytes
+    headers: Headers
+    body: bytes
+    scheme: str = "http"
+    root_path: str = ""
+    client: list[Any] | None = None
+    server: list[Any] | None = None
+
+    @classmethod
+    async def from_message(cls, message: Message, *, body_timeout: float = 60) -> Request:
+        """Raises :exc:`trio.TooSlowError` if a chunked body does not arrive within *body_timeout*."""
+        content = message.content
+        body = content.get("body", b"")
+        body_channel = content.get("body_channel")
+        if body_channel:
+            parts = [body]
+            with trio.fail_after(body_timeout):
+                while True:
+                    _, chunk = await message.channel_layer.receive([body_channel])
+                    if chunk.get("closed"):
+                        raise ConnectionAbortedError("the client went away while sending the body")
+                    parts.append(chunk.get("content", b""))
+                    if not chunk.get("more_content", False):
+                        break
+            body = b"".join(parts)
+        return cls(
+            method=content.get("method", "GET"),
+            path=content.get("path", "/"),
+            query_string=content.get("query_string", b""),
+            headers=Headers(content.get("headers", [])),
+            body=body,
+            scheme=content.get("scheme", "http"),
+            root_path=content.get("root_path", ""),
+            client=content.get("client"),
+            server=content.get("server"),
+        )
+
+    @property
+    def GET(self) -> dict[str, list[str]]:
+        """Query parameters, each a list of values."""
+        return urllib.parse.parse_qs(self.query_string.decode("latin-1"), keep_blank_values=True)
+
+    def query(self, name: str, default: str | None = None) -> str | None:
+        """The first value of query parameter *name*."""
+        return self.GET.get(name, [default])[0]
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
+        for header in self.headers.getlist("cookie"):
+            try:
+                jar.load(header)
+            except http.cookies.CookieError:
+                continue
+        return {name: morsel.value for name, morsel in jar.items()}
+
+    def json(self) -> Any:
+        """The body parsed as JSON (:exc:`ValueError` if it is not)."""
+        return json.loads(self.body)
+
+    def form(self) -> dict[str, list[str]]:
+        """An ``application/x-www-form-urlencoded`` body."""
+        return urllib.parse.parse_qs(self.body.decode("utf-8"), keep_blank_values=True)
+
+
+@attrs.define(eq=False, init=False)
+class Response:
+    """An HTTP response; ``encode()`` gives its channel messages."""
+
+    content: bytes
+    status: int
+    headers: list[tuple[str, str]]
+
+    def __init__(
+        self,
+        content: bytes | str = b"",
+        status: int = 200,
+        headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+        content_type: str = "text/html; charset=utf-8",
+    ) -> None:
+        self.content = content.encode("utf-8") if isinstance(content, str) else content
+        if type(status) is not int or not 100 <= status <= 599:
+            raise ValueError(f"status {status!r} is invalid: it must be an int from 100 to 599")
+        self.status = status
+        pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+        if not any(name.lower() == "content-type" for name, _ in pairs):
+            pairs.insert(0, ("Content-Type", content_type))
+        self.headers = pairs
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200) -> Response:
+        return cls(json.dumps(data), status, content_type="application/json")
+
+    def set_cookie(
+        self,
+        name: str,
+        value: str,
+        *,
+        max_age: int | None = None,
+        path: str = "/",
+        domain: str | None = None,
+        secure: bool = False,
+        httponly: bool = True,
+        samesite: str | None = "Lax",
+    ) -> None:
+        """Add a ``Set-Cookie`` header (one per cookie, never comma-joined)."""
+        morsel: http.cookies.Morsel[str] = http.cookies.Morsel()
+        morsel.set(name, value, http.cookies.SimpleCookie().value_encode(value)[1])
+        morsel["path"] = path
+        if max_age is not None:
+            morsel["max-age"] = str(max_age)
+            morsel["expires"] = email.utils.formatdate(time.time() + max_age, usegmt=True)
+        if domain:
+            morsel["domain"] = domain
+        if secure:
+            morsel["secure"] = True
+        if httponly:
+            morsel["httponly"] = True
+        if samesite:
+            morsel["samesite"] = samesite
+        self.headers.append(("Set-Cookie", morsel.OutputString()))
+
+    def encode(self, chunk_size: int = CHUNK_SIZE) -> list[dict[str, Any]]:
+        """The ``http.response`` message(s): the body split in *chunk_size* pieces."""
+        headers = [[name.encode("latin-1"), value.encode("latin-1")] for name, value in self.headers]
+        if not any(name.lower() == b"content-length" for name, _ in headers):
+            headers.append([b"Content-Length", str(len(self.content)).encode()])
+        chunks = [self.content[i : i + chunk_size] for i in range(0, len(self.content), chunk_size)] or [b""]
+        messages: list[dict[str, Any]] = []
+        for index, chunk in enumerate(chunks):
+            message: dict[str, Any] = {"content": chunk, "more_content": index < len(chunks) - 1}
+            if index == 0:
+                message = {"status": self.status, "headers": headers, **message}
+            messages.append(message)
+        return messages
+
+
+async def send_response(
+    message: Message, response: Response | list[dict[str, Any]], *, timeout: float = 30
+) -> None:
+    """Send a response to *message*'s reply channel now (not buffered), waiting out ChannelFull."""
+    if message.reply_channel is None:
+        raise ValueError("this message has no reply_channel to respond to")
+    encoded = response.encode() if isinstance(response, Response) else response
+    with trio.move_on_after(timeout):
+        for part in encoded:
+            pause = 0.01
+            while True:
+                try:
+                    await message.reply_channel.send(part, immediately=True)
+                    break
+                except ChannelFull:
+                    await trio.sleep(pause)
+                    pause = min(pause * 2, 0.2)
+
+
+# ----------------------------------------------------------------------------- fallbacks
+
+ASGIApp = Callable[
+    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+def asgi_consumer(app: ASGIApp | str) -> Consumer:
+    """An ``http.request`` consumer that runs an ASGI-3 *app* (or ``"module:attribute"``)."""
+    if isinstance(app, str):
+        module, _, attribute = app.partition(":")
+        if not module or not attribute:
+            raise ImportError(f"ASGI app {app!r} must be written 'package.module:app'")
+        app = import_by_path(f"{module}.{attribute}", "ASGI app")
+    if not callable(app):
+        raise TypeError(f"ASGI app {app!r} is not callable")
+    asgi_app = app
+
+    async def consume(message: Message) -> None:
+        request = await Request.from_message(message)
+        content = message.content
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": content.get("http_version", "1.1"),
+            "method": request.method,
+            "scheme": request.scheme,
+            "path": request.path,
+            "raw_path": request.path.encode("utf-8", "surrogateescape"),
+            "query_string": request.query_string,
+            "root_path": request.root_path,
+            "headers": [(bytes(name), bytes(value)) for name, value in content.get("headers", [])],
+            "client": tuple(request.client) if request.client else None,
+            "server": tuple(request.server) if request.server else None,
+            "state": {},
+        }
+        body_sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": request.body, "more_body": False}
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        pending: dict[str, Any] = {}
+
+        async def send(event: dict[str, Any]) -> None:
+            if event["type"] == "http.response.start":
+                pending.update(
+                    status=event["status"],
+                    headers=[[bytes(n), bytes(v)] for n, v in event.get("headers", [])],
+                )
+            elif event["type"] == "http.response.body":
+                more = bool(event.get("more_body", False))
+                part = {**pending, "content": bytes(event.get("body", b"")), "more_content": more}
+                pending.clear()
+                await send_response(message, [part])
+
+        await asgi_app(scope, receive, send)
+
+    consume.__qualname__ = f"asgi_consumer({getattr(asgi_app, '__qualname__', repr(asgi_app))})"
+    return consume
+
+
+def static_files_consumer(
+    root: str | os.PathLike[str], url: str = "/static/", fallback: Consumer | None = None
+) -> Consumer:
+    """Serve files under *root* at *url*; other paths go to *fallback* (or 404)."""
+    root_path = Path(root).resolve()
+    if not root_path.is_dir():
+        raise ValueError(f"static root {str(root)!r} is not a directory")
+    if not url.startswith("/") or not url.endswith("/"):
+        raise ValueError(f"static URL {url!r} must start and end with '/'")
+
+    async def consume(message: Message) -> None:
+        path = message.get("path", "")
+        if path.startswith(url) and message.get("method", "GET") in ("GET", "HEAD"):
+            relative = path[len(url) :]
+            target = (root_path / relative).resolve()
+            if root_path in target.parents and target.is_file():
+                data = await trio.Path(target).read_bytes()
+                kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+                if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
+                    kind += "; charset=utf-8"
+                body = b"" if message.get("method") == "HEAD" else data
+                await send_response(message, Response(body, 200, content_type=kind))
+                return
+        if fallback is not None:
+            await fallback(message)
+        else:
+            await send_response(message, Response(f"404 Not Found: {path}\n", 404, content_type="text/plain"))
+
+    return consume
+
+
+def http_fallback(
+    http_app: ASGIApp | str | None = None, static_root: str | None = None, static_url: str = "/static/"
+) -> Consumer | None:
+    """The consumer for un-routed HTTP: the ASGI app, else static files, else ``None`` (404)."""
+    if http_app is not None:
+        return asgi_consumer(http_app)
+    if static_root is not None:
+        return static_files_consumer(static_root, static_url)
+    return None
