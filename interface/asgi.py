@@ -11,8 +11,9 @@ path (real close codes), everything else to Hypercorn's HTTP/1.1 and HTTP/2 mach
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -80,7 +81,7 @@ class _AsgiResponder:
         await self.body(text, False)
 
 
-async def _asgi_body(receive: Receive) -> AsyncIterator[bytes]:
+async def _asgi_body(receive: Receive) -> AsyncGenerator[bytes, None]:
     while True:
         event = await receive()
         if event["type"] == "http.disconnect":
@@ -145,7 +146,8 @@ class InterfaceApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self.server.http(_info(scope), _asgi_body(receive), _AsgiResponder(send))
+            async with contextlib.aclosing(_asgi_body(receive)) as body:
+                await self.server.http(_info(scope), body, _AsgiResponder(send))
         elif kind == "websocket":
             event = await receive()
             if event["type"] != "websocket.connect":

@@ -14,7 +14,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -201,7 +201,9 @@ class InterfaceServer:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    async def http(self, info: ConnectionInfo, body: AsyncIterator[bytes], respond: HttpResponder) -> None:
+    async def http(
+        self, info: ConnectionInfo, body: AsyncGenerator[bytes, None], respond: HttpResponder
+    ) -> None:
         """Serve one HTTP request: send ``http.request``, then relay the response.
 
         *body* yields the request body; *respond* writes the response. Answers 503 when the
@@ -217,41 +219,54 @@ class InterfaceServer:
                 await respond.simple(413, b"Request body too large.")
                 _log_access(info.client, request_line, 413, "-")
                 return
-            body_channel = await self.layer.new_channel("http.request.body?") if rest is not None else None
-            message = protocol.http_request_message(
-                reply_channel=reply_channel,
-                http_version=info.http_version,
-                method=info.method,
-                scheme=info.scheme,
-                path=info.path,
-                query_string=info.query_string,
-                root_path=info.root_path or self.config.root_path,
-                headers=info.headers,
-                body=first,
-                body_channel=body_channel,
-                client=info.client,
-                server=info.server,
-            )
-            try:
-                await self.layer.send("http.request", message)
-            except ChannelFull:
-                await respond.simple(503, b"Request queue full.")
-                _log_access(info.client, request_line, 503, "-")
-                return
-            except Exception as exc:
-                log.warning("could not send http.request (%s: %s); answered 503", type(exc).__name__, exc)
-                await respond.simple(503, b"Service unavailable: the channel layer is down.")
-                _log_access(info.client, request_line, 503, "-")
-                return
-            try:
-                status, size = await self._relay_response(reply_channel, replies, respond, body_channel, rest)
-            finally:
-                with trio.move_on_after(1, shield=True):
-                    with contextlib.suppress(Exception):
-                        await self.layer.send(
-                            "http.disconnect", {"reply_channel": reply_channel, "path": info.path}
-                        )
-            _log_access(info.client, request_line, status, size)
+            async with contextlib.aclosing(rest) if rest is not None else contextlib.nullcontext():
+                await self._http_request(info, request_line, reply_channel, replies, respond, first, rest)
+
+    async def _http_request(
+        self,
+        info: ConnectionInfo,
+        request_line: str,
+        reply_channel: str,
+        replies: trio.MemoryReceiveChannel[dict[str, Any]],
+        respond: HttpResponder,
+        first: bytes,
+        rest: AsyncGenerator[bytes, None] | None,
+    ) -> None:
+        body_channel = await self.layer.new_channel("http.request.body?") if rest is not None else None
+        message = protocol.http_request_message(
+            reply_channel=reply_channel,
+            http_version=info.http_version,
+            method=info.method,
+            scheme=info.scheme,
+            path=info.path,
+            query_string=info.query_string,
+            root_path=info.root_path or self.config.root_path,
+            headers=info.headers,
+            body=first,
+            body_channel=body_channel,
+            client=info.client,
+            server=info.server,
+        )
+        try:
+            await self.layer.send("http.request", message)
+        except ChannelFull:
+            await respond.simple(503, b"Request queue full.")
+            _log_access(info.client, request_line, 503, "-")
+            return
+        except Exception as exc:
+            log.warning("could not send http.request (%s: %s); answered 503", type(exc).__name__, exc)
+            await respond.simple(503, b"Service unavailable: the channel layer is down.")
+            _log_access(info.client, request_line, 503, "-")
+            return
+        try:
+            status, size = await self._relay_response(reply_channel, replies, respond, body_channel, rest)
+        finally:
+            with trio.move_on_after(1, shield=True):
+                with contextlib.suppress(Exception):
+                    await self.layer.send(
+                        "http.disconnect", {"reply_channel": reply_channel, "path": info.path}
+                    )
+        _log_access(info.client, request_line, status, size)
 
     async def _relay_response(
         self,
@@ -259,7 +274,7 @@ class InterfaceServer:
         replies: trio.MemoryReceiveChannel[dict[str, Any]],
         respond: HttpResponder,
         body_channel: str | None,
-        rest: AsyncIterator[bytes] | None,
+        rest: AsyncGenerator[bytes, None] | None,
     ) -> tuple[int | str, int | str]:
         state = protocol.HttpResponseProtocol()
         status: int | str = "-"
@@ -296,7 +311,7 @@ class InterfaceServer:
             await respond.body(b"", False)
         return status, size
 
-    async def _stream_body(self, body_channel: str, rest: AsyncIterator[bytes]) -> None:
+    async def _stream_body(self, body_channel: str, rest: AsyncGenerator[bytes, None]) -> None:
         chunk = b""
         async for piece in rest:
             if chunk:
@@ -370,15 +385,21 @@ class InterfaceServer:
         replies: trio.MemoryReceiveChannel[dict[str, Any]],
         first_actions: list[protocol.WebSocketAction],
     ) -> int:
-        result: dict[str, Any] = {"code": 1006, "muted": False}
+        result: dict[str, Any] = {"code": 1006, "muted": False, "closing": False}
+
+        async def close(code: int) -> None:
+            # The first close decides the code the application is told about.
+            if not result["closing"]:
+                result["closing"] = True
+                result["code"] = code
+            await transport.close(code)
 
         async def perform(actions: list[protocol.WebSocketAction]) -> bool:
             for action in actions:
                 if isinstance(action, (SendText, SendBytes)):
                     await transport.send(action.text if isinstance(action, SendText) else action.data)
                 elif isinstance(action, Close):
-                    await transport.close(action.code)
-                    result["code"] = action.code
+                    await close(action.code)
                     return False
             return True
 
@@ -394,15 +415,16 @@ class InterfaceServer:
                 try:
                     data = await transport.receive()
                 except WebSocketClosed as closed:
-                    result["code"] = closed.code
+                    if not result["closing"]:
+                        result["closing"] = True
+                        result["code"] = closed.code
                     break
                 try:
                     await self.layer.send("websocket.receive", ws.receive_message(data))
                 except ChannelFull:
                     log.warning("websocket.receive is full; closing %s with 1013", ws.reply_channel)
                     result["muted"] = True
-                    result["code"] = 1013
-                    await transport.close(1013)
+                    await close(1013)
                     break
                 except Exception as exc:
                     log.warning(
@@ -425,8 +447,7 @@ class InterfaceServer:
 
         async def on_shutdown(cancel: trio.CancelScope) -> None:
             await self.shutting_down.wait()
-            result["code"] = 1001
-            await transport.close(1001)
+            await close(1001)
             cancel.cancel()
 
         with trio.move_on_after(self.websocket_lifetime) as lifetime:
@@ -437,9 +458,8 @@ class InterfaceServer:
                 if self.config.ping_interval > 0:
                     nursery.start_soon(keepalive)
         if lifetime.cancelled_caught:
-            result["code"] = 1000
             with trio.move_on_after(1, shield=True):
-                await transport.close(1000)
+                await close(1000)
         if not result["muted"]:
             await self._send_disconnect(ws, result["code"])
         return int(result["code"])
@@ -468,23 +488,26 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def _first_chunk(body: AsyncIterator[bytes], limit: int) -> tuple[bytes, AsyncIterator[bytes] | None]:
+async def _first_chunk(
+    body: AsyncGenerator[bytes, None], limit: int
+) -> tuple[bytes, AsyncGenerator[bytes, None] | None]:
     """Read up to BODY_CHUNK bytes; return them and an iterator over the rest (or None)."""
     buffer = bytearray()
     total = 0
-    iterator = body.__aiter__()
-    async for piece in iterator:
+    async for piece in body:
         total += len(piece)
         if total > limit:
             raise _BodyTooLarge
         buffer += piece
         if len(buffer) > BODY_CHUNK:
             head, tail = bytes(buffer[:BODY_CHUNK]), bytes(buffer[BODY_CHUNK:])
-            return head, _rest(tail, iterator, limit - total)
+            return head, _rest(tail, body, limit - total)
     return bytes(buffer), None
 
 
-async def _rest(first: bytes, iterator: AsyncIterator[bytes], remaining: int) -> AsyncIterator[bytes]:
+async def _rest(
+    first: bytes, iterator: AsyncGenerator[bytes, None], remaining: int
+) -> AsyncGenerator[bytes, None]:
     pending = bytearray(first)
     async for piece in iterator:
         remaining -= len(piece)

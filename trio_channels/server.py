@@ -154,37 +154,19 @@ async def serve(
 
     async def run() -> None:
         assert isinstance(layer, BaseChannelLayer)
+        # Workers stop only after the listeners finished, so the websocket.disconnect messages
+        # sent while closing WebSockets with 1001 are still consumed.
+        workers_shutdown = trio.Event()
         with use_layer(layer):
             async with open_service_nursery() as outer:
                 if handle_signals:
                     outer.start_soon(_watch_signals, shutdown)
-                async with trio.open_nursery() as graceful:
-                    urls: list[str] = []
-                    ws_urls: list[str] = []
-                    server = None
-                    if interface:
-                        server = InterfaceServer(layer, config)
-                        await outer.start(server.run_reply_poller)
-                        if bind:
-                            urls = await graceful.start(
-                                partial(
-                                    serve_interface,
-                                    server,
-                                    bind,
-                                    certfile=certfile,
-                                    keyfile=keyfile,
-                                    shutdown=shutdown,
-                                )
-                            )
-                        for ws in ws_bind:
-                            ws_urls += await graceful.start(
-                                partial(_serve_websocket_only, server, ws, shutdown)
-                            )
+                async with trio.open_nursery() as worker_nursery:
                     started: list[Worker] = []
                     for _ in range(n_workers):
                         assert router is not None
                         started.append(
-                            await graceful.start(
+                            await worker_nursery.start(
                                 partial(
                                     run_worker,
                                     layer,
@@ -194,20 +176,44 @@ async def serve(
                                     concurrency=concurrency,
                                     consumer_timeout=consumer_timeout,
                                     grace_period=grace_period,
-                                    shutdown=shutdown,
+                                    shutdown=workers_shutdown,
                                 )
                             )
                         )
-                    task_status.started(
-                        ServerInfo(
-                            urls=urls,
-                            ws_urls=ws_urls,
-                            layer=layer,
-                            interface=server,
-                            workers=started,
-                            shutdown=shutdown,
+                    async with trio.open_nursery() as listeners:
+                        urls: list[str] = []
+                        ws_urls: list[str] = []
+                        server = None
+                        if interface:
+                            server = InterfaceServer(layer, config)
+                            await outer.start(server.run_reply_poller)
+                            if bind:
+                                urls = await listeners.start(
+                                    partial(
+                                        serve_interface,
+                                        server,
+                                        bind,
+                                        certfile=certfile,
+                                        keyfile=keyfile,
+                                        shutdown=shutdown,
+                                    )
+                                )
+                            for ws in ws_bind:
+                                ws_urls += await listeners.start(
+                                    partial(_serve_websocket_only, server, ws, shutdown)
+                                )
+                        task_status.started(
+                            ServerInfo(
+                                urls=urls,
+                                ws_urls=ws_urls,
+                                layer=layer,
+                                interface=server,
+                                workers=started,
+                                shutdown=shutdown,
+                            )
                         )
-                    )
+                        await shutdown.wait()
+                    workers_shutdown.set()
                 outer.cancel_scope.cancel()
 
     if _is_open(layer):
