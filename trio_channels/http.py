@@ -254,7 +254,10 @@ def asgi_consumer(app: ASGIApp | str) -> Consumer:
         module, _, attribute = app.partition(":")
         if not module or not attribute:
             raise ImportError(f"ASGI app {app!r} must be written 'package.module:app'")
-        app = import_by_path(f"{module}.{attribute}", "ASGI app")
+        try:
+            app = import_by_path(f"{module}.{attribute}", "ASGI app")
+        except ImportError as exc:
+            raise ImportError(f"ASGI app {app!r} could not be imported: {exc.__cause__ or exc}") from exc
     if not callable(app):
         raise TypeError(f"ASGI app {app!r} is not callable")
     asgi_app = app

@@ -1,0 +1,146 @@
+"""HTTP helpers: Response encoding, Request parsing, the ASGI-3 and static fallbacks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from layers import InMemoryChannelLayer
+from trio_channels import Channel, Message
+from trio_channels.http import CHUNK_SIZE, Request, Response, asgi_consumer, static_files_consumer
+
+from ..helpers import receive_now
+
+
+@pytest.fixture
+async def layer() -> AsyncIterator[InMemoryChannelLayer]:
+    async with InMemoryChannelLayer() as opened:
+        yield opened
+
+
+def request_message(layer: InMemoryChannelLayer, **content: Any) -> Message:
+    base = {
+        "reply_channel": "interface.t!r",
+        "method": "GET",
+        "path": "/",
+        "query_string": b"",
+        "headers": [],
+        "body": b"",
+        "scheme": "http",
+        "http_version": "1.1",
+    }
+    return Message({**base, **content}, Channel("http.request", layer=layer), layer)
+
+
+async def replies(layer: InMemoryChannelLayer) -> list[dict[str, Any]]:
+    messages = []
+    while True:
+        _, message = await receive_now(layer, ["interface.t!"])
+        messages.append(message)
+        if not message.get("more_content"):
+            return messages
+
+
+def test_response_encode_is_the_seed_encode_response() -> None:
+    """One message for a small body; 512 KiB chunks with more_content for a large one."""
+    (only,) = Response("Hello world! You asked for /x").encode()
+    assert only["status"] == 200 and only["content"] == b"Hello world! You asked for /x"
+    assert only["more_content"] is False
+    assert [b"Content-Type", b"text/html; charset=utf-8"] in only["headers"]
+    big = Response(b"x" * (CHUNK_SIZE * 2 + 1)).encode()
+    assert [len(part["content"]) for part in big] == [CHUNK_SIZE, CHUNK_SIZE, 1]
+    assert [part["more_content"] for part in big] == [True, True, False]
+    assert "status" in big[0] and "status" not in big[1]
+    assert Response(b"").encode()[0]["content"] == b""
+
+
+def test_set_cookie_adds_one_header_per_cookie() -> None:
+    """Set-Cookie headers are separate, with the attributes asked for."""
+    response = Response("x")
+    response.set_cookie("sessionid", "abc", max_age=60)
+    response.set_cookie("other", "v w", httponly=False, samesite=None)
+    cookies = [value for name, value in response.headers if name == "Set-Cookie"]
+    assert (
+        cookies[0].startswith("sessionid=abc; ") and "HttpOnly" in cookies[0] and "Max-Age=60" in cookies[0]
+    )
+    assert cookies[1].startswith('other="v w"') and "HttpOnly" not in cookies[1]
+
+
+def test_bad_status() -> None:
+    with pytest.raises(ValueError, match="status 99 is invalid"):
+        Response("x", status=99)
+
+
+async def test_request_from_message(layer: InMemoryChannelLayer) -> None:
+    """Request reads method, query, case-insensitive headers, cookies and JSON."""
+    message = request_message(
+        layer,
+        method="POST",
+        query_string=b"a=1&a=2&b=",
+        headers=[[b"content-type", b"application/json"], [b"cookie", b"sessionid=xyz; theme=dark"]],
+        body=b'{"k": [1, 2]}',
+    )
+    request = await Request.from_message(message)
+    assert request.method == "POST" and request.GET == {"a": ["1", "2"], "b": [""]}
+    assert request.query("a") == "1" and request.query("zzz", "d") == "d"
+    assert request.headers["Content-Type"] == "application/json" and "COOKIE" in request.headers
+    assert request.cookies == {"sessionid": "xyz", "theme": "dark"}
+    assert request.json() == {"k": [1, 2]}
+
+
+async def test_request_reads_the_body_channel(layer: InMemoryChannelLayer) -> None:
+    """A chunked body is reassembled from body_channel."""
+    body_channel = await layer.new_channel("http.request.body?")
+    await layer.send(body_channel, {"content": b"two", "more_content": True})
+    await layer.send(body_channel, {"content": b"three", "more_content": False})
+    request = await Request.from_message(request_message(layer, body=b"one", body_channel=body_channel))
+    assert request.body == b"onetwothree"
+
+
+async def test_asgi_fallback_runs_an_asgi3_app(layer: InMemoryChannelLayer) -> None:
+    """An ASGI-3 app answers http.request messages through the reply channel."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope)
+        body = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 201, "headers": [(b"x-app", b"yes")]})
+        await send({"type": "http.response.body", "body": b"got " + body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"!"})
+
+    consumer = asgi_consumer(app)
+    await consumer(request_message(layer, method="PUT", path="/api/x", query_string=b"q=1", body=b"data"))
+    first, second = await replies(layer)
+    assert (
+        first["status"] == 201 and [b"x-app", b"yes"] in first["headers"] and first["content"] == b"got data"
+    )
+    assert second == {"content": b"!", "more_content": False}
+    assert seen[0]["method"] == "PUT" and seen[0]["path"] == "/api/x" and seen[0]["query_string"] == b"q=1"
+
+
+def test_asgi_fallback_bad_path() -> None:
+    """A bad --http-app path is an ImportError naming it."""
+    with pytest.raises(ImportError, match="'nowhere.module:app'"):
+        asgi_consumer("nowhere.module:app")
+    with pytest.raises(ImportError, match="package.module:app"):
+        asgi_consumer("no_colon")
+
+
+async def test_static_files(layer: InMemoryChannelLayer, tmp_path: Path) -> None:
+    """Files under the root are served with a content type; escapes and misses get 404."""
+    (tmp_path / "app.js").write_text("console.log(1)")
+    (tmp_path.parent / "secret.txt").write_text("no")
+    consumer = static_files_consumer(tmp_path, "/static/")
+    await consumer(request_message(layer, path="/static/app.js"))
+    (found,) = await replies(layer)
+    assert found["status"] == 200 and found["content"] == b"console.log(1)"
+    assert any(name == b"Content-Type" and b"javascript" in value for name, value in found["headers"])
+    for path in ("/static/../secret.txt", "/static/missing.js", "/elsewhere"):
+        await consumer(request_message(layer, path=path))
+        (missing,) = await replies(layer)
+        assert missing["status"] == 404
+    with pytest.raises(ValueError, match="is not a directory"):
+        static_files_consumer(tmp_path / "nope")

@@ -1,0 +1,152 @@
+"""``python -m trio_channels`` as a user runs it: a real process on a real port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trio_channels", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+@asynccontextmanager
+async def running(*args: str) -> AsyncIterator[tuple[trio.Process, str]]:
+    """Start the CLI, wait for the URL it prints, and stop it with SIGTERM afterwards."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_channels", *args], stdout=subprocess.PIPE, env=ENV, cwd=ROOT
+    )
+    assert process.stdout is not None
+    try:
+        buffer = b""
+        with trio.fail_after(30):
+            while b" at http://" not in buffer:
+                chunk = await process.stdout.receive_some()
+                assert chunk, f"the server exited early: {buffer!r}"
+                buffer += chunk
+        line = buffer.decode().split(" at ", 1)[1]
+        url = line.split()[0]
+        yield process, url
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(15):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        await process.stdout.aclose()
+
+
+async def test_demo_chat_between_rooms() -> None:
+    """The README's first command: the page loads, two clients in one room chat, another room hears nothing."""
+    async with running("run", "--bind", "127.0.0.1:0") as (process, url):
+        async with httpx.AsyncClient() as client:
+            page = await client.get(url + "/")
+        assert page.status_code == 200 and "trio_channels demo" in page.text
+        assert 'new WebSocket(scheme + location.host + "/chat/" + room + "/")' in page.text
+        ws = url.replace("http://", "ws://")
+        with trio.fail_after(20):
+            async with (
+                open_websocket_url(ws + "/chat/lobby/") as alice,
+                open_websocket_url(ws + "/chat/lobby/") as bob,
+                open_websocket_url(ws + "/chat/other/") as carol,
+            ):
+                await alice.send_message("hello lobby")
+                assert await alice.get_message() == "hello lobby"
+                assert await bob.get_message() == "hello lobby"
+                await carol.send_message("carol here")
+                assert await carol.get_message() == "carol here"
+                with trio.move_on_after(0.5):
+                    overheard = await bob.get_message()
+                    pytest.fail(f"bob heard another room: {overheard!r}")
+            async with open_websocket_url(ws + "/echo/") as echo:
+                await echo.send_message("hello world")
+                assert await echo.get_message() == "hello world"
+        assert process.returncode is None
+
+
+async def test_sigterm_closes_websockets_with_1001_and_exits_0() -> None:
+    """SIGTERM: open WebSockets are closed with 1001 and the process exits cleanly."""
+    async with running("run", "--bind", "127.0.0.1:0") as (process, url):
+        with trio.fail_after(20):
+            async with open_websocket_url(url.replace("http://", "ws://") + "/chat/lobby/") as ws:
+                process.send_signal(signal.SIGTERM)
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+                assert closed.value.reason.code == 1001
+            await process.wait()
+        assert process.returncode == 0
+
+
+async def test_settings_module_like_the_seed() -> None:
+    """--settings reads CHANNEL_LAYERS (the seed's asgiref backend name works) and its ROUTING."""
+    async with running("run", "--settings", "tests.e2e.sample_app", "--bind", "127.0.0.1:0") as (_, url):
+        async with httpx.AsyncClient() as client:
+            response = await client.get(url + "/any/path")
+    assert response.text == "Hello world! You asked for /any/path"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["run", "myproject.nowhere.routing"],
+            "routing 'myproject.nowhere.routing': routing 'myproject.nowhere.routing' could not be imported",
+        ),
+        (
+            ["run", "--settings", "nowhere_settings"],
+            "settings module 'nowhere_settings' could not be imported",
+        ),
+        (["run", "--layer", "carrier-pigeon://x"], "unknown scheme 'carrier-pigeon'"),
+        (["run", "--noworker"], "'run --noworker' needs a cross-process channel layer"),
+        (["worker"], "'worker' needs a cross-process channel layer"),
+    ],
+)
+def test_configuration_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    """Bad routing, settings, layer URL, or in-memory without workers: one clear line, status 2."""
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_reads_well() -> None:
+    """--help lists the commands and the main options."""
+    result = run_cli("run", "--help")
+    assert result.returncode == 0
+    for option in (
+        "--layer",
+        "--bind",
+        "--ws-bind",
+        "--noworker",
+        "--http-timeout",
+        "--proxy-headers",
+        "--http-app",
+        "--static-root",
+    ):
+        assert option in result.stdout
+    top = run_cli("--help")
+    assert "run" in top.stdout and "worker" in top.stdout

@@ -1,0 +1,152 @@
+"""The I/O-free protocol: message shapes and the accept/close/reject table (sync tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from interface.protocol import (
+    Accept,
+    Close,
+    HttpResponseProtocol,
+    Reject,
+    ResponseBody,
+    ResponseStart,
+    SendBytes,
+    SendText,
+    WebSocketProtocol,
+    WebSocketState,
+    clean_headers,
+    decode_path,
+)
+
+
+def ws() -> WebSocketProtocol:
+    return WebSocketProtocol(reply_channel="interface.p!c", path="/chat/")
+
+
+def test_order_numbers() -> None:
+    """connect is 0, frames count from 1, disconnect is last + 1."""
+    socket = ws()
+    assert socket.connect_message()["order"] == 0
+    assert socket.receive_message("a") == {
+        "reply_channel": "interface.p!c",
+        "path": "/chat/",
+        "order": 1,
+        "text": "a",
+    }
+    assert socket.receive_message(b"b") == {
+        "reply_channel": "interface.p!c",
+        "path": "/chat/",
+        "order": 2,
+        "bytes": b"b",
+    }
+    assert socket.disconnect_message(4000) == {
+        "reply_channel": "interface.p!c",
+        "code": 4000,
+        "path": "/chat/",
+        "order": 3,
+    }
+
+
+def test_connect_message_keys() -> None:
+    """websocket.connect has every key of reference §3.7 (plus subprotocols)."""
+    assert set(ws().connect_message()) == {
+        "reply_channel", "scheme", "path", "query_string", "root_path", "headers", "client", "server", "subprotocols", "order",
+    }  # fmt: skip
+
+
+HANDSHAKING: list[tuple[dict[str, Any], list[Any], WebSocketState]] = [
+    ({"accept": True}, [Accept()], WebSocketState.OPEN),
+    ({"accept": False}, [Reject(403)], WebSocketState.CLOSED),
+    ({"accept": False, "text": "x"}, [Reject(403)], WebSocketState.CLOSED),
+    ({"text": "x"}, [Accept(), SendText("x")], WebSocketState.OPEN),
+    ({"bytes": b"x"}, [Accept(), SendBytes(b"x")], WebSocketState.OPEN),
+    ({"close": True}, [Reject(403)], WebSocketState.CLOSED),
+    ({"text": "x", "close": 4000}, [Accept(), SendText("x"), Close(4000)], WebSocketState.CLOSED),
+    ({"accept": True, "close": True}, [Accept(), Close(1000)], WebSocketState.CLOSED),
+    ({"text": ""}, [], WebSocketState.CONNECTING),
+    ({}, [], WebSocketState.CONNECTING),
+]
+
+
+@pytest.mark.parametrize(("reply", "actions", "state"), HANDSHAKING)
+def test_handshaking_table(reply: dict[str, Any], actions: list[Any], state: WebSocketState) -> None:
+    """Each handshaking row of the accept table."""
+    socket = ws()
+    assert socket.reply(reply) == actions
+    assert socket.state is state
+
+
+@pytest.mark.parametrize(
+    ("reply", "actions"),
+    [
+        ({"text": "x"}, [SendText("x")]),
+        ({"bytes": b"x"}, [SendBytes(b"x")]),
+        ({"close": 4001}, [Close(4001)]),
+        ({"text": "x", "close": True}, [SendText("x"), Close(1000)]),
+        ({"accept": False, "text": "x"}, [SendText("x")]),
+    ],
+)
+def test_open_table(reply: dict[str, Any], actions: list[Any]) -> None:
+    """Open-socket rows: frames, close after data, accept ignored."""
+    socket = ws()
+    socket.reply({"accept": True})
+    assert socket.reply(reply) == actions
+
+
+def test_closed_socket_ignores_replies() -> None:
+    """Nothing is done after close."""
+    socket = ws()
+    socket.reply({"close": True})
+    assert socket.reply({"text": "late"}) == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ({"text": "a", "bytes": b"b"}, "both 'text' and 'bytes'"),
+        ({"status": 200}, r"unknown key\(s\) \['status'\]"),
+        ({"close": 999}, "close code 999 is invalid"),
+        ({"text": b"x"}, "'text' must be str"),
+    ],
+)
+def test_bad_replies(reply: dict[str, Any], error: str) -> None:
+    """Malformed replies raise ValueError saying what is wrong; state is unchanged."""
+    socket = ws()
+    with pytest.raises(ValueError, match=error):
+        socket.reply(reply)
+    assert socket.state is WebSocketState.CONNECTING
+
+
+def test_http_response_protocol() -> None:
+    """Response then chunks; a second status or a headless first chunk is an error."""
+    state = HttpResponseProtocol()
+    with pytest.raises(ValueError, match="must have 'status'"):
+        state.reply({"content": b"x"})
+    assert state.reply(
+        {"status": 200, "headers": [[b"Content-Type", b"text/plain"]], "more_content": True}
+    ) == [
+        ResponseStart(200, [[b"content-type", b"text/plain"]]),
+        ResponseBody(b"", True),
+    ]
+    with pytest.raises(ValueError, match="second Response"):
+        state.reply({"status": 200})
+    assert state.reply({"content": b"end"}) == [ResponseBody(b"end", False)]
+    assert state.finished and state.reply({"content": b"ignored"}) == []
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [({"status": 99}, "status 99 is invalid"), ({"status": 200, "headers": [["a", "b"]]}, "pair of bytes")],
+)
+def test_bad_responses(message: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        HttpResponseProtocol().reply(message)
+
+
+def test_headers_and_paths() -> None:
+    """Header names are lowercased, underscored names dropped; paths percent-decoded."""
+    assert clean_headers([(b"X-A", b"1"), (b"x_b", b"2"), (b"X-A", b"3")]) == [[b"x-a", b"1"], [b"x-a", b"3"]]
+    assert decode_path(b"/caf%C3%A9/a+b") == "/café/a+b"
