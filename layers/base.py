@@ -151,10 +151,27 @@ def _path(parent: str, key: object) -> str:
     return f"{parent}[{key!r}]"
 
 
-def _check_value(value: object, path: str) -> None:
-    # Iterative in spirit but recursion is fine: ASGI messages are shallow.
+_SCALARS: Final = frozenset({str, bytes, bool, float, type(None)})
+
+
+def _valid(value: object) -> bool:
+    # The fast check: no paths built while everything is fine.
     kind = type(value)
-    if kind is str or kind is bytes or kind is bool or kind is float or value is None:
+    if kind in _SCALARS:
+        return True
+    if kind is int:
+        return _INT64_MIN <= value <= _INT64_MAX  # type: ignore[operator]
+    if kind is dict:
+        return all(type(key) is str and _valid(item) for key, item in value.items())  # type: ignore[attr-defined]
+    if kind is list or kind is tuple:
+        return all(_valid(item) for item in value)  # type: ignore[attr-defined]
+    return False
+
+
+def _check_value(value: object, path: str) -> None:
+    # The slow walk, only for an invalid message: finds the first bad value and names its path.
+    kind = type(value)
+    if kind in _SCALARS:
         return
     if kind is int:
         if not _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
@@ -187,7 +204,8 @@ def validate_message(message: object) -> dict[str, Any]:
         raise TypeError(f"message must be a dict, not {type(message).__name__}: {message!r:.80}")
     if RESERVED_KEY in message:
         raise ValueError(f"message['{RESERVED_KEY}'] is reserved for the channel layer's own use")
-    _check_value(message, "message")
+    if not _valid(message):
+        _check_value(message, "message")
     return message
 
 
@@ -367,6 +385,18 @@ class BaseChannelLayer(abc.ABC):
         :exc:`ValueError` for a bad name or message. If cancelled, the message was either sent
         or not, never half-sent.
         """
+
+    async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None:
+        """Send a message already made by :func:`encode_message` (validated, copied, sized).
+
+        Saves a second encoding where a caller buffered the message itself (consumer outboxes).
+        Backends override it to store *data* as it is.
+        """
+        await self.send(channel, decode_message(data), delay=delay)
+
+    async def send_group_encoded(self, group: str, data: bytes) -> None:
+        """:meth:`send_group` for a message already made by :func:`encode_message`."""
+        await self.send_group(group, decode_message(data))
 
     @abc.abstractmethod
     async def receive(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:

@@ -86,6 +86,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
     _delayed_seq: int = attrs.field(default=0, init=False, repr=False)
     _messages_count: int = attrs.field(default=0, init=False, repr=False)
     _channel_full_count: int = attrs.field(default=0, init=False, repr=False)
+    _sends: int = attrs.field(default=0, init=False, repr=False)
     _timer_running: bool = attrs.field(default=False, init=False, repr=False)
     _timer_deadline: float = attrs.field(default=math.inf, init=False, repr=False)
     _timer_wakeup: trio.Event | None = attrs.field(default=None, init=False, repr=False)
@@ -145,9 +146,21 @@ class InMemoryChannelLayer(BaseChannelLayer):
     # -- sending ---------------------------------------------------------------------------
 
     async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
+        """See :meth:`layers.BaseChannelLayer.send`. Never blocks.
+
+        Always a cancellation point; a schedule point every 16th call (a send that never
+        blocks gains nothing from yielding each time, and each yield costs a scheduler pass),
+        so even a tight loop of sends lets other tasks run.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         self.send_nowait(channel, message, delay=delay)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        await self._maybe_yield()
+
+    async def _maybe_yield(self) -> None:
+        # Sends, and receives that find a message waiting, never block: yield every 16th time.
+        self._sends += 1
+        if not self._sends & 15:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def send_nowait(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
         """Like :meth:`~layers.BaseChannelLayer.send`, without a checkpoint (the in-memory layer never blocks)."""
@@ -159,6 +172,15 @@ class InMemoryChannelLayer(BaseChannelLayer):
             self._schedule(channel, data, delay)
         else:
             self._deliver(channel, data, trio.current_time())
+
+    async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        validate_channel_name(channel)
+        if delay:
+            self._schedule(channel, data, delay)
+        else:
+            self._deliver(channel, data, trio.current_time())
+        await self._maybe_yield()
 
     def _schedule(self, channel: str, data: bytes, delay: float) -> None:
         if not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
@@ -229,7 +251,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         await trio.lowlevel.checkpoint_if_cancelled()
         found = self._take(names)
         if found is not None:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._maybe_yield()
             return found
         waiter = _Waiter(trio.lowlevel.current_task(), names)
         for name in names:
@@ -357,9 +379,11 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return self._live_members(group, trio.current_time())
 
     async def send_group(self, group: str, message: dict[str, Any]) -> None:
+        await self.send_group_encoded(group, self._encode(message))
+
+    async def send_group_encoded(self, group: str, data: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         validate_group_name(group)
-        data = self._encode(message)
         now = trio.current_time()
         for channel in self._live_members(group, now):
             queue = self._queues.get(non_local_name(channel))

@@ -112,6 +112,13 @@ class Outbox:
         pending, self._pending = self._pending, []
         if not pending:
             return
+        if len(pending) == 1 and not pending[0].group and trio.current_effective_deadline() == math.inf:
+            # The common case (one reply, no cancellation around): no scope, no retry loop.
+            try:
+                await self.layer.send_encoded(pending[0].name, pending[0].data, delay=pending[0].delay)
+                return
+            except ChannelFull:
+                pass
         with trio.move_on_after(timeout, shield=True) as scope:
             for index, item in enumerate(pending):
                 if not await self._deliver(item, scope):
@@ -127,14 +134,13 @@ class Outbox:
             log.error("buffered sends did not finish within %.1f s; the rest were dropped", timeout)
 
     async def _deliver(self, item: _Pending, scope: trio.CancelScope) -> bool:
-        message = decode_message(item.data)
         if item.group:
-            await self.layer.send_group(item.name, message)
+            await self.layer.send_group_encoded(item.name, item.data)
             return True
         pause = 0.01
         while True:
             try:
-                await self.layer.send(item.name, message, delay=item.delay)
+                await self.layer.send_encoded(item.name, item.data, delay=item.delay)
                 return True
             except ChannelFull:
                 # No primitive can wake us when a (possibly remote) channel drains: back off.
@@ -185,7 +191,7 @@ class Channel:
         outbox = _current_outbox.get()
         if outbox is not None and not immediately:
             outbox.add(group=False, name=self.name, content=content, delay=delay or 0)
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
             return
         await self.layer.send(self.name, content, delay=delay or 0)
 
@@ -238,7 +244,7 @@ class Group:
         outbox = _current_outbox.get()
         if outbox is not None and not immediately:
             outbox.add(group=True, name=self.name, content=content)
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
             return
         await self.layer.send_group(self.name, content)
 

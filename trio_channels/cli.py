@@ -20,6 +20,7 @@ import layers
 from interface import InterfaceConfig
 
 from .routing import Router, import_by_path
+from .server import DEFAULT_CHANNEL_CAPACITY
 
 __all__ = ["main"]
 
@@ -233,11 +234,13 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
     routing = args.routing or settings.get("routing") or DEMO_ROUTING
     if args.layer:
         try:
-            layer = layers.from_url(args.layer)
+            layer = layers.from_url(args.layer, channel_capacity=DEFAULT_CHANNEL_CAPACITY)
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(str(exc)) from exc
     else:
-        layer = settings.get("layer") or layers.InMemoryChannelLayer()
+        layer = settings.get("layer") or layers.InMemoryChannelLayer(
+            channel_capacity=DEFAULT_CHANNEL_CAPACITY
+        )
     try:
         router_check = Router(routing)
     except (ImportError, TypeError, ValueError) as exc:

@@ -38,6 +38,18 @@ __all__ = ["ServerInfo", "serve"]
 log = logging.getLogger("trio_channels.server")
 
 
+#: Capacities for the layer serve() and the CLI make. An interface process's prefix carries the
+#: replies of all its connections, so it needs room for a group send to every member at once;
+#: the request channels absorb a burst of a thousand connects or requests before answering 503.
+DEFAULT_CHANNEL_CAPACITY: dict[str, int] = {
+    "interface.*!": 10_000,
+    "http.request": 1_000,
+    "websocket.connect": 1_000,
+    "websocket.receive": 1_000,
+    "websocket.disconnect": 1_000,
+}
+
+
 @attrs.frozen(kw_only=True)
 class ServerInfo:
     """What ``serve()`` hands to ``task_status.started()``: where it listens and what runs."""
@@ -137,7 +149,7 @@ async def serve(
     if routing is None:
         routing = "trio_channels.demo.routing.routing"
     if layer is None:
-        layer = InMemoryChannelLayer()
+        layer = InMemoryChannelLayer(channel_capacity=DEFAULT_CHANNEL_CAPACITY)
     elif isinstance(layer, str):
         layer = layers.from_url(layer)
     n_workers = int(workers) if not isinstance(workers, bool) else (1 if workers else 0)

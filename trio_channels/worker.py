@@ -2,11 +2,12 @@
 
 Theory of operation
 -------------------
-The poller takes a slot from a ``trio.CapacityLimiter(concurrency)`` *before* it receives, so
-while every slot is busy it stops pulling and leaves messages on the layer for other workers.
-Each received message runs in its own task in the worker's nursery, under a cancel scope whose
-deadline is the message's expiry (or ``consumer_timeout``); a message already past its expiry
-is never started. The consumer's sends are buffered in an :class:`~trio_channels.channel.Outbox`
+A worker runs ``concurrency`` long-lived consumer tasks. Each one receives from the layer
+only while it is free, so while every task is busy the worker stops pulling and leaves
+messages on the layer for other workers (the layer's receive is the capacity limit; no task
+is spawned per message). Each message is consumed under a cancel scope whose deadline is the
+message's expiry (or ``consumer_timeout``); a message already past its expiry is never
+started. The consumer's sends are buffered in an :class:`~trio_channels.channel.Outbox`
 and flushed when it finishes, whatever way it finished.
 
 Nothing a consumer does stops the worker: exceptions (any ``BaseException`` but cancellation
@@ -20,7 +21,6 @@ backoff. Shutdown (the ``shutdown`` event) stops the poller, gives running consu
 from __future__ import annotations
 
 import fnmatch
-import itertools
 import logging
 import sys
 from collections.abc import Iterable
@@ -93,9 +93,11 @@ class Worker:
     consumer_timeout: float | None = None
     flush_timeout: float = 2.0
     grace_period: float = 10.0
-    _limiter: trio.CapacityLimiter = attrs.field(init=False)
-    _tokens: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _counts: dict[str, int] = attrs.field(init=False)
+    _running: int = attrs.field(default=0, init=False)
+    _failures: int = attrs.field(default=0, init=False)
+    _stopping: bool = attrs.field(default=False, init=False)
+    _pulling: set[trio.CancelScope] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         if type(self.concurrency) is not int or self.concurrency < 1:
@@ -110,13 +112,12 @@ class Worker:
             )
         for name in self.channels:
             validate_channel_name(name, receive=True)
-        self._limiter = trio.CapacityLimiter(self.concurrency)
         self._counts = dict.fromkeys(
             ("consumed", "failed", "timed_out", "expired", "requeued", "unrouted"), 0
         )
 
     def statistics(self) -> WorkerStatistics:
-        return WorkerStatistics(**self._counts, running=self._limiter.borrowed_tokens)
+        return WorkerStatistics(**self._counts, running=self._running)
 
     async def run(
         self,
@@ -129,44 +130,57 @@ class Worker:
         with use_layer(self.layer):
             async with trio.open_nursery() as outer:
                 async with trio.open_nursery() as consumers:
-                    with trio.CancelScope() as polling:
-                        if shutdown is not None:
-                            outer.start_soon(_cancel_when_set, shutdown, polling)
-                        task_status.started(self)
-                        await self._poll(consumers)
-                    # The poller stopped (shutdown): running consumers get the grace period.
-                    consumers.cancel_scope.deadline = trio.current_time() + self.grace_period
+                    for _ in range(self.concurrency):
+                        consumers.start_soon(self._consume_loop)
+                    if shutdown is not None:
+                        outer.start_soon(self._stop_when_set, shutdown, consumers.cancel_scope)
+                    task_status.started(self)
                 outer.cancel_scope.cancel()
 
-    async def _poll(self, consumers: trio.Nursery) -> None:
-        failures = 0
-        while True:
-            token = next(self._tokens)
-            await self._limiter.acquire_on_behalf_of(token)
-            try:
-                channel, content, deadline = await self.layer.receive_with_deadline(self.channels)
-            except Exception as exc:
-                self._limiter.release_on_behalf_of(token)
-                failures += 1
-                pause = min(5.0, 0.05 * 2**failures)
-                log.warning(
-                    "channel layer error (%s: %s); retrying in %.2f s", type(exc).__name__, exc, pause
-                )
-                await trio.sleep(pause)
-                continue
-            except BaseException:
-                self._limiter.release_on_behalf_of(token)
-                raise
-            if failures:
-                log.info("channel layer is back after %d failed receive(s)", failures)
-                failures = 0
-            consumers.start_soon(self._consume, token, channel, content, deadline)
+    async def _stop_when_set(self, shutdown: trio.Event, consumers: trio.CancelScope) -> None:
+        await shutdown.wait()
+        # Stop pulling: idle consumers leave at once, busy ones after their message...
+        self._stopping = True
+        for scope in list(self._pulling):
+            scope.cancel()
+        # ...within the grace period.
+        consumers.deadline = trio.current_time() + self.grace_period
 
-    async def _consume(self, token: int, channel: str, content: dict[str, Any], deadline: float) -> None:
-        try:
-            await self._handle(channel, content, deadline)
-        finally:
-            self._limiter.release_on_behalf_of(token)
+    async def _consume_loop(self) -> None:
+        # One of `concurrency` long-lived consumer tasks. Each pulls only when it is free, so a
+        # worker whose consumers are all busy leaves messages on the layer for other workers.
+        while not self._stopping:
+            with trio.CancelScope() as pulling:
+                self._pulling.add(pulling)
+                try:
+                    channel, content, deadline = await self.layer.receive_with_deadline(self.channels)
+                except Exception as exc:
+                    await self._layer_trouble(exc)
+                    continue
+                finally:
+                    self._pulling.discard(pulling)
+            if pulling.cancelled_caught:
+                return
+            if self._failures:
+                log.info("channel layer is back after %d failed receive(s)", self._failures)
+                self._failures = 0
+            self._running += 1
+            try:
+                await self._handle(channel, content, deadline)
+            finally:
+                self._running -= 1
+
+    async def _layer_trouble(self, exc: Exception) -> None:
+        self._failures += 1
+        pause = min(5.0, 0.05 * 2 ** min(self._failures, 10))
+        if self._failures == 1 or self._failures % 50 == 0:
+            log.warning(
+                "channel layer error (%s: %s); retrying with backoff (%d failures so far)",
+                type(exc).__name__,
+                exc,
+                self._failures,
+            )
+        await trio.sleep(pause)
 
     async def _handle(self, channel: str, content: dict[str, Any], deadline: float) -> None:
         now = trio.current_time()

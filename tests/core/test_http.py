@@ -123,9 +123,9 @@ async def test_asgi_fallback_runs_an_asgi3_app(layer: InMemoryChannelLayer) -> N
 
 def test_asgi_fallback_bad_path() -> None:
     """A bad --http-app path is an ImportError naming it."""
-    with pytest.raises(ImportError, match="'nowhere.module:app'"):
+    with pytest.raises(ImportError, match=r"'nowhere\.module:app'"):
         asgi_consumer("nowhere.module:app")
-    with pytest.raises(ImportError, match="package.module:app"):
+    with pytest.raises(ImportError, match=r"package\.module:app"):
         asgi_consumer("no_colon")
 
 
