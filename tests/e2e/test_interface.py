@@ -548,3 +548,66 @@ async def test_unix_socket_bind(start_server: StartServer, tmp_path: Any) -> Non
 
 
 _ = (Channel, trio_websocket)
+
+
+async def test_http_app_fallback_end_to_end(start_server: StartServer) -> None:
+    """Un-routed HTTP goes to the ASGI-3 app given as http_app, through the whole stack."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = (await receive())["body"]
+        text = f"{scope['method']} {scope['path']} {scope['query_string'].decode()} {body.decode()}".encode()
+        await send(
+            {"type": "http.response.start", "status": 202, "headers": [(b"content-type", b"text/plain")]}
+        )
+        await send({"type": "http.response.body", "body": text})
+
+    async def routed(message: Message) -> None:
+        await send_response(message, Response("routed"))
+
+    info = await start_server([route("http.request", routed, path=r"^/mine$")], http_app=app)
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(10):
+            fallback = await client.post(info.url + "/other?x=1", content=b"data")
+            mine = await client.get(info.url + "/mine")
+    assert (fallback.status_code, fallback.text) == (202, "POST /other x=1 data")
+    assert mine.text == "routed"
+
+
+async def test_access_log_lines(start_server: StartServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The access log has Common Log Format lines for HTTP and WebSocket events."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="interface.access")
+
+    async def consumer(message: Message) -> None:
+        await send_response(message, Response("12345"))
+
+    info = await start_server([route("http.request", consumer)])
+    async with httpx.AsyncClient() as client:
+        await client.get(info.url + "/logged")
+    with trio.fail_after(10):
+        async with open_websocket_url(ws_url(info.url, "/ws/")) as ws:
+            await ws.send_message("x")
+    await trio.sleep(0.1)
+    lines = [record.getMessage() for record in caplog.records if record.name == "interface.access"]
+    assert any(
+        line.startswith("127.0.0.1 - - [") and line.endswith('"GET /logged" 200 5') for line in lines
+    ), lines
+    for event in ("WSCONNECTING /ws/", "WSCONNECT /ws/", "WSDISCONNECT /ws/"):
+        assert any(f'"{event}"' in line for line in lines), (event, lines)
+
+
+async def test_root_path(start_server: StartServer) -> None:
+    """The configured root_path reaches http.request and websocket.connect messages."""
+    seen, routing = recorder(["http.request", "websocket.connect"])
+    info = await start_server(routing, interface_config=InterfaceConfig(root_path="/app", http_timeout=0.2))
+    async with httpx.AsyncClient() as client:
+        await client.get(info.url + "/x")
+    with trio.fail_after(10):
+        async with open_websocket_url(ws_url(info.url, "/ws/")):
+            pass
+    await seen.wait_for(2)
+    assert {channel: message["root_path"] for channel, message in seen} == {
+        "http.request": "/app",
+        "websocket.connect": "/app",
+    }
