@@ -76,7 +76,7 @@ def from_url(url: str, **options: Any) -> BaseChannelLayer:
         return InMemoryChannelLayer(**{**_query_options(parts.query, url), **options})
     if scheme in ("redis", "rediss", "unix"):
         try:
-            from .redis import RedisChannelLayer  # type: ignore[import-not-found,unused-ignore]
+            from .redis import RedisChannelLayer
         except ImportError as exc:
             raise ValueError(
                 f"layer URL {url!r} needs the Redis layer, which failed to import: {exc}"

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import trio.testing
+
+from .redis_server import RedisServer
 
 
 @pytest.fixture
 def autojump() -> trio.testing.MockClock:
     """A mock clock that jumps whenever every task is blocked (in-memory transports only)."""
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.fixture(scope="session")
+def redis_servers() -> Iterator[list[RedisServer]]:
+    """Three redis-server processes of our own for the whole session (tests use unique prefixes)."""
+    servers = [RedisServer().start() for _ in range(3)]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.cleanup()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that kill and restart it."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()

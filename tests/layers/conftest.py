@@ -8,6 +8,7 @@ their own clock (Redis) get ``None`` and wait in real time.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,6 +16,9 @@ import pytest
 import trio.testing
 
 import layers
+from layers.redis import RedisChannelLayer
+
+from ..redis_server import RedisServer
 
 EXPIRY = 1
 GROUP_EXPIRY = 2
@@ -31,7 +35,31 @@ def _memory_factory(request: pytest.FixtureRequest) -> LayerFactory:
     return make
 
 
-BACKENDS: dict[str, Callable[[pytest.FixtureRequest], LayerFactory]] = {"memory": _memory_factory}
+def _redis_factory(shards: int) -> Callable[[pytest.FixtureRequest], LayerFactory]:
+    def factory(request: pytest.FixtureRequest) -> LayerFactory:
+        servers: list[RedisServer] = request.getfixturevalue("redis_servers")[:shards]
+        prefix = f"t{uuid.uuid4().hex[:12]}"
+
+        def make(**overrides: Any) -> layers.BaseChannelLayer:
+            options: dict[str, Any] = {
+                "hosts": [server.url for server in servers],
+                "prefix": prefix,
+                "expiry": EXPIRY,
+                "group_expiry": GROUP_EXPIRY,
+                "capacity": CAPACITY,
+            }
+            return RedisChannelLayer(**{**options, **overrides})
+
+        return make
+
+    return factory
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], LayerFactory]] = {
+    "memory": _memory_factory,
+    "redis": _redis_factory(1),
+    "redis-3-shards": _redis_factory(3),
+}
 VIRTUAL_TIME = {"memory"}
 
 

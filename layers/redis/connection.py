@@ -1,0 +1,291 @@
+"""A Trio-native Redis connection: hiredis parses, redis-py packs, nothing hand-written.
+
+Theory of operation
+-------------------
+A :class:`RedisConnection` is one socket with one reader task. Callers write their commands
+under a FIFO lock and append a :class:`_Pending` slot to a deque *in the same order*; the
+reader feeds every received chunk to a ``hiredis.Reader`` and completes slots in order, so
+many concurrent callers share the connection (pipelining). A caller cancelled while waiting
+marks its slot abandoned: the reader still consumes that reply and drops it, so a stale reply
+can never reach the next caller. Writes are shielded (bounded by ``socket_timeout``), so a
+command is never half-written.
+
+Errors are redis-py's: socket problems become ``redis.exceptions.ConnectionError`` (one place,
+:func:`_map_errors`), timeouts ``TimeoutError``, error replies ``ResponseError`` and its
+subclasses via redis-py's own parser table. A connection that failed once is dead; the
+:class:`ConnectionPool` makes a new one on the next request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import attrs
+import hiredis
+import trio
+from redis._parsers.base import BaseParser
+from redis.connection import HiredisRespSerializer, parse_url
+from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
+
+__all__ = ["ConnectionPool", "RedisAddress", "RedisConnection"]
+
+_NOT_ENOUGH_DATA = object()
+
+
+@attrs.frozen(kw_only=True)
+class RedisAddress:
+    """Where and how to connect, from a ``redis://``, ``rediss://`` or ``unix://`` URL."""
+
+    host: str = "localhost"
+    port: int = 6379
+    path: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    socket_timeout: float = 10.0
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisAddress:
+        """Raises :exc:`ValueError` naming *url* if it cannot be parsed."""
+        try:
+            options = parse_url(url)
+        except ValueError as exc:
+            raise ValueError(f"Redis URL {url!r} is invalid: {exc}") from None
+        return cls(
+            host=options.get("host") or "localhost",
+            port=int(options.get("port") or 6379),
+            path=options.get("path"),
+            db=int(options.get("db") or 0),
+            username=options.get("username"),
+            password=options.get("password"),
+            tls=url.lower().startswith("rediss://"),
+            socket_timeout=float(options.get("socket_timeout") or 10.0),
+        )
+
+    def __str__(self) -> str:
+        where = f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+        return f"{'rediss' if self.tls else 'redis'}://{where}/{self.db}"
+
+
+@contextlib.contextmanager
+def _map_errors(address: RedisAddress) -> Iterator[None]:
+    """The one place where I/O errors become redis-py's exceptions."""
+    try:
+        yield
+    except trio.TooSlowError as exc:
+        raise TimeoutError(f"Redis at {address} did not answer in time") from exc
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise ConnectionError(f"Redis at {address}: {exc or type(exc).__name__}") from exc
+
+
+@attrs.define(eq=False, slots=True)
+class _Pending:
+    event: trio.Event = attrs.Factory(trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+    abandoned: bool = False
+
+
+def _error_reply(text: str) -> ResponseError:
+    error = BaseParser.parse_error(text)
+    return error if isinstance(error, RedisError) else ResponseError(text)  # type: ignore[return-value]
+
+
+@attrs.define(eq=False)
+class RedisConnection:
+    """One connection; see the module docstring. Use :meth:`open` inside a nursery."""
+
+    address: RedisAddress
+    _stream: trio.abc.Stream | None = None
+    _pending: deque[_Pending] = attrs.Factory(deque)
+    _write_lock: trio.StrictFIFOLock = attrs.Factory(trio.StrictFIFOLock)
+    _serializer: HiredisRespSerializer = attrs.Factory(HiredisRespSerializer)
+    _closed: trio.Event = attrs.Factory(trio.Event)
+    _failure: BaseException | None = None
+
+    @classmethod
+    async def open(cls, address: RedisAddress, nursery: trio.Nursery) -> RedisConnection:
+        """Connect, start the reader in *nursery*, authenticate and select the database."""
+        connection = cls(address)
+        with _map_errors(address), trio.fail_after(address.socket_timeout):
+            if address.path:
+                stream: trio.abc.Stream = await trio.open_unix_socket(address.path)
+            else:
+                stream = await trio.open_tcp_stream(address.host, address.port)
+                if address.tls:
+                    stream = trio.SSLStream(
+                        stream, ssl.create_default_context(), server_hostname=address.host
+                    )
+                    await stream.do_handshake()
+        connection._stream = stream
+        nursery.start_soon(connection._read_replies)
+        try:
+            if address.password is not None:
+                if address.username:
+                    await connection.execute("AUTH", address.username, address.password)
+                else:
+                    await connection.execute("AUTH", address.password)
+            if address.db:
+                await connection.execute("SELECT", address.db)
+        except BaseException:
+            await connection.aclose()
+            raise
+        return connection
+
+    @property
+    def broken(self) -> bool:
+        return self._closed.is_set()
+
+    async def execute(self, *args: Any) -> Any:
+        """Send one command and wait for its reply (error replies are raised)."""
+        (result,) = await self.execute_many([args])
+        if isinstance(result, ResponseError):
+            raise result
+        return result
+
+    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send several commands in one write; error replies are returned, not raised."""
+        if self._closed.is_set():
+            raise ConnectionError(f"Redis at {self.address}: connection closed ({self._failure})")
+        data = b"".join(chunk for command in commands for chunk in self._serializer.pack(*command))
+        slots = [_Pending() for _ in commands]
+        async with self._write_lock:
+            self._pending.extend(slots)
+            # Shielded: a half-written command would corrupt the stream for everyone.
+            with trio.CancelScope(shield=True), trio.move_on_after(self.address.socket_timeout) as timer:
+                try:
+                    with _map_errors(self.address):
+                        assert self._stream is not None
+                        await self._stream.send_all(data)
+                except ConnectionError as exc:
+                    self._fail(exc)
+                    raise
+            if timer.cancelled_caught:
+                self._fail(TimeoutError(f"Redis at {self.address}: write timed out"))
+                raise TimeoutError(f"Redis at {self.address}: write timed out")
+        try:
+            for slot in slots:
+                await slot.event.wait()
+        except BaseException:
+            for slot in slots:
+                slot.abandoned = True
+            raise
+        results = []
+        for slot in slots:
+            if slot.error is not None:
+                raise slot.error
+            results.append(slot.result)
+        return results
+
+    async def _read_replies(self) -> None:
+        reader = hiredis.Reader(replyError=_error_reply, notEnoughData=_NOT_ENOUGH_DATA)
+        assert self._stream is not None
+        try:
+            while True:
+                with _map_errors(self.address):
+                    data = await self._stream.receive_some(65536)
+                if not data:
+                    raise ConnectionError(f"Redis at {self.address} closed the connection")
+                reader.feed(bytes(data))
+                while True:
+                    reply = reader.gets()
+                    if reply is _NOT_ENOUGH_DATA:
+                        break
+                    if not self._pending:
+                        raise ConnectionError(f"Redis at {self.address} sent a reply nobody asked for")
+                    slot = self._pending.popleft()
+                    if not slot.abandoned:
+                        slot.result = reply
+                        slot.event.set()
+        except (ConnectionError, hiredis.ProtocolError) as exc:
+            self._fail(exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc)))
+        finally:
+            self._fail(ConnectionError(f"Redis at {self.address}: connection closed"))
+            with trio.CancelScope(shield=True):
+                await self._close_stream()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._closed.is_set():
+            return
+        self._failure = error
+        self._closed.set()
+        while self._pending:
+            slot = self._pending.popleft()
+            slot.error = error
+            slot.event.set()
+
+    async def _close_stream(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await trio.aclose_forcefully(stream)
+
+    async def aclose(self) -> None:
+        """Close the connection; pending callers get ConnectionError. Idempotent."""
+        self._fail(ConnectionError(f"Redis at {self.address}: connection closed"))
+        await self._close_stream()
+
+
+@attrs.define(eq=False)
+class ConnectionPool:
+    """Connections to one Redis server, living in the owner's *nursery*.
+
+    ``shared()`` is the pipelined connection every short command uses (one is enough: it
+    pipelines); ``dedicated()`` lends a connection for a blocking command and takes it back
+    afterwards (or closes it if the command was interrupted, since its reply is unknown).
+    """
+
+    address: RedisAddress
+    nursery: trio.Nursery
+    max_idle: int = 8
+    _shared: RedisConnection | None = None
+    _connecting: trio.Lock = attrs.Factory(trio.Lock)
+    _idle: list[RedisConnection] = attrs.Factory(list)
+    _all: set[RedisConnection] = attrs.Factory(set)
+
+    async def _open(self) -> RedisConnection:
+        connection = await RedisConnection.open(self.address, self.nursery)
+        self._all.add(connection)
+        return connection
+
+    async def shared(self) -> RedisConnection:
+        if self._shared is None or self._shared.broken:
+            async with self._connecting:
+                if self._shared is None or self._shared.broken:
+                    self._shared = await self._open()
+        return self._shared
+
+    async def execute(self, *args: Any) -> Any:
+        connection = await self.shared()
+        return await connection.execute(*args)
+
+    @contextlib.asynccontextmanager
+    async def dedicated(self) -> Any:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.broken:
+                break
+        else:
+            connection = await self._open()
+        clean = False
+        try:
+            yield connection
+            clean = True
+        finally:
+            if clean and not connection.broken and len(self._idle) < self.max_idle:
+                self._idle.append(connection)
+            else:
+                self._all.discard(connection)
+                with trio.CancelScope(shield=True):
+                    await connection.aclose()
+
+    async def aclose(self) -> None:
+        for connection in list(self._all):
+            await connection.aclose()
+        self._all.clear()
+        self._idle.clear()
+        self._shared = None

@@ -1,0 +1,597 @@
+"""``RedisChannelLayer``: channels and groups in one or more Redis servers.
+
+Theory of operation
+-------------------
+Every channel is a Redis list ``<prefix>:c:<name>`` (a process-specific channel lives in its
+prefix's list, so an interface process needs one blocking pop for all its connections).
+Sends and group sends are Lua scripts (capacity check + push + statistics in one atomic
+round trip). A group is a sorted set of members scored by add time, plus a hash of each
+member's capacity; a group send pushes one item per list, so the members a process holds get
+**one** item that the process fans out locally.
+
+Receiving mirrors the in-memory layer: a receiver parks on its channel names, and one
+*poller* task per (server, set of lists) runs ``BLPOP`` on a dedicated connection **only
+while** someone here is waiting, handing each item to a parked receiver. An item nobody is
+waiting for any more (the receiver was cancelled meanwhile) goes back to the head of its
+list, so a cancelled receive loses nothing and a busy worker hoards nothing; items for this
+process's own prefix stay in a local queue instead, since only this process reads them.
+
+Several hosts shard by consistent hashing on the channel's non-local name (so a process
+prefix and everything under it live on one server) and on the group name.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import math
+import random
+import secrets
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import attrs
+import outcome
+import trio
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from .._concurrency import open_service_nursery
+from ..base import (
+    BaseChannelLayer,
+    ChannelFull,
+    LayerStatistics,
+    decode_message,
+    non_local_name,
+    parse_delay_message,
+    validate_channel_name,
+    validate_group_name,
+    validate_receive_channels,
+)
+from . import scripts
+from .connection import ConnectionPool, RedisAddress
+
+__all__ = ["RedisChannelLayer"]
+
+log = logging.getLogger("layers.redis")
+
+#: How long one BLPOP waits before the poller checks whether anyone still waits.
+BLOCK_SECONDS = 1
+_Delivery = tuple[str, dict[str, Any], float]
+
+
+def consistent_hash(name: str, ring: int) -> int:
+    """The shard of *name* among *ring* servers (asgi_redis's scheme: crc32 into 4096 buckets)."""
+    if ring == 1:
+        return 0
+    bucket = zlib.crc32(name.encode("utf-8")) & 0xFFF
+    return int(bucket / (4096 / ring))
+
+
+@attrs.define(eq=False)
+class _Script:
+    source: str
+    sha: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def __call__(self, pool: ConnectionPool, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await pool.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await pool.execute("EVAL", self.source, len(keys), *keys, *args)
+
+
+_SEND = _Script(scripts.SEND)
+_GROUP_ADD = _Script(scripts.GROUP_ADD)
+_GROUP_MEMBERS = _Script(scripts.GROUP_MEMBERS)
+_GROUP_SEND = _Script(scripts.GROUP_SEND)
+_DELAY_ADD = _Script(scripts.DELAY_ADD)
+_DELAY_DUE = _Script(scripts.DELAY_DUE)
+_LIST_STATS = _Script(scripts.LIST_STATS)
+_GROUP_PUSH = _Script(scripts.GROUP_PUSH)
+
+
+@attrs.define(eq=False, slots=True)
+class _Waiter:
+    task: trio.lowlevel.Task
+    names: list[str]
+
+
+def _fernet(keys: Sequence[str | bytes] | None) -> Any:
+    if not keys:
+        return None
+    if isinstance(keys, (str, bytes)):
+        raise ValueError("symmetric_encryption_keys must be a list of keys, not a single key")
+    try:
+        from cryptography.fernet import Fernet, MultiFernet
+    except ImportError as exc:
+        raise ValueError(
+            "symmetric_encryption_keys needs the 'cryptography' package (pip install trio-channels[encryption])"
+        ) from exc
+    fernets = []
+    for key in keys:
+        raw = key.encode("utf-8") if isinstance(key, str) else key
+        fernets.append(Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw).digest())))
+    return MultiFernet(fernets)
+
+
+def _hosts(value: Any) -> list[RedisAddress]:
+    if isinstance(value, (str, tuple)):
+        value = [value]
+    addresses = []
+    for host in value:
+        if isinstance(host, RedisAddress):
+            addresses.append(host)
+        elif isinstance(host, str):
+            addresses.append(RedisAddress.from_url(host))
+        elif isinstance(host, (tuple, list)) and len(host) == 2:
+            addresses.append(RedisAddress(host=str(host[0]), port=int(host[1])))
+        else:
+            raise ValueError(f"Redis host {host!r} is invalid: use 'redis://host:port/db' or (host, port)")
+    if not addresses:
+        raise ValueError("hosts must name at least one Redis server")
+    return addresses
+
+
+@attrs.define(eq=False, kw_only=True)
+class RedisChannelLayer(BaseChannelLayer):
+    """A channel layer on one or more Redis servers (several = sharded).
+
+    ``hosts`` takes URLs (``redis://``, ``rediss://``, ``unix://``) or ``(host, port)``
+    tuples. Enter it (``async with``) before use: that starts its connection readers and its
+    delayed-message mover in the layer's own nursery.
+    """
+
+    extensions = ("groups", "flush", "statistics", "delay")
+
+    hosts: list[RedisAddress] = attrs.field(factory=lambda: [RedisAddress()], converter=_hosts)
+    prefix: str = "trio_channels"
+    symmetric_encryption_keys: Sequence[str | bytes] | None = None
+    _crypter: Any = attrs.field(init=False, default=None, repr=False)
+    _pools: list[ConnectionPool] = attrs.field(factory=list, init=False, repr=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False, repr=False)
+    _exit_stack: contextlib.AsyncExitStack | None = attrs.field(default=None, init=False, repr=False)
+    _waiters: dict[str, dict[_Waiter, None]] = attrs.field(factory=dict, init=False, repr=False)
+    _local: dict[str, deque[_Delivery]] = attrs.field(factory=dict, init=False, repr=False)
+    _pollers: set[tuple[int, frozenset[str]]] = attrs.field(factory=set, init=False, repr=False)
+    _delay_wakeup: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if not isinstance(self.prefix, str) or not self.prefix:
+            raise ValueError(f"prefix must be a non-empty str, got {self.prefix!r}")
+        self._crypter = _fernet(self.symmetric_encryption_keys)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisChannelLayer:
+        """``redis://host:6379/0`` (several hosts: comma-separated URLs) plus query options
+        ``expiry``, ``group_expiry``, ``capacity``, ``prefix``."""
+        from urllib.parse import parse_qsl, urlsplit
+
+        hosts = [part.strip() for part in url.split(",") if part.strip()]
+        query = dict(parse_qsl(urlsplit(hosts[-1]).query))
+        numbers = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int}
+        parsed: dict[str, Any] = {}
+        for key, convert in numbers.items():
+            if key in query:
+                try:
+                    parsed[key] = convert(query[key])
+                except ValueError:
+                    raise ValueError(
+                        f"layer URL {url!r} is invalid: {key}={query[key]!r} must be a number"
+                    ) from None
+        if "prefix" in query:
+            parsed["prefix"] = query["prefix"]
+        return cls(hosts=hosts, **{**parsed, **options})
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._exit_stack is not None
+
+    async def __aenter__(self) -> RedisChannelLayer:
+        if self._exit_stack is not None:
+            raise RuntimeError(f"{self!r} is already open; a layer is entered once")
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(self._lifetime())
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        stack, self._exit_stack = self._exit_stack, None
+        assert stack is not None
+        return await stack.__aexit__(*exc_info)
+
+    @contextlib.asynccontextmanager
+    async def _lifetime(self) -> AsyncIterator[None]:
+        async with open_service_nursery() as nursery:
+            self._nursery = nursery
+            self._pools = [ConnectionPool(address, nursery) for address in self.hosts]
+            for shard in range(len(self._pools)):
+                nursery.start_soon(self._move_delayed, shard)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+                self._nursery = None
+                with trio.CancelScope(shield=True):
+                    for pool in self._pools:
+                        await pool.aclose()
+
+    def _require_open(self) -> None:
+        if self._nursery is None:
+            raise RuntimeError(
+                "the Redis layer is not open: use it as 'async with RedisChannelLayer(...) as layer:'"
+            )
+
+    # -- keys and encoding -----------------------------------------------------------------
+
+    def _list_key(self, name: str) -> str:
+        return f"{self.prefix}:c:{name}"
+
+    def _stats_key(self, name: str) -> str:
+        return f"{self.prefix}:s:{name}"
+
+    def _shard(self, name: str) -> int:
+        return consistent_hash(non_local_name(name), len(self.hosts))
+
+    def _pool(self, name: str) -> ConnectionPool:
+        self._require_open()
+        return self._pools[self._shard(name)]
+
+    def _seal(self, data: bytes) -> bytes:
+        return data if self._crypter is None else bytes(self._crypter.encrypt(data))
+
+    def _open_data(self, data: bytes) -> bytes:
+        if self._crypter is None:
+            return data
+        return bytes(self._crypter.decrypt(data, ttl=int(self.expiry) + 10))
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
+        if channel == "asgi.delay":
+            channel, message, delay = parse_delay_message(message)
+        await self.send_encoded(channel, self._encode(message), delay=delay)
+
+    async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None:
+        validate_channel_name(channel)
+        name = non_local_name(channel)
+        pool = self._pool(name)
+        capacity = self.get_capacity(name)
+        if delay:
+            if not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
+                raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+            member = b"|".join(
+                [
+                    secrets.token_hex(8).encode(),
+                    str(capacity).encode(),
+                    channel.encode(),
+                    name.encode(),
+                    self._seal(data),
+                ]
+            )
+            await _DELAY_ADD(pool, [f"{self.prefix}:d"], [delay, member])
+            self._delay_wakeup.set()
+            return
+        sent = await _SEND(
+            pool,
+            [self._list_key(name), self._stats_key(name), self._stats_key("#global#")],
+            [capacity, self.expiry, channel, self._seal(data)],
+        )
+        if not sent:
+            raise ChannelFull(
+                f"channel {channel!r} is full ({capacity} messages waiting); the message was not sent"
+            )
+
+    async def _move_delayed(self, shard: int) -> None:
+        pool = self._pools[shard]
+        backoff = ExponentialWithJitterBackoff(cap=5.0, base=0.05)
+        failures = 0
+        while True:
+            try:
+                moved, dropped, wait_ms = await _DELAY_DUE(
+                    pool,
+                    [f"{self.prefix}:d", self._stats_key("#global#")],
+                    [f"{self.prefix}:c:", f"{self.prefix}:s:", self.expiry],
+                )
+                failures = 0
+            except (RedisError, OSError) as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("delayed-message mover for %s: %s; retrying", pool.address, exc)
+                await trio.sleep(backoff.compute(failures))
+                continue
+            if dropped:
+                log.warning("dropped %d delayed message(s): their channels were full", dropped)
+            if moved == 200:
+                continue
+            # Delays scheduled by this process wake us; those of other processes are seen
+            # within a second.
+            pause = 1.0 if wait_ms < 0 else min(1.0, wait_ms / 1000)
+            self._delay_wakeup = wakeup = trio.Event()
+            with trio.move_on_after(pause):
+                await wakeup.wait()
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def receive(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        channel, message, _ = await self.receive_with_deadline(channels)
+        return channel, message
+
+    async def receive_with_deadline(self, channels: Sequence[str]) -> _Delivery:
+        names = validate_receive_channels(channels)
+        self._require_open()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        found = self._take_local(names)
+        if found is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return found
+        waiter = _Waiter(trio.lowlevel.current_task(), names)
+        for name in names:
+            self._waiters.setdefault(name, {})[waiter] = None
+        self._ensure_pollers(names)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._unpark(waiter)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        result: _Delivery = await trio.lowlevel.wait_task_rescheduled(abort)
+        return result
+
+    def _take_local(self, names: list[str]) -> _Delivery | None:
+        if len(names) > 1:
+            names = random.sample(names, len(names))
+        now = trio.current_time()
+        for name in names:
+            queue = self._local.get(name)
+            while queue:
+                delivery = queue.popleft()
+                if not queue:
+                    del self._local[name]
+                if delivery[2] > now:
+                    return delivery
+        return None
+
+    def _unpark(self, waiter: _Waiter) -> None:
+        for name in waiter.names:
+            parked = self._waiters[name]
+            del parked[waiter]
+            if not parked:
+                del self._waiters[name]
+
+    def _ensure_pollers(self, names: list[str]) -> None:
+        by_shard: dict[int, list[str]] = {}
+        for name in names:
+            by_shard.setdefault(self._shard(name), []).append(name)
+        for shard, shard_names in by_shard.items():
+            key = (shard, frozenset(shard_names))
+            if key not in self._pollers:
+                self._pollers.add(key)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._poll, key)
+
+    async def _poll(self, key: tuple[int, frozenset[str]]) -> None:
+        shard, names = key
+        pool = self._pools[shard]
+        lists = {self._list_key(name): name for name in names}
+        backoff = ExponentialWithJitterBackoff(cap=5.0, base=0.05)
+        failures = 0
+        try:
+            while any(name in self._waiters for name in names):
+                try:
+                    async with pool.dedicated() as connection:
+                        while any(name in self._waiters for name in names):
+                            order = random.sample(list(lists), len(lists))
+                            popped = await connection.execute("BLPOP", *order, BLOCK_SECONDS)
+                            if failures:
+                                log.info("Redis at %s is back", pool.address)
+                                failures = 0
+                            if popped is not None:
+                                await self._dispatch(pool, popped[0], lists[popped[0].decode()], popped[1])
+                except (RedisError, OSError) as exc:
+                    failures += 1
+                    if failures == 1:
+                        log.warning(
+                            "receiving from Redis at %s failed (%s); retrying with backoff", pool.address, exc
+                        )
+                    await trio.sleep(backoff.compute(failures))
+        finally:
+            self._pollers.discard(key)
+
+    async def _dispatch(self, pool: ConnectionPool, list_key: bytes, name: str, item: bytes) -> None:
+        deliveries = self._unpack(name, item)
+        if not deliveries:
+            return
+        leftovers = []
+        for delivery in deliveries:
+            waiters = self._waiters.get(name)
+            if waiters:
+                waiter = next(iter(waiters))
+                self._unpark(waiter)
+                trio.lowlevel.reschedule(waiter.task, outcome.Value(delivery))
+            else:
+                leftovers.append(delivery)
+        if not leftovers:
+            return
+        if name.endswith("!") or len(deliveries) > 1:
+            # Only this process reads its prefix: keep them here for the next receive.
+            self._local.setdefault(name, deque()).extend(leftovers)
+        else:
+            # The receiver left meanwhile: give the message back, at the head, for anyone.
+            with trio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
+                await pool.execute("LPUSH", list_key, item)
+
+    def _unpack(self, name: str, item: bytes) -> list[_Delivery]:
+        expires, kind, field, data = item.split(b"|", 3)
+        remaining = int(expires) / 1000 - time.time()
+        if remaining <= 0:
+            return []
+        deadline = trio.current_time() + remaining
+        try:
+            payload = self._open_data(data)
+        except Exception:
+            log.error("dropped a message on %r that could not be decrypted (wrong or retired key?)", name)
+            return []
+        if kind == b"D":
+            return [(field.decode(), decode_message(payload), deadline)]
+        prefix = name
+        return [(prefix + local, decode_message(payload), deadline) for local in field.decode().split(",")]
+
+    # -- channels --------------------------------------------------------------------------
+
+    async def new_channel(self, pattern: str) -> str:
+        if not isinstance(pattern, str) or not pattern.endswith("?"):
+            raise TypeError(
+                f"new_channel pattern {pattern!r} is invalid: it must be a str ending in '?' "
+                "(process-specific '!' names are made by their process, not the layer)"
+            )
+        validate_channel_name(pattern + "x")
+        while True:
+            name = pattern + secrets.token_urlsafe(9)
+            if not await self._pool(name).execute("EXISTS", self._list_key(name)):
+                return name
+
+    # -- groups ----------------------------------------------------------------------------
+
+    def _group_keys(self, group: str) -> list[str]:
+        return [f"{self.prefix}:g:{group}", f"{self.prefix}:gc:{group}"]
+
+    async def group_add(self, group: str, channel: str) -> None:
+        validate_group_name(group)
+        validate_channel_name(channel)
+        pool = self._pools_for_group(group)
+        await _GROUP_ADD(
+            pool, self._group_keys(group), [channel, self.get_capacity(channel), self.group_expiry]
+        )
+
+    def _pools_for_group(self, group: str) -> ConnectionPool:
+        self._require_open()
+        return self._pools[consistent_hash(group, len(self.hosts))]
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        validate_group_name(group)
+        validate_channel_name(channel)
+        pool = self._pools_for_group(group)
+        zset, caps = self._group_keys(group)
+        connection = await pool.shared()
+        await connection.execute_many([("ZREM", zset, channel), ("HDEL", caps, channel)])
+
+    async def group_channels(self, group: str) -> list[str]:
+        validate_group_name(group)
+        members = await _GROUP_MEMBERS(
+            self._pools_for_group(group), self._group_keys(group), [self.group_expiry]
+        )
+        return [member.decode() for member in members]
+
+    async def send_group(self, group: str, message: dict[str, Any]) -> None:
+        await self.send_group_encoded(group, self._encode(message))
+
+    async def send_group_encoded(self, group: str, data: bytes) -> None:
+        validate_group_name(group)
+        pool = self._pools_for_group(group)
+        sealed = self._seal(data)
+        if len(self.hosts) == 1:
+            # One round trip: read the members, evict the gone, push one item per list.
+            await _GROUP_SEND(
+                pool,
+                [*self._group_keys(group), self._stats_key("#global#")],
+                [
+                    f"{self.prefix}:c:",
+                    f"{self.prefix}:s:",
+                    self.group_expiry,
+                    self.expiry,
+                    self.capacity,
+                    sealed,
+                ],
+            )
+            return
+        # Sharded: read the members once, then one round trip per server holding members.
+        members = [
+            m.decode() for m in await _GROUP_MEMBERS(pool, self._group_keys(group), [self.group_expiry])
+        ]
+        by_prefix: dict[str, list[str]] = {}
+        for member in members:
+            by_prefix.setdefault(non_local_name(member), []).append(member)
+        async with trio.open_nursery() as nursery:
+            for name, group_members in by_prefix.items():
+                nursery.start_soon(self._push_group_item, group, name, group_members, sealed)
+
+    async def _push_group_item(self, group: str, name: str, members: list[str], sealed: bytes) -> None:
+        kind = "F" if name.endswith("!") else "D"
+        result = await _GROUP_PUSH(
+            self._pool(name),
+            [self._list_key(name), self._stats_key(name), self._stats_key("#global#")],
+            [self.get_capacity(name), self.expiry, kind, ",".join(members), sealed],
+        )
+        evicted = [member.decode() for member in result[1:]]
+        if evicted:
+            zset, caps = self._group_keys(group)
+            connection = await self._pools_for_group(group).shared()
+            await connection.execute_many([("ZREM", zset, *evicted), ("HDEL", caps, *evicted)])
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        self._require_open()
+        self._local.clear()
+        for pool in self._pools:
+            cursor = b"0"
+            while True:
+                cursor, keys = await pool.execute("SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", 1000)
+                if keys:
+                    await pool.execute("DEL", *keys)
+                if cursor in (b"0", 0, "0"):
+                    break
+
+    async def statistics(self, channel: str | None = None) -> LayerStatistics:
+        self._require_open()
+        if channel is not None:
+            name = non_local_name(validate_channel_name(channel))
+            pool = self._pool(name)
+            counters = await pool.execute(
+                "HMGET", self._stats_key(name), "messages_count", "channel_full_count"
+            )
+            length, age = await _LIST_STATS(pool, [self._list_key(name)], [self.expiry])
+            return LayerStatistics(
+                channel=channel,
+                messages_count=int(counters[0] or 0),
+                messages_pending=int(length),
+                messages_max_age=max(0.0, age / 1000) if age >= 0 else 0.0,
+                channel_full_count=int(counters[1] or 0),
+            )
+        messages = full = pending = 0
+        max_age = 0.0
+        for pool in self._pools:
+            counters = await pool.execute(
+                "HMGET", self._stats_key("#global#"), "messages_count", "channel_full_count"
+            )
+            messages += int(counters[0] or 0)
+            full += int(counters[1] or 0)
+            cursor = b"0"
+            while True:
+                cursor, keys = await pool.execute(
+                    "SCAN", cursor, "MATCH", f"{self.prefix}:c:*", "COUNT", 1000
+                )
+                for key in keys:
+                    length, age = await _LIST_STATS(pool, [key], [self.expiry])
+                    pending += int(length)
+                    if age >= 0:
+                        max_age = max(max_age, age / 1000)
+                if cursor in (b"0", 0, "0"):
+                    break
+        return LayerStatistics(
+            channel=None,
+            messages_count=messages,
+            messages_pending=pending,
+            messages_max_age=max_age,
+            channel_full_count=full,
+        )
