@@ -4,6 +4,8 @@
 
 Figures:
 * ``pairs``: send+receive pairs per second on one channel, a sender task and a receiver task;
+* ``pairs_concurrent``: the same with 50 senders and 50 receivers (how traffic from many
+  connections and consumers arrives; on Redis their commands share pipelined round trips);
 * ``pairs_sequential``: the same from one task (send, then receive), the per-call overhead;
 * ``send_group``: messages delivered per second by ``send_group`` to 1,000 members (members are
   reply channels under one process prefix, drained by one receiver, as an interface server does);
@@ -30,9 +32,9 @@ def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
     print(json.dumps({"figure": figure, "value": round(value, 1), "unit": unit, **extra}), flush=True)
 
 
-async def bench_pairs(layer: layers.BaseChannelLayer, seconds: float) -> float:
+async def bench_pairs(layer: layers.BaseChannelLayer, seconds: float, tasks: int = 1) -> float:
+    """*tasks* senders and *tasks* receivers on one channel; pairs completed per second."""
     count = 0
-    done = False
 
     async def receiver() -> None:
         nonlocal count
@@ -40,21 +42,20 @@ async def bench_pairs(layer: layers.BaseChannelLayer, seconds: float) -> float:
             await layer.receive(["bench"])
             count += 1
 
+    async def sender(end: float) -> None:
+        while time.perf_counter() < end:
+            try:
+                await layer.send("bench", SMALL)
+            except layers.ChannelFull:
+                await trio.sleep(0.001)
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(receiver)
+        for _ in range(tasks):
+            nursery.start_soon(receiver)
         start = time.perf_counter()
-        end = start + seconds
-        while not done:
-            for _ in range(50):
-                try:
-                    await layer.send("bench", SMALL)
-                except layers.ChannelFull:
-                    await trio.lowlevel.checkpoint()
-            if time.perf_counter() > end:
-                break
-        elapsed = time.perf_counter() - start
-        while (await layer.statistics("bench")).messages_pending:
-            await trio.lowlevel.checkpoint()
+        async with trio.open_nursery() as senders:
+            for _ in range(tasks):
+                senders.start_soon(sender, start + seconds)
         elapsed = time.perf_counter() - start
         nursery.cancel_scope.cancel()
     return count / elapsed
@@ -101,7 +102,9 @@ async def main(url: str, seconds: float, members: int) -> None:
     layer = layers.from_url(url, channel_capacity={"interface.*!": members * 2}, capacity=1000)
     async with layer:
         await layer.flush()
-        emit("pairs", await bench_pairs(layer, seconds), "pairs/s", layer=url)
+        emit("pairs", await bench_pairs(layer, seconds), "pairs/s", layer=url, tasks=1)
+        emit("pairs_concurrent", await bench_pairs(layer, seconds, 50), "pairs/s", layer=url, tasks=50)
+        await layer.flush()
         emit("pairs_sequential", await bench_pairs_sequential(layer, seconds), "pairs/s", layer=url)
         grouped = await bench_fanout(layer, seconds, members, grouped=True)
         emit("send_group", grouped, "deliveries/s", layer=url, members=members)
@@ -117,5 +120,15 @@ if __name__ == "__main__":
     parser.add_argument("--layer", default="memory://", help="layer URL (default: memory://)")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each figure")
     parser.add_argument("--members", type=int, default=1000, help="group size for send_group")
+    parser.add_argument("--redis", action="store_true", help="start a redis-server of our own and use it")
     args = parser.parse_args()
-    trio.run(main, args.layer, args.seconds, args.members)
+    if args.redis:
+        from tests.redis_server import RedisServer
+
+        server = RedisServer().start()
+        try:
+            trio.run(main, server.url, args.seconds, args.members)
+        finally:
+            server.cleanup()
+    else:
+        trio.run(main, args.layer, args.seconds, args.members)

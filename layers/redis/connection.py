@@ -2,13 +2,14 @@
 
 Theory of operation
 -------------------
-A :class:`RedisConnection` is one socket with one reader task. Callers write their commands
-under a FIFO lock and append a :class:`_Pending` slot to a deque *in the same order*; the
-reader feeds every received chunk to a ``hiredis.Reader`` and completes slots in order, so
-many concurrent callers share the connection (pipelining). A caller cancelled while waiting
-marks its slot abandoned: the reader still consumes that reply and drops it, so a stale reply
-can never reach the next caller. Writes are shielded (bounded by ``socket_timeout``), so a
-command is never half-written.
+A :class:`RedisConnection` is one socket with a writer task and a reader task. A caller
+appends its packed command to the outgoing buffer and a :class:`_Pending` slot to a deque in
+one synchronous step, so requests and slots are in the same order; the writer sends whatever
+has accumulated in one write; the reader feeds every received chunk to a ``hiredis.Reader``
+and completes slots in order. Many concurrent callers thus share the connection (pipelining).
+A caller cancelled while waiting marks its slot abandoned: the reader still consumes that
+reply and drops it, so a stale reply can never reach the next caller, and since only the
+writer touches the socket a command is never half-written.
 
 Errors are redis-py's: socket problems become ``redis.exceptions.ConnectionError`` (one place,
 :func:`_map_errors`), timeouts ``TimeoutError``, error replies ``ResponseError`` and its
@@ -103,7 +104,8 @@ class RedisConnection:
     address: RedisAddress
     _stream: trio.abc.Stream | None = None
     _pending: deque[_Pending] = attrs.Factory(deque)
-    _write_lock: trio.StrictFIFOLock = attrs.Factory(trio.StrictFIFOLock)
+    _outgoing: bytearray = attrs.Factory(bytearray)
+    _wake_writer: trio.Event = attrs.Factory(trio.Event)
     _serializer: HiredisRespSerializer = attrs.Factory(HiredisRespSerializer)
     _closed: trio.Event = attrs.Factory(trio.Event)
     _failure: BaseException | None = None
@@ -124,6 +126,7 @@ class RedisConnection:
                     await stream.do_handshake()
         connection._stream = stream
         nursery.start_soon(connection._read_replies)
+        nursery.start_soon(connection._write_requests)
         try:
             if address.password is not None:
                 if address.username:
@@ -152,28 +155,21 @@ class RedisConnection:
         """Send several commands in one write; error replies are returned, not raised."""
         if self._closed.is_set():
             raise ConnectionError(f"Redis at {self.address}: connection closed ({self._failure})")
-        data = b"".join(chunk for command in commands for chunk in self._serializer.pack(*command))
+        for command in commands:
+            for chunk in self._serializer.pack(*command):
+                self._outgoing += chunk
         slots = [_Pending() for _ in commands]
-        async with self._write_lock:
-            self._pending.extend(slots)
-            # Shielded: a half-written command would corrupt the stream for everyone.
-            with trio.CancelScope(shield=True), trio.move_on_after(self.address.socket_timeout) as timer:
-                try:
-                    with _map_errors(self.address):
-                        assert self._stream is not None
-                        await self._stream.send_all(data)
-                except ConnectionError as exc:
-                    self._fail(exc)
-                    raise
-            if timer.cancelled_caught:
-                self._fail(TimeoutError(f"Redis at {self.address}: write timed out"))
-                raise TimeoutError(f"Redis at {self.address}: write timed out")
+        # Queued and slotted in the same synchronous step, so replies match requests; the
+        # writer task sends whatever has accumulated in one write (concurrent callers share
+        # syscalls as well as round trips).
+        self._pending.extend(slots)
+        self._wake_writer.set()
         try:
             for slot in slots:
                 await slot.event.wait()
         except BaseException:
             for slot in slots:
-                slot.abandoned = True
+                slot.abandoned = True  # its reply will be read and dropped
             raise
         results = []
         for slot in slots:
@@ -181,6 +177,24 @@ class RedisConnection:
                 raise slot.error
             results.append(slot.result)
         return results
+
+    async def _write_requests(self) -> None:
+        assert self._stream is not None
+        try:
+            while True:
+                await self._wake_writer.wait()
+                if self._closed.is_set():
+                    return
+                self._wake_writer = trio.Event()
+                data, self._outgoing = bytes(self._outgoing), bytearray()
+                if not data:
+                    continue
+                with trio.fail_after(self.address.socket_timeout), _map_errors(self.address):
+                    await self._stream.send_all(data)
+        except (ConnectionError, TimeoutError) as exc:
+            self._fail(exc)
+            with trio.CancelScope(shield=True):
+                await self._close_stream()
 
     async def _read_replies(self) -> None:
         reader = hiredis.Reader(replyError=_error_reply, notEnoughData=_NOT_ENOUGH_DATA)
@@ -214,6 +228,7 @@ class RedisConnection:
             return
         self._failure = error
         self._closed.set()
+        self._wake_writer.set()  # the writer sees the connection closed and ends
         while self._pending:
             slot = self._pending.popleft()
             slot.error = error

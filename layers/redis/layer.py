@@ -96,6 +96,7 @@ _DELAY_ADD = _Script(scripts.DELAY_ADD)
 _DELAY_DUE = _Script(scripts.DELAY_DUE)
 _LIST_STATS = _Script(scripts.LIST_STATS)
 _GROUP_PUSH = _Script(scripts.GROUP_PUSH)
+_POP_MANY = _Script(scripts.POP_MANY)
 
 
 @attrs.define(eq=False, slots=True)
@@ -389,12 +390,24 @@ class RedisChannelLayer(BaseChannelLayer):
             while any(name in self._waiters for name in names):
                 try:
                     async with pool.dedicated() as connection:
-                        while any(name in self._waiters for name in names):
+                        while True:
+                            waiting = len({w for name in names for w in self._waiters.get(name, ())})
+                            if not waiting:
+                                break
                             order = random.sample(list(lists), len(lists))
-                            popped = await connection.execute("BLPOP", *order, BLOCK_SECONDS)
+                            # As many as there are receivers waiting, in one round trip; block
+                            # only when the lists are empty.
+                            flat = await _POP_MANY(pool, order, [min(waiting, 100)])
                             if failures:
                                 log.info("Redis at %s is back", pool.address)
                                 failures = 0
+                            if flat:
+                                for index in range(0, len(flat), 2):
+                                    await self._dispatch(
+                                        pool, flat[index], lists[flat[index].decode()], flat[index + 1]
+                                    )
+                                continue
+                            popped = await connection.execute("BLPOP", *order, BLOCK_SECONDS)
                             if popped is not None:
                                 await self._dispatch(pool, popped[0], lists[popped[0].decode()], popped[1])
                 except (RedisError, OSError) as exc:

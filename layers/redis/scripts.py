@@ -266,3 +266,21 @@ for _, m in ipairs(evicted) do result[#result + 1] = m end
 return result
 """
 )
+
+#: KEYS: lists, in the order to try. ARGV: how many items at most. Non-blocking: returns a
+#: flat {key, item, key, item, ...} of what it popped (as many as there are receivers waiting).
+POP_MANY: Final = """
+local want = tonumber(ARGV[1])
+local out = {}
+for _, key in ipairs(KEYS) do
+  while want > 0 do
+    local item = redis.call('LPOP', key)
+    if not item then break end
+    out[#out + 1] = key
+    out[#out + 1] = item
+    want = want - 1
+  end
+  if want == 0 then break end
+end
+return out
+"""
