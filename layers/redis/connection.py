@@ -147,7 +147,7 @@ class RedisConnection:
     async def execute(self, *args: Any) -> Any:
         """Send one command and wait for its reply (error replies are raised)."""
         (result,) = await self.execute_many([args])
-        if isinstance(result, ResponseError):
+        if isinstance(result, RedisError):  # an error reply (AuthenticationError is not a ResponseError)
             raise result
         return result
 

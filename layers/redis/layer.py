@@ -295,7 +295,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def _move_delayed(self, shard: int) -> None:
         pool = self._pools[shard]
-        backoff = ExponentialWithJitterBackoff(cap=5.0, base=0.05)
+        backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         failures = 0
         while True:
             try:
@@ -384,7 +384,7 @@ class RedisChannelLayer(BaseChannelLayer):
         shard, names = key
         pool = self._pools[shard]
         lists = {self._list_key(name): name for name in names}
-        backoff = ExponentialWithJitterBackoff(cap=5.0, base=0.05)
+        backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         failures = 0
         try:
             while any(name in self._waiters for name in names):
