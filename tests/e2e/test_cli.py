@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import httpx
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+from .processes import ENV, ROOT, running
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -28,34 +23,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         timeout=60,
     )
-
-
-@asynccontextmanager
-async def running(*args: str) -> AsyncIterator[tuple[trio.Process, str]]:
-    """Start the CLI, wait for the URL it prints, and stop it with SIGTERM afterwards."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_channels", *args], stdout=subprocess.PIPE, env=ENV, cwd=ROOT
-    )
-    assert process.stdout is not None
-    try:
-        buffer = b""
-        with trio.fail_after(30):
-            while b" at http://" not in buffer:
-                chunk = await process.stdout.receive_some()
-                assert chunk, f"the server exited early: {buffer!r}"
-                buffer += chunk
-        line = buffer.decode().split(" at ", 1)[1]
-        url = line.split()[0]
-        yield process, url
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(15):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        await process.stdout.aclose()
 
 
 async def test_demo_chat_between_rooms() -> None:

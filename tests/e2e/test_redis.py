@@ -1,0 +1,141 @@
+"""Many processes on the Redis layer, and faults: Redis killed and restarted, a worker killed."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+
+import httpx
+import trio
+from trio_websocket import open_websocket_url
+
+from layers import from_url
+from trio_channels.server import DEFAULT_CHANNEL_CAPACITY
+
+from ..redis_server import RedisServer
+from .conftest import StartServer, ws_url
+from .processes import running
+
+ROUTING = "benchmarks.app.routing"
+
+
+async def _get_hello(client: httpx.AsyncClient, url: str) -> int:
+    response = await client.get(url + "/hello")
+    if response.status_code == 200:
+        assert response.text == "Hello world! You asked for /hello"
+    return response.status_code
+
+
+async def test_interface_and_two_workers_chat(redis_server: RedisServer) -> None:
+    """run --noworker + 2 workers on Redis: 20 clients in 2 rooms exchange 1,000 messages;
+    each gets every message of its room and none of the other; GET /hello works too."""
+    layer = ["--layer", redis_server.url]
+    async with (
+        running("run", ROUTING, "--noworker", "--bind", "127.0.0.1:0", *layer) as (_, url),
+        running("worker", ROUTING, *layer, marker="worker listening on"),
+        running("worker", ROUTING, *layer, marker="worker listening on"),
+    ):
+        async with httpx.AsyncClient() as client:
+            assert await _get_hello(client, url) == 200
+        rooms = {"red": 10, "blue": 10}
+        per_client = 50
+        received: dict[tuple[str, int], Counter[str]] = {}
+        joined = trio.Semaphore(0)
+        go = trio.Event()
+
+        async def client(room: str, index: int) -> None:
+            counts: Counter[str] = Counter()
+            received[(room, index)] = counts
+            expected = rooms[room] * per_client
+            async with open_websocket_url(ws_url(url, f"/chat/{room}/")) as ws:
+                joined.release()
+                await go.wait()
+                async with trio.open_nursery() as nursery:
+
+                    async def send() -> None:
+                        for number in range(per_client):
+                            await ws.send_message(f"{room}:{index}:{number}")
+                            await trio.sleep(0.001)
+
+                    nursery.start_soon(send)
+                    while sum(counts.values()) < expected:
+                        counts[(await ws.get_message()).split(":")[0]] += 1
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for room, size in rooms.items():
+                    for index in range(size):
+                        nursery.start_soon(client, room, index)
+                for _ in range(sum(rooms.values())):
+                    await joined.acquire()
+                await trio.sleep(0.3)  # let every group_add land before anyone talks
+                go.set()
+        for (room, _), counts in received.items():
+            assert counts == Counter({room: rooms[room] * per_client})
+
+
+async def test_redis_outage_and_recovery(redis_server: RedisServer, start_server: StartServer) -> None:
+    """Redis killed while traffic flows: new HTTP gets 503, open WebSockets stay open, nothing
+    crashes; within 5 s of Redis coming back, traffic flows again."""
+    layer = from_url(redis_server.url, channel_capacity=DEFAULT_CHANNEL_CAPACITY)
+    info = await start_server(ROUTING, layer=layer)
+    async with httpx.AsyncClient() as client, open_websocket_url(ws_url(info.url, "/echo/")) as ws:
+        with trio.fail_after(10):
+            await ws.send_message("before")
+            assert await ws.get_message() == "before"
+            assert await _get_hello(client, info.url) == 200
+
+        redis_server.stop()
+        with trio.fail_after(10):
+            assert await _get_hello(client, info.url) == 503
+            await ws.send_message("during")  # dropped (at most once), but the socket stays open
+            await trio.sleep(1)
+        assert ws.closed is None
+
+        redis_server.start()
+        recovered_at = None
+        start = trio.current_time()
+        with trio.fail_after(10):
+            while recovered_at is None:
+                if await _get_hello(client, info.url) == 200:
+                    recovered_at = trio.current_time()
+                else:
+                    await trio.sleep(0.1)
+            await ws.send_message("after")
+            with trio.fail_after(5):
+                message = await ws.get_message()
+            assert message == "after"
+        assert recovered_at - start < 5
+        assert ws.closed is None
+
+
+async def test_killed_worker_leaves_the_other_serving(redis_server: RedisServer) -> None:
+    """A worker process killed mid-flight: the other worker keeps serving."""
+    layer = ["--layer", redis_server.url]
+    async with (
+        running("run", ROUTING, "--noworker", "--bind", "127.0.0.1:0", "--http-timeout", "3", *layer) as (
+            _,
+            url,
+        ),
+        running("worker", ROUTING, *layer, marker="worker listening on") as (doomed, _),
+        running("worker", ROUTING, *layer, marker="worker listening on"),
+    ):
+        async with httpx.AsyncClient(timeout=10) as client:
+            statuses = []
+            async with trio.open_nursery() as nursery:
+
+                async def load() -> None:
+                    for _ in range(40):
+                        statuses.append(await _get_hello(client, url))
+
+                nursery.start_soon(load)
+                await trio.sleep(0.1)
+                doomed.send_signal(signal.SIGKILL)
+                await doomed.wait()
+            # A request the killed worker held, or one Redis handed to its BLPOP before it
+            # noticed the dead socket, is lost (at-most-once) and answered 503 after
+            # http_timeout. Once Redis has dropped the dead client, every request succeeds.
+            await trio.sleep(0.5)
+            after = [await _get_hello(client, url) for _ in range(20)]
+        assert after == [200] * 20
+        assert statuses.count(200) >= 30
