@@ -104,4 +104,18 @@ if __name__ == "__main__":
     parser.add_argument("--members", type=int, default=200, help="fan-out group size")
     parser.add_argument("--messages", type=int, default=50, help="fan-out broadcasts")
     parser.add_argument("--layer", default="memory://")
-    trio.run(main, parser.parse_args())
+    parser.add_argument(
+        "--redis", action="store_true", help="start a redis-server of our own and use it as the layer"
+    )
+    arguments = parser.parse_args()
+    if arguments.redis:
+        from tests.redis_server import RedisServer
+
+        redis = RedisServer().start()
+        arguments.layer = redis.url
+        try:
+            trio.run(main, arguments)
+        finally:
+            redis.cleanup()
+    else:
+        trio.run(main, arguments)

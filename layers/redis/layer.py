@@ -384,6 +384,8 @@ class RedisChannelLayer(BaseChannelLayer):
         shard, names = key
         pool = self._pools[shard]
         lists = {self._list_key(name): name for name in names}
+        # Only this process reads its own prefix, so take all that is queued there at once.
+        own_prefix = any(name.endswith("!") for name in names)
         backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         failures = 0
         try:
@@ -395,19 +397,23 @@ class RedisChannelLayer(BaseChannelLayer):
                             if not waiting:
                                 break
                             order = random.sample(list(lists), len(lists))
-                            # As many as there are receivers waiting, in one round trip; block
-                            # only when the lists are empty.
-                            flat = await _POP_MANY(pool, order, [min(waiting, 100)])
+                            if waiting > 1 or own_prefix:
+                                # As many as there are receivers waiting (everything queued, for
+                                # our own prefix) in one round trip; block only when empty.
+                                flat = await _POP_MANY(
+                                    pool, order, [1000 if own_prefix else min(waiting, 100)]
+                                )
+                                if flat:
+                                    for index in range(0, len(flat), 2):
+                                        list_key = flat[index]
+                                        await self._dispatch(
+                                            pool, list_key, lists[list_key.decode()], flat[index + 1]
+                                        )
+                                    continue
+                            popped = await connection.execute("BLPOP", *order, BLOCK_SECONDS)
                             if failures:
                                 log.info("Redis at %s is back", pool.address)
                                 failures = 0
-                            if flat:
-                                for index in range(0, len(flat), 2):
-                                    await self._dispatch(
-                                        pool, flat[index], lists[flat[index].decode()], flat[index + 1]
-                                    )
-                                continue
-                            popped = await connection.execute("BLPOP", *order, BLOCK_SECONDS)
                             if popped is not None:
                                 await self._dispatch(pool, popped[0], lists[popped[0].decode()], popped[1])
                 except (RedisError, OSError) as exc:
