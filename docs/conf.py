@@ -25,7 +25,10 @@ nitpicky = True
 nitpick_ignore_regex = [
     # Third-party types we do not link to (no network for intersphinx here).
     (r"py:.*", r"(trio|attrs|re|os|collections\.abc|typing|contextlib|redis|hypercorn|trio_websocket)\..*"),
-    (r"py:class", r"(Consumer|Router|ASGIApp|interface\.core\.\w+|trio_channels\.http\.Headers)"),
+    (
+        r"py:class",
+        r"(Consumer|Router|ASGIApp|interface\.core\.\w+|trio_channels\.http\.Headers|layers\.redis\.connection\.\w+)",
+    ),
     (r"py:.*", r"(Any|Mapping|Sequence|Iterable|ClassVar|Final|_Entry|_Queue|_Waiter)"),
     (r"py:class", r"(ChannelFull|MessageTooLarge|BaseChannelLayer|CapacityMap|LayerStatistics)"),
 ]

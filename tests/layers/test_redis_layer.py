@@ -1,0 +1,113 @@
+"""What only the Redis layer promises: round trips, fan-out items, TTLs, encryption, sharding."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+import layers
+from layers.redis import RedisChannelLayer, consistent_hash
+from layers.redis.connection import ConnectionPool, RedisAddress
+
+from ..helpers import assert_nothing, receive_now
+from ..redis_server import RedisServer
+
+
+def _prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def admin(redis_servers: list[RedisServer]) -> AsyncIterator[ConnectionPool]:
+    """A plain connection to the first server, to look at what the layer stored."""
+    async with trio.open_nursery() as nursery:
+        pool = ConnectionPool(RedisAddress.from_url(redis_servers[0].url), nursery)
+        yield pool
+        await pool.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def _evalsha_calls(admin: ConnectionPool) -> int:
+    info = (await admin.execute("INFO", "commandstats")).decode()
+    for line in info.splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+async def test_group_send_to_a_thousand_members_of_one_process(
+    redis_servers: list[RedisServer], admin: ConnectionPool
+) -> None:
+    """1,000 members in one process: one script call, one item in that process's list."""
+    prefix = _prefix()
+    async with RedisChannelLayer(hosts=[redis_servers[0].url], prefix=prefix) as layer:
+        members = [f"interface.p1!c{index}" for index in range(1000)]
+        for member in members:
+            await layer.group_add("big", member)
+        before = await _evalsha_calls(admin)
+        await layer.send_group("big", {"text": "to all"})
+        assert await _evalsha_calls(admin) - before == 1
+        assert await admin.execute("LLEN", f"{prefix}:c:interface.p1!") == 1
+        got = set()
+        with trio.fail_after(10):
+            for _ in members:
+                channel, message = await layer.receive(["interface.p1!"])
+                assert message == {"text": "to all"}
+                got.add(channel)
+        assert got == set(members)
+
+
+async def test_channel_keys_expire(redis_servers: list[RedisServer], admin: ConnectionPool) -> None:
+    """A channel's list carries a TTL, so an abandoned channel vanishes from Redis."""
+    prefix = _prefix()
+    async with RedisChannelLayer(hosts=[redis_servers[0].url], prefix=prefix, expiry=30) as layer:
+        await layer.send("abandoned", {"n": 1})
+        ttl = await admin.execute("PTTL", f"{prefix}:c:abandoned")
+        assert 30_000 < ttl <= 31_000
+
+
+async def test_encryption_with_key_rotation(redis_servers: list[RedisServer], admin: ConnectionPool) -> None:
+    """Messages are encrypted at rest; a layer with a new key first and the old one second
+    reads what the old layer wrote; a layer without the key drops it with an error logged."""
+    prefix = _prefix()
+    url = redis_servers[0].url
+    async with RedisChannelLayer(hosts=[url], prefix=prefix, symmetric_encryption_keys=["old-key"]) as old:
+        await old.send("secret", {"card": "4111"})
+        stored = await admin.execute("LINDEX", f"{prefix}:c:secret", 0)
+        assert b"4111" not in stored
+        await old.send("secret", {"card": "5500"})
+    async with RedisChannelLayer(
+        hosts=[url], prefix=prefix, symmetric_encryption_keys=["new-key", "old-key"]
+    ) as new:
+        assert await receive_now(new, ["secret"]) == ("secret", {"card": "4111"})
+    async with RedisChannelLayer(hosts=[url], prefix=prefix, symmetric_encryption_keys=["other"]) as wrong:
+        await assert_nothing(wrong, ["secret"])
+    with pytest.raises(ValueError, match="a list of keys"):
+        RedisChannelLayer(symmetric_encryption_keys="one-key")  # type: ignore[arg-type]
+
+
+async def test_process_prefix_lives_on_one_shard(redis_servers: list[RedisServer]) -> None:
+    """Every channel under one process prefix maps to the same shard; groups hash by name."""
+    shards = {consistent_hash(layers.non_local_name(f"interface.abc!c{index}"), 3) for index in range(100)}
+    assert len(shards) == 1
+    spread = {consistent_hash(f"channel-{index}", 3) for index in range(100)}
+    assert spread == {0, 1, 2}
+
+
+def test_from_url_builds_a_sharded_layer(redis_servers: list[RedisServer]) -> None:
+    """layers.from_url takes comma-separated Redis URLs (shards) and query options."""
+    urls = ",".join(server.url for server in redis_servers)
+    layer = layers.from_url(urls + "?expiry=5&prefix=app")
+    assert isinstance(layer, RedisChannelLayer)
+    assert len(layer.hosts) == 3 and layer.expiry == 5 and layer.prefix == "app"
+    with pytest.raises(ValueError, match="capacity='many' must be a number"):
+        layers.from_url("redis://localhost?capacity=many")
+
+
+async def test_using_a_closed_layer_says_how_to_open_it() -> None:
+    """Sending on a layer that was never entered is a clear RuntimeError."""
+    with pytest.raises(RuntimeError, match="async with RedisChannelLayer"):
+        await RedisChannelLayer().send("x", {})
