@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -97,6 +97,19 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def amend(self, channel: str, change: Callable[[dict[str, Any]], bool]) -> bool:
+        """Apply *change* to the first buffered message for *channel* it accepts (returns True).
+
+        Used by ``http_session`` to add a ``Set-Cookie`` header to a buffered response.
+        """
+        for item in self._pending:
+            if not item.group and item.name == channel:
+                content = decode_message(item.data)
+                if change(content):
+                    item.data = encode_message(content, self.layer.max_message_size)
+                    return True
+        return False
 
     def __iter__(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """``(kind, name, content)`` for each buffered send, for tests and debugging."""

@@ -47,7 +47,15 @@ def _load_settings(path: str) -> dict[str, Any]:
     result: dict[str, Any] = {
         "routing": default.get("ROUTING"),
         "allowed_hosts": getattr(module, "ALLOWED_HOSTS", None),
+        "session_store": getattr(module, "SESSION_STORE", None),
     }
+    loader = getattr(module, "AUTH_USER_LOADER", None)
+    if isinstance(loader, str):
+        try:
+            loader = import_by_path(loader, "AUTH_USER_LOADER")
+        except ImportError as exc:
+            raise ConfigurationError(str(exc)) from exc
+    result["user_loader"] = loader
     backend = default.get("BACKEND")
     config = dict(default.get("CONFIG", {}))
     if backend is None:
@@ -253,7 +261,14 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
             f"{what} needs a cross-process channel layer, and the in-memory layer lives in one process: "
             "use --layer redis://localhost:6379/0 (or plain 'run', which runs workers in-process)"
         )
-    return {"routing": routing, "layer": layer, "demo": routing == DEMO_ROUTING}
+    return {
+        "routing": routing,
+        "layer": layer,
+        "demo": routing == DEMO_ROUTING,
+        "session_store": args.session_store or settings.get("session_store"),
+        "user_loader": settings.get("user_loader"),
+        "allowed_hosts": settings.get("allowed_hosts"),
+    }
 
 
 async def _run(args: argparse.Namespace, prepared: dict[str, Any]) -> None:
@@ -265,6 +280,9 @@ async def _run(args: argparse.Namespace, prepared: dict[str, Any]) -> None:
         "consumer_timeout": args.consumer_timeout,
         "grace_period": args.grace_period,
         "handle_signals": True,
+        "session_store": prepared["session_store"],
+        "user_loader": prepared["user_loader"],
+        "allowed_hosts": prepared["allowed_hosts"],
     }
     if args.command == "run":
         options.update(

@@ -222,9 +222,18 @@ class Response:
 
 
 async def send_response(
-    message: Message, response: Response | list[dict[str, Any]], *, timeout: float = 30
+    message: Message,
+    response: Response | list[dict[str, Any]],
+    *,
+    immediately: bool = False,
+    timeout: float = 30,
 ) -> None:
-    """Send a response to *message*'s reply channel now (not buffered), waiting out ChannelFull."""
+    """Send a response to *message*'s reply channel.
+
+    Inside a consumer it is buffered like any send (so ``http_session`` can still add its
+    cookie) unless ``immediately=True``, which streaming responses want; an immediate send
+    waits out ``ChannelFull`` for up to *timeout* seconds.
+    """
     if message.reply_channel is None:
         raise ValueError("this message has no reply_channel to respond to")
     encoded = response.encode() if isinstance(response, Response) else response
@@ -233,7 +242,7 @@ async def send_response(
             pause = 0.01
             while True:
                 try:
-                    await message.reply_channel.send(part, immediately=True)
+                    await message.reply_channel.send(part, immediately=immediately)
                     break
                 except ChannelFull:
                     await trio.sleep(pause)
@@ -291,6 +300,7 @@ def asgi_consumer(app: ASGIApp | str) -> Consumer:
             raise AssertionError("unreachable")
 
         pending: dict[str, Any] = {}
+        streamed: list[bool] = []  # once a response streams, every later part goes out at once
 
         async def send(event: dict[str, Any]) -> None:
             if event["type"] == "http.response.start":
@@ -302,7 +312,9 @@ def asgi_consumer(app: ASGIApp | str) -> Consumer:
                 more = bool(event.get("more_body", False))
                 part = {**pending, "content": bytes(event.get("body", b"")), "more_content": more}
                 pending.clear()
-                await send_response(message, [part])
+                await send_response(message, [part], immediately=more or bool(streamed))
+                if more:
+                    streamed.append(True)
 
         await asgi_app(scope, receive, send)
 

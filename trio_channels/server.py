@@ -14,6 +14,7 @@ WebSockets with 1001, workers stop pulling, in-flight requests and consumers get
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from collections.abc import Sequence
@@ -28,9 +29,12 @@ from interface import InterfaceConfig, InterfaceServer, serve_interface, serve_w
 from layers import BaseChannelLayer, InMemoryChannelLayer
 from layers._concurrency import open_service_nursery
 
+from .auth import UserLoader, use_user_loader
 from .channel import use_layer
 from .http import ASGIApp, http_fallback
 from .routing import Router
+from .security import set_allowed_hosts
+from .sessions import InMemorySessionStore, RedisSessionStore, SessionStore, use_session_store
 from .worker import Worker, run_worker
 
 __all__ = ["ServerInfo", "serve"]
@@ -102,6 +106,22 @@ async def _watch_signals(shutdown: trio.Event) -> None:
             return
 
 
+async def _open_session_store(
+    stack: contextlib.AsyncExitStack, store: SessionStore | str | None, layer: BaseChannelLayer
+) -> SessionStore:
+    if isinstance(store, str):
+        if store.startswith("memory://"):
+            return InMemorySessionStore()
+        return await stack.enter_async_context(RedisSessionStore(store))
+    if store is not None:
+        return store
+    if type(layer).__name__ == "RedisChannelLayer":
+        first = layer.hosts[0]  # type: ignore[attr-defined]
+        prefix = f"{layer.prefix}:session"  # type: ignore[attr-defined]
+        return await stack.enter_async_context(RedisSessionStore(first, prefix=prefix))
+    return InMemorySessionStore()
+
+
 def _is_open(layer: BaseChannelLayer) -> bool:
     return bool(getattr(layer, "is_open", False))
 
@@ -125,6 +145,9 @@ async def serve(
     certfile: str | None = None,
     keyfile: str | None = None,
     grace_period: float = 10,
+    session_store: SessionStore | str | None = None,
+    user_loader: UserLoader | None = None,
+    allowed_hosts: Sequence[str] | None = None,
     shutdown: trio.Event | None = None,
     handle_signals: bool = False,
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
@@ -141,6 +164,10 @@ async def serve(
     ``task_status.started()`` hands back a :class:`ServerInfo` once every listener is bound and
     every worker is pulling. Stops when *shutdown* is set, or on SIGINT/SIGTERM with
     ``handle_signals=True``, gracefully (see the module docstring); cancelling it is a hard stop.
+
+    Consumers' sessions live in *session_store* (a store, a ``redis://`` URL, or ``None``: the
+    Redis layer's first server for a Redis layer, else in memory); *user_loader* loads users
+    for ``message.user``; *allowed_hosts* is ``ALLOWED_HOSTS`` for origin checks.
 
     Raises :exc:`ValueError` for a configuration that cannot work (an in-memory layer without
     both an interface and workers), :exc:`ImportError` for a bad routing path, and
@@ -164,7 +191,19 @@ async def serve(
     config = interface_config or InterfaceConfig(grace_period=grace_period)
     shutdown = shutdown or trio.Event()
 
+    if allowed_hosts is not None:
+        set_allowed_hosts(allowed_hosts)
+
     async def run() -> None:
+        assert isinstance(layer, BaseChannelLayer)
+        async with contextlib.AsyncExitStack() as stack:
+            store = await _open_session_store(stack, session_store, layer)
+            stack.enter_context(use_session_store(store))
+            if user_loader is not None:
+                stack.enter_context(use_user_loader(user_loader))
+            await run_servers()
+
+    async def run_servers() -> None:
         assert isinstance(layer, BaseChannelLayer)
         # Workers stop only after the listeners finished, so the websocket.disconnect messages
         # sent while closing WebSockets with 1001 are still consumed.
