@@ -56,6 +56,9 @@ class InterfaceConfig:
     reply_buffer: int = 1000
     #: Seconds a graceful shutdown waits for connections after closing them.
     grace_period: float = 10
+    #: How long a ``websocket.receive`` waits out a full channel (the client is held back by
+    #: TCP meanwhile) before the socket is closed with 1013.
+    receive_full_timeout: float = 2.0
 
 
 class WebSocketClosed(Exception):
@@ -420,9 +423,14 @@ class InterfaceServer:
                         result["code"] = closed.code
                     break
                 try:
-                    await self.layer.send("websocket.receive", ws.receive_message(data))
-                except ChannelFull:
-                    log.warning("websocket.receive is full; closing %s with 1013", ws.reply_channel)
+                    await _send_retrying(
+                        self.layer,
+                        "websocket.receive",
+                        ws.receive_message(data),
+                        self.config.receive_full_timeout,
+                    )
+                except trio.TooSlowError:
+                    log.warning("websocket.receive stayed full; closing %s with 1013", ws.reply_channel)
                     result["muted"] = True
                     await close(1013)
                     break

@@ -88,6 +88,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="a module with CHANNEL_LAYERS (BACKEND, CONFIG, ROUTING) and ALLOWED_HOSTS, like Channels' settings",
     )
     parser.add_argument(
+        "--session-store",
+        metavar="URL",
+        help="where sessions live: memory:// or redis://... (default: the Redis layer's server, else memory)",
+    )
+    parser.add_argument(
         "--concurrency", type=int, default=100, help="consumers running at once per worker (100)"
     )
     parser.add_argument(

@@ -332,14 +332,17 @@ async def test_full_connect_queue_is_503(start_server: StartServer) -> None:
 
 
 async def test_full_receive_queue_closes_1013(start_server: StartServer) -> None:
-    """ChannelFull on websocket.receive closes the socket with 1013."""
+    """A websocket.receive that stays full past receive_full_timeout closes the socket with 1013."""
     release = trio.Event()
 
     async def slow(message: Message) -> None:
         await release.wait()
 
     layer = InMemoryChannelLayer(channel_capacity={"websocket.receive": 1})
-    info = await start_server([route("websocket.receive", slow)], layer=layer, concurrency=1)
+    config = InterfaceConfig(receive_full_timeout=0.2)
+    info = await start_server(
+        [route("websocket.receive", slow)], layer=layer, concurrency=1, interface_config=config
+    )
     with trio.fail_after(10):
         async with open_websocket_url(ws_url(info.url, "/ws/")) as ws:
             for index in range(3):
