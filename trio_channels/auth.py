@@ -54,6 +54,7 @@ class AnonymousUser:
     is_anonymous: bool = True
 
 
+#: The one anonymous user.
 ANONYMOUS = AnonymousUser()
 
 _loader: contextvars.ContextVar[UserLoader | None] = contextvars.ContextVar(
