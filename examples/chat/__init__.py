@@ -1,0 +1,1 @@
+"""Tutorial step 3: groups and a real chat."""

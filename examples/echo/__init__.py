@@ -1,0 +1,1 @@
+"""Tutorial step 2: a WebSocket echo server."""

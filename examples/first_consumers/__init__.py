@@ -1,0 +1,1 @@
+"""Tutorial step 1: a consumer answering every HTTP request."""

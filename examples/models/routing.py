@@ -1,0 +1,11 @@
+from examples.models.consumers import msg_consumer, ws_connect, ws_disconnect, ws_message
+from examples.pages import html_page
+from trio_channels import route
+
+channel_routing = [
+    route("websocket.connect", ws_connect),
+    route("websocket.receive", ws_message),
+    route("websocket.disconnect", ws_disconnect),
+    route("chat-messages", msg_consumer),
+    route("http.request", html_page("examples.rooms"), path=r"^/$"),
+]

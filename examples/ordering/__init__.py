@@ -1,0 +1,1 @@
+"""Tutorial step 10: enforcing ordering."""

@@ -1,0 +1,28 @@
+from trio_channels import Group
+from trio_channels.sessions import channel_session
+
+
+# Connected to websocket.connect
+@channel_session
+async def ws_connect(message):
+    # Accept connection
+    await message.reply_channel.send({"accept": True})
+    # Work out room name from path (ignore slashes)
+    room = message.content["path"].strip("/")
+    # Save room in session and add us to the group
+    message.channel_session["room"] = room
+    await Group("chat-%s" % room).add(message.reply_channel)  # noqa: UP031
+
+
+# Connected to websocket.receive
+@channel_session
+async def ws_message(message):
+    await Group("chat-%s" % message.channel_session["room"]).send({  # noqa: UP031
+        "text": message["text"],
+    })  # fmt: skip
+
+
+# Connected to websocket.disconnect
+@channel_session
+async def ws_disconnect(message):
+    await Group("chat-%s" % message.channel_session["room"]).discard(message.reply_channel)  # noqa: UP031

@@ -1,0 +1,1 @@
+"""Tutorial step 8: routing with include() and named groups."""

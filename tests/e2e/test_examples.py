@@ -1,0 +1,148 @@
+"""Every tutorial example, end to end over real sockets (the browser tests add the JavaScript)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from trio_websocket import ConnectionRejected, open_websocket_url
+
+from examples.authentication.users import load_user
+
+from .conftest import StartServer, ws_url
+
+
+async def _expect(ws: object, *texts: str) -> None:
+    with trio.fail_after(5):
+        for text in texts:
+            assert await ws.get_message() == text  # type: ignore[attr-defined]
+
+
+async def _silent(ws: object, wait: float = 0.3) -> None:
+    with trio.move_on_after(wait):
+        heard = await ws.get_message()  # type: ignore[attr-defined]
+        pytest.fail(f"expected silence, heard {heard!r}")
+
+
+async def test_first_consumers(start_server: StartServer) -> None:
+    """Step 1: every HTTP request gets the seed's hello."""
+    info = await start_server("examples.first_consumers.routing.channel_routing")
+    async with httpx.AsyncClient() as client:
+        response = await client.get(info.url + "/any/path/")
+    assert response.status_code == 200
+    assert response.text == "Hello world! You asked for /any/path/"
+
+
+async def test_echo(start_server: StartServer) -> None:
+    """Step 2: any WebSocket path echoes; the page carries the seed's snippet."""
+    info = await start_server("examples.echo.routing.channel_routing")
+    async with httpx.AsyncClient() as client:
+        page = (await client.get(info.url + "/")).text
+    assert 'socket.send("hello world");' in page
+    async with open_websocket_url(ws_url(info.url, "/chat/")) as ws:
+        await ws.send_message("hello world")
+        await _expect(ws, "hello world")
+
+
+async def test_chat_group(start_server: StartServer) -> None:
+    """Step 3: everyone connected is in the chat group and hears everyone."""
+    info = await start_server("examples.chat.routing.channel_routing")
+    async with open_websocket_url(ws_url(info.url, "/chat/")) as one, open_websocket_url(ws_url(info.url, "/x/")) as two:
+        await one.send_message("hello world")
+        await _expect(one, "[user] hello world")
+        await _expect(two, "[user] hello world")
+
+
+async def test_rooms(start_server: StartServer) -> None:
+    """Step 5: the room from the path, kept in the channel session."""
+    info = await start_server("examples.rooms.routing.channel_routing")
+    async with (
+        open_websocket_url(ws_url(info.url, "/abc/")) as one,
+        open_websocket_url(ws_url(info.url, "/abc/")) as two,
+        open_websocket_url(ws_url(info.url, "/xyz/")) as other,
+    ):
+        await one.send_message("in abc")
+        await _expect(two, "in abc")
+        await _silent(other)
+
+
+async def _log_in(client: httpx.AsyncClient, url: str, name: str) -> str:
+    response = await client.post(url + "/login", data={"username": name})
+    assert response.status_code == 200, response.text
+    return response.text.split("session_key=")[1].split('"')[0]
+
+
+async def test_authentication_and_security(start_server: StartServer) -> None:
+    """Steps 6-7: log in over HTTP, chat by first letter, ?session_key= elsewhere, origins checked."""
+    info = await start_server(
+        "examples.authentication.routing.channel_routing",
+        user_loader=load_user,
+        allowed_hosts=["localhost", "127.0.0.1"],
+        ws_bind=["127.0.0.1:0"],
+    )
+    origin = [(b"origin", info.url.encode())]
+    async with httpx.AsyncClient() as alice, httpx.AsyncClient() as anna, httpx.AsyncClient() as bob:
+        for client, name in ((alice, "alice"), (anna, "anna"), (bob, "bob")):
+            await _log_in(client, info.url, name)
+
+        def headers(client: httpx.AsyncClient) -> list[tuple[bytes, bytes]]:
+            return [*origin, (b"cookie", f"sessionid={client.cookies['sessionid']}".encode())]
+
+        async with (
+            open_websocket_url(ws_url(info.url, "/chat/"), extra_headers=headers(alice)) as a1,
+            open_websocket_url(ws_url(info.url, "/chat/"), extra_headers=headers(anna)) as a2,
+            open_websocket_url(ws_url(info.url, "/chat/"), extra_headers=headers(bob)) as b1,
+        ):
+            await a1.send_message("hi")
+            await _expect(a2, "alice: hi")
+            await _silent(b1)
+        # A WebSocket server on another address: the session key travels in the URL.
+        key = await _log_in(alice, info.url, "alice")
+        async with open_websocket_url(f"{info.ws_urls[0]}/chat/?session_key={key}", extra_headers=origin) as ws:
+            await ws.send_message("elsewhere")
+            await _expect(ws, "alice: elsewhere")
+        # No origin, a foreign origin, or no login: rejected.
+        for extra in ([], [(b"origin", b"http://evil.example")]):
+            with pytest.raises(ConnectionRejected):
+                async with open_websocket_url(ws_url(info.url, "/chat/"), extra_headers=[*extra, headers(alice)[1]]):
+                    pass
+        with pytest.raises(ConnectionRejected):
+            async with open_websocket_url(ws_url(info.url, "/chat/"), extra_headers=origin):
+                pass
+        bad = await alice.post(info.url + "/login", data={"username": "not valid!"})
+        assert bad.status_code == 400
+
+
+async def test_routing_include(start_server: StartServer) -> None:
+    """Step 8: include() chops '/chat', the room comes from a named group; POST /poll/ only."""
+    info = await start_server("examples.routing_include.routing.routing")
+    async with open_websocket_url(ws_url(info.url, "/chat/lobby/")) as ws:
+        await ws.send_message("hi")
+        await _expect(ws, "lobby: hi")
+    async with httpx.AsyncClient() as client:
+        assert (await client.post(info.url + "/poll/")).text == "polled POST"
+        assert (await client.get(info.url + "/poll/")).status_code == 404
+
+
+async def test_models(start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 9: messages go through the chat-messages channel, are saved in SQLite, then broadcast."""
+    from examples.models import models
+
+    database = tmp_path / "chat.sqlite3"
+    monkeypatch.setattr(models, "DATABASE", str(database))
+    info = await start_server("examples.models.routing.channel_routing")
+    async with open_websocket_url(ws_url(info.url, "/lobby/")) as one, open_websocket_url(ws_url(info.url, "/lobby/")) as two:
+        await one.send_message("saved and sent")
+        await _expect(two, "saved and sent")
+    assert models.messages_in("lobby", str(database)) == ["saved and sent"]
+
+
+async def test_ordering(start_server: StartServer) -> None:
+    """Step 10: with enforce_ordering the count follows the order the client sent in."""
+    info = await start_server("examples.ordering.routing.channel_routing")
+    async with open_websocket_url(ws_url(info.url, "/chat/")) as ws:
+        for text in ("a", "b", "c", "d"):
+            await ws.send_message(text)
+        await _expect(ws, "1: a", "2: b", "3: c", "4: d")
