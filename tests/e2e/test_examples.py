@@ -49,7 +49,10 @@ async def test_echo(start_server: StartServer) -> None:
 async def test_chat_group(start_server: StartServer) -> None:
     """Step 3: everyone connected is in the chat group and hears everyone."""
     info = await start_server("examples.chat.routing.channel_routing")
-    async with open_websocket_url(ws_url(info.url, "/chat/")) as one, open_websocket_url(ws_url(info.url, "/x/")) as two:
+    async with (
+        open_websocket_url(ws_url(info.url, "/chat/")) as one,
+        open_websocket_url(ws_url(info.url, "/x/")) as two,
+    ):
         await one.send_message("hello world")
         await _expect(one, "[user] hello world")
         await _expect(two, "[user] hello world")
@@ -100,13 +103,17 @@ async def test_authentication_and_security(start_server: StartServer) -> None:
             await _silent(b1)
         # A WebSocket server on another address: the session key travels in the URL.
         key = await _log_in(alice, info.url, "alice")
-        async with open_websocket_url(f"{info.ws_urls[0]}/chat/?session_key={key}", extra_headers=origin) as ws:
+        async with open_websocket_url(
+            f"{info.ws_urls[0]}/chat/?session_key={key}", extra_headers=origin
+        ) as ws:
             await ws.send_message("elsewhere")
             await _expect(ws, "alice: elsewhere")
         # No origin, a foreign origin, or no login: rejected.
         for extra in ([], [(b"origin", b"http://evil.example")]):
             with pytest.raises(ConnectionRejected):
-                async with open_websocket_url(ws_url(info.url, "/chat/"), extra_headers=[*extra, headers(alice)[1]]):
+                async with open_websocket_url(
+                    ws_url(info.url, "/chat/"), extra_headers=[*extra, headers(alice)[1]]
+                ):
                     pass
         with pytest.raises(ConnectionRejected):
             async with open_websocket_url(ws_url(info.url, "/chat/"), extra_headers=origin):
@@ -133,7 +140,10 @@ async def test_models(start_server: StartServer, tmp_path: Path, monkeypatch: py
     database = tmp_path / "chat.sqlite3"
     monkeypatch.setattr(models, "DATABASE", str(database))
     info = await start_server("examples.models.routing.channel_routing")
-    async with open_websocket_url(ws_url(info.url, "/lobby/")) as one, open_websocket_url(ws_url(info.url, "/lobby/")) as two:
+    async with (
+        open_websocket_url(ws_url(info.url, "/lobby/")) as one,
+        open_websocket_url(ws_url(info.url, "/lobby/")) as two,
+    ):
         await one.send_message("saved and sent")
         await _expect(two, "saved and sent")
     assert models.messages_in("lobby", str(database)) == ["saved and sent"]

@@ -1,0 +1,55 @@
+"""The tutorial's JavaScript in headless Chromium against the running examples."""
+
+from __future__ import annotations
+
+from examples.authentication.users import load_user
+
+from ..browser import open_browser
+from .conftest import StartServer
+
+
+async def test_echo_alert_in_the_browser(start_server: StartServer) -> None:
+    """The seed's snippet: new WebSocket(...), send "hello world", the alert shows the echo."""
+    info = await start_server("examples.echo.routing.channel_routing")
+    async with open_browser() as browser:
+        tab = await browser.new_tab(info.url + "/")
+        assert await tab.next_alert() == "hello world"
+
+
+async def test_two_tabs_in_the_chat_both_receive(start_server: StartServer) -> None:
+    """Two tabs in the group chat: the second tab's message reaches both."""
+    info = await start_server("examples.chat.routing.channel_routing")
+    async with open_browser() as browser:
+        first = await browser.new_tab(info.url + "/")
+        assert await first.next_alert() == "[user] hello world"  # its own hello
+        second = await browser.new_tab(info.url + "/")
+        assert await second.next_alert() == "[user] hello world"
+        assert await first.next_alert() == "[user] hello world"  # the second tab's hello
+
+
+async def test_login_page_then_a_websocket_that_knows_the_user(start_server: StartServer) -> None:
+    """Log in through the HTML form; the page's WebSocket carries the cookie; chat shows the name."""
+    info = await start_server(
+        "examples.authentication.routing.channel_routing",
+        user_loader=load_user,
+        allowed_hosts=["127.0.0.1", "localhost"],
+    )
+    async with open_browser() as browser:
+        tab = await browser.new_tab(info.url + "/")
+        tab.expect_load()
+        await tab.evaluate(
+            "document.getElementById('username').value = 'alice'; document.forms[0].submit(); true"
+        )
+        await tab.wait_for_load()
+        assert await tab.evaluate("document.getElementById('me').textContent") == "alice"
+        said = await tab.evaluate(
+            """new Promise((resolve) => {
+                const send = () => {
+                    new MutationObserver(() => resolve(document.getElementById('log').textContent))
+                        .observe(document.getElementById('log'), {childList: true});
+                    socket.send('hi from the browser');
+                };
+                if (socket.readyState === WebSocket.OPEN) send(); else socket.addEventListener('open', send);
+            })"""
+        )
+        assert said == "alice: hi from the browser"
