@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 import trio
-from trio_websocket import WebSocketConnection, connect_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = [
@@ -111,7 +111,10 @@ class Browser:
 
     async def read_events(self) -> None:
         while True:
-            message = json.loads(await self.connection.get_message())
+            try:
+                message = json.loads(await self.connection.get_message())
+            except ConnectionClosed:
+                return
             if "id" in message:
                 waiter = self._pending.get(message["id"])
                 self._pending[message["id"]] = message
