@@ -7,9 +7,12 @@ one: they never skip.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -132,7 +135,13 @@ class Browser:
                 tab._loaded.set()
 
     def spawn(self, fn: Any, *args: Any, **kwargs: Any) -> None:
-        self.nursery.start_soon(lambda: fn(*args, **kwargs))
+        """Run a call in the background; one still in flight when the browser closes is moot."""
+
+        async def call() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                await fn(*args, **kwargs)
+
+        self.nursery.start_soon(call)
 
     async def new_tab(self, url: str | None = None) -> Tab:
         target = await self.call("Target.createTarget", url="about:blank")
@@ -151,11 +160,12 @@ class Browser:
 async def open_browser() -> AsyncIterator[Browser]:
     """A headless Chromium for the duration of the block (killed afterwards)."""
     binary = chromium_binary()
-    with tempfile.TemporaryDirectory(prefix="trio-channels-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="trio-channels-chromium-", ignore_cleanup_errors=True) as profile:
         process = await trio.lowlevel.open_process(
             [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: renderers die with it
         )
         assert process.stderr is not None
         try:
@@ -187,7 +197,8 @@ async def open_browser() -> AsyncIterator[Browser]:
                         await connection.aclose()
                     nursery.cancel_scope.cancel()
         finally:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             with trio.move_on_after(10):
                 await process.wait()
             await process.stderr.aclose()
