@@ -71,6 +71,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Sphinx with warnings as errors, nitpicky cross-references."""
+    """Sphinx with warnings as errors and nitpicky cross-references, then a check of the links."""
     session.install("-e", ".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-n", "-q", "-b", "html", "docs", "docs/_build/html")
+    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "linkcheck", "docs", "docs/_build/linkcheck")

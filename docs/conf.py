@@ -36,3 +36,7 @@ html_theme = "alabaster"
 exclude_patterns = ["_build"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 myst_heading_anchors = 3
+# `nox -s docs` also runs the linkcheck builder: it checks the links inside the site (external
+# URLs are skipped — the build machines have no internet access).
+linkcheck_ignore = [r"https?://.*", r"wss?://.*"]
+linkcheck_anchors = True

@@ -156,3 +156,16 @@ async def test_ordering(start_server: StartServer) -> None:
         for text in ("a", "b", "c", "d"):
             await ws.send_message(text)
         await _expect(ws, "1: a", "2: b", "3: c", "4: d")
+
+
+async def test_custom_origin_validator(start_server: StartServer) -> None:
+    """Step 7: a BaseOriginValidator subclass decides with validate_origin(message, origin)."""
+    from examples.authentication.origins import ws_connect
+    from trio_channels import route
+
+    info = await start_server([route("websocket.connect", ws_connect)])
+    async with open_websocket_url(ws_url(info.url, "/"), extra_headers=[(b"origin", b"https://app.example")]) as ws:
+        assert ws.closed is None
+    with pytest.raises(ConnectionRejected):
+        async with open_websocket_url(ws_url(info.url, "/"), extra_headers=[(b"origin", b"http://app.example")]):
+            pass
