@@ -74,4 +74,6 @@ def docs(session: nox.Session) -> None:
     """Sphinx with warnings as errors and nitpicky cross-references, then a check of the links."""
     session.install("-e", ".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-n", "-q", "-b", "html", "docs", "docs/_build/html")
-    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "linkcheck", "docs", "docs/_build/linkcheck")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-q", "-b", "linkcheck", "docs", "docs/_build/linkcheck"
+    )

@@ -7,11 +7,12 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from trio_websocket import ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionRejected
 
 from examples.authentication.users import load_user
+from trio_channels.testing import open_websocket
 
-from .conftest import StartServer, ws_url
+from .conftest import StartServer
 
 
 async def _expect(ws: object, *texts: str) -> None:
@@ -41,7 +42,7 @@ async def test_echo(start_server: StartServer) -> None:
     async with httpx.AsyncClient() as client:
         page = (await client.get(info.url + "/")).text
     assert 'socket.send("hello world");' in page
-    async with open_websocket_url(ws_url(info.url, "/chat/")) as ws:
+    async with open_websocket(info.url, "/chat/") as ws:
         await ws.send_message("hello world")
         await _expect(ws, "hello world")
 
@@ -50,8 +51,8 @@ async def test_chat_group(start_server: StartServer) -> None:
     """Step 3: everyone connected is in the chat group and hears everyone."""
     info = await start_server("examples.chat.routing.channel_routing")
     async with (
-        open_websocket_url(ws_url(info.url, "/chat/")) as one,
-        open_websocket_url(ws_url(info.url, "/x/")) as two,
+        open_websocket(info.url, "/chat/") as one,
+        open_websocket(info.url, "/x/") as two,
     ):
         await one.send_message("hello world")
         await _expect(one, "[user] hello world")
@@ -62,9 +63,9 @@ async def test_rooms(start_server: StartServer) -> None:
     """Step 5: the room from the path, kept in the channel session."""
     info = await start_server("examples.rooms.routing.channel_routing")
     async with (
-        open_websocket_url(ws_url(info.url, "/abc/")) as one,
-        open_websocket_url(ws_url(info.url, "/abc/")) as two,
-        open_websocket_url(ws_url(info.url, "/xyz/")) as other,
+        open_websocket(info.url, "/abc/") as one,
+        open_websocket(info.url, "/abc/") as two,
+        open_websocket(info.url, "/xyz/") as other,
     ):
         await one.send_message("in abc")
         await _expect(two, "in abc")
@@ -94,29 +95,25 @@ async def test_authentication_and_security(start_server: StartServer) -> None:
             return [*origin, (b"cookie", f"sessionid={client.cookies['sessionid']}".encode())]
 
         async with (
-            open_websocket_url(ws_url(info.url, "/chat/"), extra_headers=headers(alice)) as a1,
-            open_websocket_url(ws_url(info.url, "/chat/"), extra_headers=headers(anna)) as a2,
-            open_websocket_url(ws_url(info.url, "/chat/"), extra_headers=headers(bob)) as b1,
+            open_websocket(info.url, "/chat/", headers=headers(alice)) as a1,
+            open_websocket(info.url, "/chat/", headers=headers(anna)) as a2,
+            open_websocket(info.url, "/chat/", headers=headers(bob)) as b1,
         ):
             await a1.send_message("hi")
             await _expect(a2, "alice: hi")
             await _silent(b1)
         # A WebSocket server on another address: the session key travels in the URL.
         key = await _log_in(alice, info.url, "alice")
-        async with open_websocket_url(
-            f"{info.ws_urls[0]}/chat/?session_key={key}", extra_headers=origin
-        ) as ws:
+        async with open_websocket(info.ws_urls[0], f"/chat/?session_key={key}", headers=origin) as ws:
             await ws.send_message("elsewhere")
             await _expect(ws, "alice: elsewhere")
         # No origin, a foreign origin, or no login: rejected.
         for extra in ([], [(b"origin", b"http://evil.example")]):
             with pytest.raises(ConnectionRejected):
-                async with open_websocket_url(
-                    ws_url(info.url, "/chat/"), extra_headers=[*extra, headers(alice)[1]]
-                ):
+                async with open_websocket(info.url, "/chat/", headers=[*extra, headers(alice)[1]]):
                     pass
         with pytest.raises(ConnectionRejected):
-            async with open_websocket_url(ws_url(info.url, "/chat/"), extra_headers=origin):
+            async with open_websocket(info.url, "/chat/", headers=origin):
                 pass
         bad = await alice.post(info.url + "/login", data={"username": "not valid!"})
         assert bad.status_code == 400
@@ -125,7 +122,7 @@ async def test_authentication_and_security(start_server: StartServer) -> None:
 async def test_routing_include(start_server: StartServer) -> None:
     """Step 8: include() chops '/chat', the room comes from a named group; POST /poll/ only."""
     info = await start_server("examples.routing_include.routing.routing")
-    async with open_websocket_url(ws_url(info.url, "/chat/lobby/")) as ws:
+    async with open_websocket(info.url, "/chat/lobby/") as ws:
         await ws.send_message("hi")
         await _expect(ws, "lobby: hi")
     async with httpx.AsyncClient() as client:
@@ -141,8 +138,8 @@ async def test_models(start_server: StartServer, tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(models, "DATABASE", str(database))
     info = await start_server("examples.models.routing.channel_routing")
     async with (
-        open_websocket_url(ws_url(info.url, "/lobby/")) as one,
-        open_websocket_url(ws_url(info.url, "/lobby/")) as two,
+        open_websocket(info.url, "/lobby/") as one,
+        open_websocket(info.url, "/lobby/") as two,
     ):
         await one.send_message("saved and sent")
         await _expect(two, "saved and sent")
@@ -152,7 +149,7 @@ async def test_models(start_server: StartServer, tmp_path: Path, monkeypatch: py
 async def test_ordering(start_server: StartServer) -> None:
     """Step 10: with enforce_ordering the count follows the order the client sent in."""
     info = await start_server("examples.ordering.routing.channel_routing")
-    async with open_websocket_url(ws_url(info.url, "/chat/")) as ws:
+    async with open_websocket(info.url, "/chat/") as ws:
         for text in ("a", "b", "c", "d"):
             await ws.send_message(text)
         await _expect(ws, "1: a", "2: b", "3: c", "4: d")
@@ -164,8 +161,8 @@ async def test_custom_origin_validator(start_server: StartServer) -> None:
     from trio_channels import route
 
     info = await start_server([route("websocket.connect", ws_connect)])
-    async with open_websocket_url(ws_url(info.url, "/"), extra_headers=[(b"origin", b"https://app.example")]) as ws:
+    async with open_websocket(info.url, "/", headers=[(b"origin", b"https://app.example")]) as ws:
         assert ws.closed is None
     with pytest.raises(ConnectionRejected):
-        async with open_websocket_url(ws_url(info.url, "/"), extra_headers=[(b"origin", b"http://app.example")]):
+        async with open_websocket(info.url, "/", headers=[(b"origin", b"http://app.example")]):
             pass

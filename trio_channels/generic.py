@@ -1,0 +1,359 @@
+"""Class-based consumers, routed with ``route_class(Cls, **filters)`` or ``Cls.as_route(...)``.
+
+An instance is made for each message with ``(message, **kwargs)`` and its async
+:meth:`BaseConsumer.dispatch` runs the method that ``method_mapping`` names for the message's
+channel, wrapped in the session/auth/ordering decorators the class flags ask for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, ClassVar
+
+from .auth import (
+    channel_and_http_session_user_from_http,
+    channel_session_user,
+    channel_session_user_from_http,
+)
+from .channel import Channel, Group, Message
+from .http import Request, Response
+from .routing import RouteClass
+from .sessions import channel_session, enforce_ordering
+
+__all__ = [
+    "AsyncHttpConsumer",
+    "BaseConsumer",
+    "JsonWebsocketConsumer",
+    "SendNotAvailableOnDemultiplexer",
+    "WebsocketConsumer",
+    "WebsocketDemultiplexer",
+    "WebsocketMultiplexer",
+]
+
+log = logging.getLogger("trio_channels.generic")
+
+
+class BaseConsumer:
+    """The base of class-based consumers.
+
+    ``method_mapping`` maps channel names to method names; ``channel_session`` and
+    ``channel_session_user`` wrap every handler in the decorators of those names.
+    """
+
+    method_mapping: ClassVar[dict[str, str]] = {}
+    channel_session: ClassVar[bool] = False
+    channel_session_user: ClassVar[bool] = False
+
+    def __init__(self, message: Message, **kwargs: Any) -> None:
+        self.message = message
+        self.kwargs = kwargs
+
+    @classmethod
+    def channel_names(cls) -> set[str]:
+        """The channels this class consumes: the keys of ``method_mapping``."""
+        return set(cls.method_mapping)
+
+    @classmethod
+    def as_route(cls, attrs: dict[str, Any] | None = None, **filters: Any) -> RouteClass:
+        """``route_class(cls, **filters)``; *attrs* makes a subclass with those class attributes."""
+        consumer: type[BaseConsumer] = type(cls.__name__, (cls,), dict(attrs)) if attrs else cls
+        return RouteClass(consumer, **filters)
+
+    def get_handler(self, message: Message, **kwargs: Any) -> Any:
+        """The bound method for the message's channel, wrapped as the class flags say."""
+        name = self.method_mapping.get(message.channel.name)
+        if name is None:
+            raise ValueError(f"{type(self).__name__} has no method for channel {message.channel.name!r}")
+        handler = getattr(self, name)
+        if self.channel_session_user:
+            return channel_session_user(handler)
+        if self.channel_session:
+            return channel_session(handler)
+        return handler
+
+    async def dispatch(self) -> None:
+        """Run the handler for this instance's message."""
+        await self.get_handler(self.message, **self.kwargs)(self.message, **self.kwargs)
+
+
+class WebsocketConsumer(BaseConsumer):
+    """A WebSocket connection's three events as ``connect``, ``receive`` and ``disconnect``.
+
+    Class flags: ``http_user`` (``message.user`` from the HTTP session, kept in the channel
+    session), ``http_user_and_session`` (also ``message.http_session``), ``channel_session``,
+    ``strict_ordering`` (``enforce_ordering``). ``connection_groups(**kwargs)`` (default: the
+    ``groups`` attribute) are joined on connect and left on disconnect.
+    """
+
+    method_mapping: ClassVar[dict[str, str]] = {
+        "websocket.connect": "raw_connect",
+        "websocket.receive": "raw_receive",
+        "websocket.disconnect": "raw_disconnect",
+    }
+    http_user: ClassVar[bool] = False
+    http_user_and_session: ClassVar[bool] = False
+    strict_ordering: ClassVar[bool] = False
+    groups: ClassVar[list[str] | None] = None
+
+    def __init__(self, message: Message, **kwargs: Any) -> None:
+        if getattr(type(self), "slight_ordering", False):
+            raise ValueError("slight_ordering was removed in Channels 1.0; use strict_ordering")
+        super().__init__(message, **kwargs)
+        self.path = message.get("path", "")
+        self.multiplexer: WebsocketMultiplexer | None = kwargs.get("multiplexer")
+
+    def get_handler(self, message: Message, **kwargs: Any) -> Any:
+        handler = super().get_handler(message, **kwargs)
+        if self.http_user_and_session:
+            handler = channel_and_http_session_user_from_http(handler)
+        elif self.http_user:
+            handler = channel_session_user_from_http(handler)
+        if self.strict_ordering:
+            handler = enforce_ordering(handler)
+        return handler
+
+    def connection_groups(self, **kwargs: Any) -> list[str]:
+        """The groups this connection belongs to (override to compute them from kwargs)."""
+        return list(self.groups or [])
+
+    async def raw_connect(self, message: Message, **kwargs: Any) -> None:
+        for group in self.connection_groups(**kwargs):
+            await Group(group, layer=message.channel_layer).add(self._reply(message))
+        await self.connect(message, **kwargs)
+
+    async def connect(self, message: Message, **kwargs: Any) -> None:
+        """Called on ``websocket.connect``; the default accepts the connection (under a
+        demultiplexer, which has accepted it already, it does nothing)."""
+        if self.multiplexer is None:
+            await self._reply(message).send({"accept": True})
+
+    async def raw_receive(self, message: Message, **kwargs: Any) -> None:
+        if message.get("text") is not None:
+            await self.receive(text=message["text"], **kwargs)
+        else:
+            await self.receive(bytes=message.get("bytes"), **kwargs)
+
+    async def receive(self, text: str | None = None, bytes: bytes | None = None, **kwargs: Any) -> None:
+        """Called for each message from the client; override it."""
+
+    async def raw_disconnect(self, message: Message, **kwargs: Any) -> None:
+        for group in self.connection_groups(**kwargs):
+            await Group(group, layer=message.channel_layer).discard(self._reply(message))
+        await self.disconnect(message, **kwargs)
+
+    async def disconnect(self, message: Message, **kwargs: Any) -> None:
+        """Called on ``websocket.disconnect``; override it."""
+
+    def _reply(self, message: Message) -> Channel:
+        if message.reply_channel is None:
+            raise ValueError(
+                f"{type(self).__name__}: the message on {message.channel.name!r} has no reply_channel"
+            )
+        return message.reply_channel
+
+    async def send(
+        self, text: str | None = None, bytes: bytes | None = None, close: bool | int = False
+    ) -> None:
+        """Send a text or binary frame to this connection (and close it, if *close*)."""
+        await self._reply(self.message).send(self._frame(text, bytes, close))
+
+    async def close(self, code: bool | int = True) -> None:
+        """Close the connection (``True`` for code 1000)."""
+        await self._reply(self.message).send({"close": code})
+
+    @staticmethod
+    def _frame(text: str | None, data: bytes | None, close: bool | int) -> dict[str, Any]:
+        if text is not None:
+            frame: dict[str, Any] = {"text": text}
+        elif data is not None:
+            frame = {"bytes": data}
+        else:
+            raise ValueError("send() needs text or bytes")
+        if close:
+            frame["close"] = close
+        return frame
+
+    @classmethod
+    async def group_send(
+        cls,
+        name: str,
+        text: str | None = None,
+        bytes: bytes | None = None,
+        close: bool | int = False,
+    ) -> None:
+        """Send a frame to every connection in group *name*."""
+        await Group(name).send(cls._frame(text, bytes, close))
+
+
+class JsonWebsocketConsumer(WebsocketConsumer):
+    """A WebSocket consumer speaking JSON: ``receive(content)`` and ``send(content)``.
+
+    A frame that is not valid JSON text closes the connection with 1007 (binary frames: 1003)
+    and is logged; override ``decode_json``/``encode_json`` to change the codec.
+    """
+
+    async def raw_receive(self, message: Message, **kwargs: Any) -> None:
+        text = message.get("text")
+        if text is None:
+            log.warning("%s: got a binary frame on %s; closing with 1003", type(self).__name__, self.path)
+            await self.close(1003)
+            return
+        try:
+            content = self.decode_json(text)
+        except ValueError as exc:
+            log.warning("%s: invalid JSON on %s (%s); closing with 1007", type(self).__name__, self.path, exc)
+            await self.close(1007)
+            return
+        await self.receive(content, **kwargs)
+
+    async def receive(self, content: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+        """Called with each decoded message; override it."""
+
+    async def send(self, content: Any, close: bool | int = False) -> None:  # type: ignore[override]
+        """Send *content* as JSON (through the multiplexer when demultiplexed)."""
+        if self.multiplexer is not None:
+            await self.multiplexer.send(content)
+            if close:
+                await self.close(close)
+            return
+        await super().send(text=self.encode_json(content), close=close)
+
+    @classmethod
+    async def group_send(cls, name: str, content: Any, close: bool | int = False) -> None:  # type: ignore[override]
+        await Group(name).send(WebsocketConsumer._frame(cls.encode_json(content), None, close))
+
+    @classmethod
+    def decode_json(cls, text: str) -> Any:
+        return json.loads(text)
+
+    @classmethod
+    def encode_json(cls, content: Any) -> str:
+        return json.dumps(content)
+
+
+class SendNotAvailableOnDemultiplexer(Exception):
+    """A demultiplexer has no stream of its own: send through ``multiplexer.send()``."""
+
+
+class WebsocketMultiplexer:
+    """Sends ``{"stream": ..., "payload": ...}`` frames for one stream of one connection."""
+
+    def __init__(self, stream: str, reply_channel: Channel) -> None:
+        self.stream = stream
+        self.reply_channel = reply_channel
+
+    async def send(self, payload: Any) -> None:
+        await self.reply_channel.send(self.encode(self.stream, payload))
+
+    @classmethod
+    def encode(cls, stream: str, payload: Any) -> dict[str, Any]:
+        return {"text": json.dumps({"stream": stream, "payload": payload})}
+
+    @classmethod
+    async def group_send(cls, name: str, stream: str, payload: Any, close: bool | int = False) -> None:
+        frame = cls.encode(stream, payload)
+        if close:
+            frame["close"] = close
+        await Group(name).send(frame)
+
+
+class WebsocketDemultiplexer(JsonWebsocketConsumer):
+    """Routes ``{"stream": name, "payload": {...}}`` frames to per-stream consumers.
+
+    ``consumers = {stream: ConsumerClass}``. Connect and disconnect go to every stream's
+    consumer; each consumer gets ``multiplexer=`` (its stream's :class:`WebsocketMultiplexer`)
+    and its ``send()`` sends on that stream. A frame without a known stream or a dict payload
+    is logged and the connection closed with 1007.
+    """
+
+    consumers: ClassVar[dict[str, type[WebsocketConsumer]]] = {}
+    multiplexer_class: ClassVar[type[WebsocketMultiplexer]] = WebsocketMultiplexer
+
+    def _sub(self, stream: str, message: Message) -> WebsocketConsumer:
+        multiplexer = self.multiplexer_class(stream, self._reply(message))
+        return self.consumers[stream](message, **{**self.kwargs, "multiplexer": multiplexer})
+
+    async def connect(self, message: Message, **kwargs: Any) -> None:
+        await self._reply(message).send({"accept": True})
+        for stream in self.consumers:
+            await self._sub(stream, message).dispatch()
+
+    async def disconnect(self, message: Message, **kwargs: Any) -> None:
+        for stream in self.consumers:
+            await self._sub(stream, message).dispatch()
+
+    async def receive(self, content: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+        problem = None
+        if not isinstance(content, dict) or "stream" not in content or "payload" not in content:
+            problem = 'frames must be {"stream": ..., "payload": ...}'
+        elif content["stream"] not in self.consumers:
+            problem = f"unknown stream {content['stream']!r}"
+        elif not isinstance(content["payload"], dict):
+            problem = "the payload must be a JSON object"
+        if problem is not None:
+            log.warning("%s on %s: %s; closing with 1007", type(self).__name__, self.path, problem)
+            await self.close(1007)
+            return
+        self.message.content["text"] = self.encode_json(content["payload"])
+        await self._sub(content["stream"], self.message).dispatch()
+
+    async def send(self, content: Any = None, close: bool | int = False) -> None:  # type: ignore[override]
+        raise SendNotAvailableOnDemultiplexer(
+            "a demultiplexer has no stream of its own: send through the stream consumer's multiplexer"
+        )
+
+    @classmethod
+    async def group_send(cls, name: str, content: Any = None, close: bool | int = False) -> None:  # type: ignore[override]
+        raise SendNotAvailableOnDemultiplexer("use WebsocketMultiplexer.group_send(group, stream, payload)")
+
+
+class AsyncHttpConsumer(BaseConsumer):
+    """An HTTP consumer: ``handle(request)`` answers with ``send_response`` or streams with
+    ``send_headers``/``send_body``; ``disconnect()`` runs when the client goes away.
+
+    Streaming parts go out at once. For long-polling, ``handle`` may add
+    ``self.message.reply_channel`` to a group and return without answering: whoever sends a
+    response message to that group later completes the request (within the server's
+    ``http_timeout``).
+    """
+
+    method_mapping: ClassVar[dict[str, str]] = {
+        "http.request": "raw_request",
+        "http.disconnect": "raw_disconnect",
+    }
+
+    async def raw_request(self, message: Message, **kwargs: Any) -> None:
+        self.request = await Request.from_message(message)
+        await self.handle(self.request, **kwargs)
+
+    async def handle(self, request: Request, **kwargs: Any) -> None:
+        """Answer the request; the default is 405 Method Not Allowed."""
+        await self.send_response(Response("405 Method Not Allowed\n", 405, content_type="text/plain"))
+
+    async def raw_disconnect(self, message: Message, **kwargs: Any) -> None:
+        await self.disconnect(**kwargs)
+
+    async def disconnect(self, **kwargs: Any) -> None:
+        """Called on ``http.disconnect`` (for every request, answered or not)."""
+
+    def _reply(self) -> Channel:
+        if self.message.reply_channel is None:
+            raise ValueError(f"{type(self).__name__}: this message has no reply_channel")
+        return self.message.reply_channel
+
+    async def send_headers(self, status: int = 200, headers: list[tuple[str, str]] | None = None) -> None:
+        """Start a streamed response."""
+        encoded = [[name.encode("latin-1"), value.encode("latin-1")] for name, value in headers or []]
+        await self._reply().send(
+            {"status": status, "headers": encoded, "more_content": True}, immediately=True
+        )
+
+    async def send_body(self, body: bytes, *, more_body: bool = False) -> None:
+        """Send a chunk of a streamed response (``more_body=False`` ends it)."""
+        await self._reply().send({"content": body, "more_content": more_body}, immediately=True)
+
+    async def send_response(self, response: Response) -> None:
+        """Send a whole response (buffered until the consumer returns, like any send)."""
+        for part in response.encode():
+            await self._reply().send(part)
