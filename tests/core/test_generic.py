@@ -215,3 +215,31 @@ async def test_toolkit_under_a_mock_clock(autojump: trio.testing.MockClock) -> N
         await client.send("custom", {"value": 4})
         await trio.sleep(client.layer.expiry + 1)
         assert await client.consume("custom", fail_on_none=False) is False
+
+
+class WithHttpSession(WebsocketConsumer):
+    http_user_and_session = True
+
+    async def receive(self, text: str | None = None, bytes: bytes | None = None, **kwargs: Any) -> None:
+        session = self.message.http_session
+        await self.send(text=f"{self.message.user.username} {session.get('theme') if session else None}")
+        await self.group_send("broadcast", text="to the group")
+
+
+async def test_http_user_and_session_flag_and_group_send() -> None:
+    """http_user_and_session: later messages still see the HTTP session; group_send reaches groups."""
+    from trio_channels.auth import use_user_loader
+
+    async def loader(user_id: Any) -> Any:
+        return type("User", (), {"id": user_id, "username": "ada", "is_authenticated": True})()
+
+    with use_session_store(InMemorySessionStore()), use_user_loader(loader):
+        client = WebsocketClient([route_class(WithHttpSession)])
+        session = await client.login({"id": 1})
+        session["theme"] = "dark"
+        await session.save()
+        await client.connect()
+        await client.join_group("broadcast")
+        await client.send_text("who am i")
+        assert await client.receive_text() == "ada dark"
+        assert await client.receive_text() == "to the group"
