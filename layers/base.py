@@ -17,15 +17,22 @@ Name rules (ASGI 1.0, reference §2.2):
 from __future__ import annotations
 
 import abc
+import contextlib
 import fnmatch
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 import attrs
 import msgpack
 import trio
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -358,6 +365,7 @@ class BaseChannelLayer(abc.ABC):
     channel_capacity: Mapping[Any, int] | None = None
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive_int)
     _capacities: CapacityMap = attrs.field(init=False, repr=False)
+    _exit_stack: contextlib.AsyncExitStack | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._capacities = CapacityMap.build(self.capacity, self.channel_capacity)
@@ -369,13 +377,31 @@ class BaseChannelLayer(abc.ABC):
     def _encode(self, message: object) -> bytes:
         return encode_message(message, self.max_message_size)
 
+    # -- lifetime ----------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the layer has been entered (and not left)."""
+        return self._exit_stack is not None
+
+    async def __aenter__(self) -> Self:
+        if self._exit_stack is not None:
+            raise RuntimeError(f"{self!r} is already open; a layer is entered once")
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(self._lifetime())
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        stack, self._exit_stack = self._exit_stack, None
+        assert stack is not None
+        return await stack.__aexit__(*exc_info)
+
+    @abc.abstractmethod
+    def _lifetime(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """The layer's background tasks, running while the layer is open."""
+
     # -- the async contract ------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def __aenter__(self) -> BaseChannelLayer: ...
-
-    @abc.abstractmethod
-    async def __aexit__(self, *exc_info: object) -> bool | None: ...
 
     @abc.abstractmethod
     async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:

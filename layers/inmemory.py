@@ -90,27 +90,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
     _timer_running: bool = attrs.field(default=False, init=False, repr=False)
     _timer_deadline: float = attrs.field(default=math.inf, init=False, repr=False)
     _timer_wakeup: trio.Event | None = attrs.field(default=None, init=False, repr=False)
-    _exit_stack: contextlib.AsyncExitStack | None = attrs.field(default=None, init=False, repr=False)
 
     # -- lifetime --------------------------------------------------------------------------
-
-    @property
-    def is_open(self) -> bool:
-        """Whether the layer has been entered (and not left)."""
-        return self._exit_stack is not None
-
-    async def __aenter__(self) -> InMemoryChannelLayer:
-        if self._exit_stack is not None:
-            raise RuntimeError(f"{self!r} is already open; a layer is entered once")
-        stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(self._lifetime())
-        self._exit_stack = stack
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        stack, self._exit_stack = self._exit_stack, None
-        assert stack is not None
-        return await stack.__aexit__(*exc_info)
 
     @contextlib.asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[None]:

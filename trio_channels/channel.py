@@ -12,7 +12,7 @@ import contextvars
 import logging
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("trio_channels")
+T = TypeVar("T")
 
 _current_layer: contextvars.ContextVar[BaseChannelLayer | None] = contextvars.ContextVar(
     "trio_channels.current_layer", default=None

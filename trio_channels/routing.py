@@ -127,21 +127,26 @@ def _compile_filters(filters: Mapping[str, str | bytes | re.Pattern[str]]) -> di
     return compiled
 
 
+def _match_value(regex: re.Pattern[str], value: object) -> tuple[re.Match[str], str] | None:
+    """``re.match`` on a message value (bytes decoded as ASCII); ``None`` if it does not match."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(value, str):
+        return None
+    found = regex.match(value)
+    return None if found is None else (found, value)
+
+
 def _match_filters(filters: dict[str, re.Pattern[str]], content: Mapping[str, Any]) -> dict[str, Any] | None:
     kwargs: dict[str, Any] = {}
     for key, regex in filters.items():
-        value = content.get(key)
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("ascii")
-            except UnicodeDecodeError:
-                return None
-        if not isinstance(value, str):
+        matched = _match_value(regex, content.get(key))
+        if matched is None:
             return None
-        found = regex.match(value)
-        if found is None:
-            return None
-        kwargs.update(found.groupdict())
+        kwargs.update(matched[0].groupdict())
     return kwargs
 
 
@@ -241,17 +246,10 @@ class Include:
         kwargs: dict[str, Any] = {}
         content = dict(message.content)
         for key, regex in self.filters.items():
-            value = content.get(key)
-            if isinstance(value, bytes):
-                try:
-                    value = value.decode("ascii")
-                except UnicodeDecodeError:
-                    return None
-            if not isinstance(value, str):
+            matched = _match_value(regex, content.get(key))
+            if matched is None:
                 return None
-            found_prefix = regex.match(value)
-            if found_prefix is None:
-                return None
+            found_prefix, value = matched
             kwargs.update(found_prefix.groupdict())
             content[key] = value[found_prefix.end() :]
         inner_message = _with_content(message, content)

@@ -15,8 +15,8 @@ consumes it — routes it and runs the consumer, flushing its buffered sends aft
 worker — so a consumer's exception fails your test. Replies are read from the client's reply
 channel. Clients sharing a ``layer`` see each other's group messages.
 
-With real sockets, the pytest plugin (installed with trio_channels, see
-:mod:`trio_channels.pytest_plugin`) gives ``live_server`` and ``channel_layer`` fixtures, and
+With real sockets, the pytest plugin installed with trio_channels
+(``trio_channels.pytest_plugin``) gives ``live_server`` and ``channel_layer`` fixtures, and
 :func:`open_websocket` connects to a server by URL.
 """
 

@@ -125,8 +125,9 @@ class RedisConnection:
                     )
                     await stream.do_handshake()
         connection._stream = stream
-        nursery.start_soon(connection._read_replies)
-        nursery.start_soon(connection._write_requests)
+        # The tasks get the stream itself: the connection may be closed before they start.
+        nursery.start_soon(connection._read_replies, stream)
+        nursery.start_soon(connection._write_requests, stream)
         try:
             if address.password is not None:
                 if address.username:
@@ -178,8 +179,7 @@ class RedisConnection:
             results.append(slot.result)
         return results
 
-    async def _write_requests(self) -> None:
-        assert self._stream is not None
+    async def _write_requests(self, stream: trio.abc.Stream) -> None:
         try:
             while True:
                 await self._wake_writer.wait()
@@ -190,19 +190,18 @@ class RedisConnection:
                 if not data:
                     continue
                 with trio.fail_after(self.address.socket_timeout), _map_errors(self.address):
-                    await self._stream.send_all(data)
+                    await stream.send_all(data)
         except (ConnectionError, TimeoutError) as exc:
             self._fail(exc)
             with trio.CancelScope(shield=True):
                 await self._close_stream()
 
-    async def _read_replies(self) -> None:
+    async def _read_replies(self, stream: trio.abc.Stream) -> None:
         reader = hiredis.Reader(replyError=_error_reply, notEnoughData=_NOT_ENOUGH_DATA)
-        assert self._stream is not None
         try:
-            while True:
+            while not self._closed.is_set():
                 with _map_errors(self.address):
-                    data = await self._stream.receive_some(65536)
+                    data = await stream.receive_some(65536)
                 if not data:
                     raise ConnectionError(f"Redis at {self.address} closed the connection")
                 reader.feed(bytes(data))

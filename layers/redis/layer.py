@@ -158,7 +158,6 @@ class RedisChannelLayer(BaseChannelLayer):
     _crypter: Any = attrs.field(init=False, default=None, repr=False)
     _pools: list[ConnectionPool] = attrs.field(factory=list, init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False, repr=False)
-    _exit_stack: contextlib.AsyncExitStack | None = attrs.field(default=None, init=False, repr=False)
     _waiters: dict[str, dict[_Waiter, None]] = attrs.field(factory=dict, init=False, repr=False)
     _local: dict[str, deque[_Delivery]] = attrs.field(factory=dict, init=False, repr=False)
     _pollers: set[tuple[int, frozenset[str]]] = attrs.field(factory=set, init=False, repr=False)
@@ -193,23 +192,6 @@ class RedisChannelLayer(BaseChannelLayer):
         return cls(hosts=hosts, **{**parsed, **options})
 
     # -- lifetime --------------------------------------------------------------------------
-
-    @property
-    def is_open(self) -> bool:
-        return self._exit_stack is not None
-
-    async def __aenter__(self) -> RedisChannelLayer:
-        if self._exit_stack is not None:
-            raise RuntimeError(f"{self!r} is already open; a layer is entered once")
-        stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(self._lifetime())
-        self._exit_stack = stack
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        stack, self._exit_stack = self._exit_stack, None
-        assert stack is not None
-        return await stack.__aexit__(*exc_info)
 
     @contextlib.asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[None]:
