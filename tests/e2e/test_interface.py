@@ -614,3 +614,39 @@ async def test_root_path(start_server: StartServer) -> None:
         "http.request": "/app",
         "websocket.connect": "/app",
     }
+
+
+async def test_handler_error_closes_only_that_connection_with_1011(nursery: trio.Nursery) -> None:
+    """A bug while serving one WebSocket closes it with 1011; the listener serves the next one."""
+    from functools import partial
+
+    from interface import InterfaceServer, serve_websocket_listener
+    from interface.core import ConnectionInfo, WebSocketTransport
+
+    class FaultyServer(InterfaceServer):
+        """Fault injection: fails after accepting connections to /boom/."""
+
+        async def websocket(self, info: ConnectionInfo, transport: WebSocketTransport) -> None:
+            if info.path == "/boom/":
+                await transport.accept(None)
+                raise RuntimeError("a bug in the interface")
+            await super().websocket(info, transport)
+
+    layer = InMemoryChannelLayer()
+    server = FaultyServer(layer)
+    nursery.start_soon(server.run_reply_poller)
+    urls = await nursery.start(partial(serve_websocket_listener, server, "127.0.0.1", 0))
+
+    async def accept_all() -> None:
+        while True:
+            _, message = await layer.receive(["websocket.connect"])
+            await layer.send(message["reply_channel"], {"accept": True})
+
+    nursery.start_soon(accept_all)
+    with trio.fail_after(10):
+        async with open_websocket_url(urls[0] + "/boom/") as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+            assert closed.value.reason.code == 1011
+        async with open_websocket_url(urls[0] + "/fine/") as ws:
+            assert ws.closed is None
