@@ -14,6 +14,7 @@ behaviour), so the check is never silently open.
 
 from __future__ import annotations
 
+import abc
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -80,8 +81,10 @@ def _origin(message: Message) -> str | None:
     return None
 
 
-class BaseOriginValidator:
-    """A class-based decorator for connect consumers; subclass and override :meth:`validate_origin`.
+class BaseOriginValidator(abc.ABC):
+    """A class-based decorator for connect consumers; subclass and implement :meth:`validate_origin`.
+
+    A subclass without ``validate_origin`` cannot decorate anything (``TypeError`` at import).
 
     A missing, empty or non-ASCII ``Origin`` header, or ``validate_origin`` returning false,
     raises :exc:`~trio_channels.DenyConnection` (the worker answers ``{"close": True}``: HTTP 403).
@@ -103,9 +106,9 @@ class BaseOriginValidator:
             raise DenyConnection
         return await self.consumer(*args, **kwargs)
 
+    @abc.abstractmethod
     def validate_origin(self, message: Message, origin: str) -> bool:
         """Return True to accept the connection from *origin* (the raw header value)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement validate_origin(message, origin)")
 
 
 class AllowedHostsOnlyOriginValidator(BaseOriginValidator):

@@ -309,3 +309,16 @@ async def test_ordering_under_stress_with_two_worker_processes(redis_server: Red
             )
             assert wrong is None, f"client {index}: at {wrong}: {replies[max(0, wrong - 3) : wrong + 3]}"
         assert len(results) == 50
+
+
+def test_origin_validator_without_validate_origin_fails_at_decoration() -> None:
+    """A BaseOriginValidator subclass must implement validate_origin: TypeError when decorating."""
+    from trio_channels.security import BaseOriginValidator
+
+    class Incomplete(BaseOriginValidator):
+        pass
+
+    async def consumer(message: Message) -> None: ...
+
+    with pytest.raises(TypeError, match="validate_origin"):
+        Incomplete(consumer)  # type: ignore[abstract]
