@@ -15,12 +15,14 @@ import math
 import secrets
 import time
 from collections.abc import AsyncGenerator, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import attrs
 import trio
 
 from layers import BaseChannelLayer, ChannelFull
+from layers.base import retry_when_full
 
 from . import protocol
 from .protocol import Close, Reject, SendBytes, SendText, WebSocketProtocol, WebSocketState
@@ -318,9 +320,13 @@ class InterfaceServer:
         chunk = b""
         async for piece in rest:
             if chunk:
-                await _send_retrying(self.layer, body_channel, {"content": chunk, "more_content": True})
+                await self._send_chunk(body_channel, {"content": chunk, "more_content": True})
             chunk = piece
-        await _send_retrying(self.layer, body_channel, {"content": chunk, "more_content": False})
+        await self._send_chunk(body_channel, {"content": chunk, "more_content": False})
+
+    async def _send_chunk(self, body_channel: str, chunk: dict[str, Any]) -> None:
+        # The consumer may read slower than the client sends: wait (a minute at most).
+        await retry_when_full(partial(self.layer.send, body_channel, chunk), 60)
 
     # -- WebSocket -------------------------------------------------------------------------
 
@@ -423,10 +429,8 @@ class InterfaceServer:
                         result["code"] = closed.code
                     break
                 try:
-                    await _send_retrying(
-                        self.layer,
-                        "websocket.receive",
-                        ws.receive_message(data),
+                    await retry_when_full(
+                        partial(self.layer.send, "websocket.receive", ws.receive_message(data)),
                         self.config.receive_full_timeout,
                     )
                 except trio.TooSlowError:
@@ -526,18 +530,3 @@ async def _rest(
             yield bytes(pending[:BODY_CHUNK])
             del pending[:BODY_CHUNK]
     yield bytes(pending)
-
-
-async def _send_retrying(
-    layer: BaseChannelLayer, channel: str, message: dict[str, Any], timeout: float = 60
-) -> None:
-    """Send, waiting out ChannelFull (the reader may be slower than the client)."""
-    pause = 0.01
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                await layer.send(channel, message)
-                return
-            except ChannelFull:
-                await trio.sleep(pause)
-                pause = min(pause * 2, 0.2)

@@ -22,7 +22,7 @@ import fnmatch
 import math
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 import attrs
@@ -503,6 +503,33 @@ def validate_receive_channels(channels: Iterable[str]) -> list[str]:
             _RECEIVE_LISTS.clear()
         _RECEIVE_LISTS[key] = names
     return names
+
+
+async def retry_when_full(send: Callable[[], Awaitable[None]], timeout: float) -> None:
+    """Call *send* until it does not raise :exc:`ChannelFull`; :exc:`trio.TooSlowError` after
+    *timeout* seconds.
+
+    The first attempt is made at once, with no cancel scope (the common case costs nothing).
+    Nothing can wake us when a channel, perhaps in another process, drains, so retries back off:
+    5 ms, doubling, at most 200 ms apart.
+    """
+    try:
+        await send()
+        return
+    except ChannelFull:
+        pass
+    deadline = trio.current_time() + timeout
+    pause = 0.005
+    while True:
+        if trio.current_time() + pause > deadline:
+            raise trio.TooSlowError(f"the channel stayed full for {timeout:.1f} s")
+        await trio.sleep(pause)
+        pause = min(pause * 2, 0.2)
+        try:
+            await send()
+            return
+        except ChannelFull:
+            pass
 
 
 def current_time() -> float:

@@ -12,13 +12,20 @@ import contextvars
 import logging
 import math
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, TypeVar
 
 import attrs
 import trio
 
-from layers import BaseChannelLayer, ChannelFull
-from layers.base import decode_message, encode_message, validate_channel_name, validate_group_name
+from layers import BaseChannelLayer
+from layers.base import (
+    decode_message,
+    encode_message,
+    retry_when_full,
+    validate_channel_name,
+    validate_group_name,
+)
 
 __all__ = [
     "Channel",
@@ -120,48 +127,34 @@ class Outbox:
     async def flush(self, *, timeout: float = 2.0) -> None:
         """Deliver everything, in order; retry a full channel until *timeout*, then log it.
 
-        Shielded from outside cancellation within *timeout*, so a shutdown does not lose the
-        replies of a consumer that already finished.
+        Shielded from outside cancellation (within *timeout*) when a deadline is already
+        running, so a graceful shutdown does not lose the replies of a finished consumer.
         """
         pending, self._pending = self._pending, []
         if not pending:
             return
-        if len(pending) == 1 and not pending[0].group and trio.current_effective_deadline() == math.inf:
-            # The common case (one reply, no cancellation around): no scope, no retry loop.
-            try:
-                await self.layer.send_encoded(pending[0].name, pending[0].data, delay=pending[0].delay)
-                return
-            except ChannelFull:
-                pass
-        with trio.move_on_after(timeout, shield=True) as scope:
-            for index, item in enumerate(pending):
-                if not await self._deliver(item, scope):
-                    dropped = len(pending) - index
-                    log.error(
-                        "gave up delivering %d buffered message(s) after %.1f s: channel %r stayed full",
-                        dropped,
-                        timeout,
-                        item.name,
-                    )
-                    return
-        if scope.cancelled_caught:
-            log.error("buffered sends did not finish within %.1f s; the rest were dropped", timeout)
+        deadline = trio.current_time() + timeout
+        if trio.current_effective_deadline() == math.inf:
+            await self._deliver(pending, deadline)  # the common case: no scope needed
+        else:
+            with trio.CancelScope(shield=True):
+                await self._deliver(pending, deadline)
 
-    async def _deliver(self, item: _Pending, scope: trio.CancelScope) -> bool:
-        if item.group:
-            await self.layer.send_group_encoded(item.name, item.data)
-            return True
-        pause = 0.01
-        while True:
+    async def _deliver(self, pending: list[_Pending], deadline: float) -> None:
+        for index, item in enumerate(pending):
+            if item.group:
+                send = partial(self.layer.send_group_encoded, item.name, item.data)
+            else:
+                send = partial(self.layer.send_encoded, item.name, item.data, delay=item.delay)
             try:
-                await self.layer.send_encoded(item.name, item.data, delay=item.delay)
-                return True
-            except ChannelFull:
-                # No primitive can wake us when a (possibly remote) channel drains: back off.
-                if trio.current_time() + pause >= scope.deadline:
-                    return False
-                await trio.sleep(pause)
-                pause = min(pause * 2, 0.2)
+                await retry_when_full(send, deadline - trio.current_time())
+            except trio.TooSlowError:
+                log.error(
+                    "gave up delivering %d buffered message(s): channel %r stayed full",
+                    len(pending) - index,
+                    item.name,
+                )
+                return
 
 
 # ----------------------------------------------------------------------------- channels

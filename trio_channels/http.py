@@ -11,18 +11,20 @@ from __future__ import annotations
 import email.utils
 import http.cookies
 import json
+import logging
 import mimetypes
 import os
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from layers import ChannelFull
+from layers.base import retry_when_full
 
 from .channel import Message
 from .routing import Consumer, import_by_path
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 CHUNK_SIZE = 512 * 1024
+
+log = logging.getLogger("trio_channels.http")
 
 
 class Headers:
@@ -237,16 +241,14 @@ async def send_response(
     if message.reply_channel is None:
         raise ValueError("this message has no reply_channel to respond to")
     encoded = response.encode() if isinstance(response, Response) else response
-    with trio.move_on_after(timeout):
-        for part in encoded:
-            pause = 0.01
-            while True:
-                try:
-                    await message.reply_channel.send(part, immediately=immediately)
-                    break
-                except ChannelFull:
-                    await trio.sleep(pause)
-                    pause = min(pause * 2, 0.2)
+    deadline = trio.current_time() + timeout
+    for part in encoded:
+        send = partial(message.reply_channel.send, part, immediately=immediately)
+        try:
+            await retry_when_full(send, deadline - trio.current_time())
+        except trio.TooSlowError:
+            log.warning("gave up a response on %s: the reply channel stayed full", message.reply_channel.name)
+            return
 
 
 # ----------------------------------------------------------------------------- fallbacks

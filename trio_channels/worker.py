@@ -24,14 +24,15 @@ import fnmatch
 import logging
 import sys
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import attrs
 import trio
 
-from layers import BaseChannelLayer, ChannelFull
+from layers import BaseChannelLayer
 from layers._concurrency import leaves
-from layers.base import validate_channel_name
+from layers.base import retry_when_full, validate_channel_name
 
 from .channel import Channel, Message, Outbox, _current_outbox, use_layer
 from .exceptions import ConsumeLater, DenyConnection
@@ -256,15 +257,12 @@ class Worker:
             self._counts["failed"] += 1
             return
         message.content["__retries__"] = retries
-        for _ in range(10):
-            try:
-                await self.layer.send(channel, message.content)
-            except ChannelFull:
-                await trio.sleep(0.05)
-            else:
-                self._counts["requeued"] += 1
-                return
-        log.warning("dropped a ConsumeLater message: channel %r stayed full", channel)
+        try:
+            await retry_when_full(partial(self.layer.send, channel, message.content), 0.5)
+        except trio.TooSlowError:
+            log.warning("dropped a ConsumeLater message: channel %r stayed full", channel)
+        else:
+            self._counts["requeued"] += 1
 
 
 async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -66,3 +66,27 @@ async def test_single_reader_channels_leave_no_trace(autojump: trio.testing.Mock
             await layer.send(name, {})
             await layer.receive([name])
         assert layer._queues == {}
+
+
+async def test_retry_when_full(autojump: trio.testing.MockClock) -> None:
+    """retry_when_full waits out a full channel that drains, and gives up on one that does not."""
+    from functools import partial
+
+    from layers.base import retry_when_full
+
+    layer = InMemoryChannelLayer(capacity=1)
+    layer.send_nowait("busy", {"n": 0})
+
+    async def drain_later() -> None:
+        await trio.sleep(0.3)
+        layer.receive_nowait(["busy"])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain_later)
+        started = trio.current_time()
+        await retry_when_full(partial(layer.send, "busy", {"n": 1}), timeout=5)
+        assert 0.3 <= trio.current_time() - started < 0.6
+    assert layer.receive_nowait(["busy"]) == ("busy", {"n": 1})
+    layer.send_nowait("busy", {"n": 2})
+    with pytest.raises(trio.TooSlowError, match="stayed full for 1.0 s"):
+        await retry_when_full(partial(layer.send, "busy", {"n": 3}), timeout=1)
