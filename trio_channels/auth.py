@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from .channel import Message
+from .channel import ContextSetter, Message
 from .sessions import Session, _find_message, channel_and_http_session, channel_session, http_session
 
 __all__ = [
@@ -68,20 +68,10 @@ def set_user_loader(loader: UserLoader | None) -> None:
     _global_loader[:] = [loader] if loader is not None else []
 
 
-class use_user_loader:
+class use_user_loader(ContextSetter[UserLoader]):
     """``with use_user_loader(fn):`` sets the loader for this task and its children (serve() uses it)."""
 
-    def __init__(self, loader: UserLoader) -> None:
-        self._loader = loader
-        self._token: contextvars.Token[UserLoader | None] | None = None
-
-    def __enter__(self) -> UserLoader:
-        self._token = _loader.set(self._loader)
-        return self._loader
-
-    def __exit__(self, *exc_info: object) -> None:
-        assert self._token is not None
-        _loader.reset(self._token)
+    variable = _loader
 
 
 def _user_id(user: Any) -> Any:

@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import attrs
 import trio
@@ -61,20 +61,29 @@ def current_layer() -> BaseChannelLayer:
     return layer
 
 
-class use_layer:
-    """``with use_layer(layer):`` makes *layer* the current one for this task and its children."""
+class ContextSetter(Generic[T]):
+    """``with setter(value):`` sets a context variable for this task and the tasks it starts
+    (each task gets a copy of its parent's context), and restores it on exit."""
 
-    def __init__(self, layer: BaseChannelLayer) -> None:
-        self._layer = layer
-        self._token: contextvars.Token[BaseChannelLayer | None] | None = None
+    variable: ClassVar[contextvars.ContextVar[Any]]
 
-    def __enter__(self) -> BaseChannelLayer:
-        self._token = _current_layer.set(self._layer)
-        return self._layer
+    def __init__(self, value: T) -> None:
+        self._value = value
+        self._token: contextvars.Token[Any] | None = None
+
+    def __enter__(self) -> T:
+        self._token = self.variable.set(self._value)
+        return self._value
 
     def __exit__(self, *exc_info: object) -> None:
         assert self._token is not None
-        _current_layer.reset(self._token)
+        self.variable.reset(self._token)
+
+
+class use_layer(ContextSetter[BaseChannelLayer]):
+    """``with use_layer(layer):`` makes *layer* the current one for this task and its children."""
+
+    variable = _current_layer
 
 
 # ----------------------------------------------------------------------------- the outbox

@@ -16,7 +16,7 @@ import mimetypes
 import os
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,9 @@ __all__ = [
     "Request",
     "Response",
     "asgi_consumer",
+    "cookie_header",
     "http_fallback",
+    "parse_cookies",
     "send_response",
     "static_files_consumer",
 ]
@@ -43,6 +45,47 @@ __all__ = [
 CHUNK_SIZE = 512 * 1024
 
 log = logging.getLogger("trio_channels.http")
+
+
+def parse_cookies(headers: Iterable[Sequence[bytes]]) -> dict[str, str]:
+    """The cookies of ``Cookie`` headers in ASGI ``[name, value]`` byte pairs (bad ones skipped)."""
+    jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
+    for name, value in headers:
+        if bytes(name).lower() == b"cookie":
+            try:
+                jar.load(bytes(value).decode("latin-1"))
+            except http.cookies.CookieError:
+                continue
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def cookie_header(
+    name: str,
+    value: str,
+    *,
+    max_age: int | None = None,
+    path: str = "/",
+    domain: str | None = None,
+    secure: bool = False,
+    httponly: bool = True,
+    samesite: str | None = "Lax",
+) -> str:
+    """The value of one ``Set-Cookie`` header (``max_age=0`` deletes the cookie)."""
+    morsel: http.cookies.Morsel[str] = http.cookies.Morsel()
+    morsel.set(name, value, http.cookies.SimpleCookie().value_encode(value)[1])
+    morsel["path"] = path
+    if max_age is not None:
+        morsel["max-age"] = str(max_age)
+        morsel["expires"] = email.utils.formatdate(time.time() + max_age, usegmt=True)
+    if domain:
+        morsel["domain"] = domain
+    if secure:
+        morsel["secure"] = True
+    if httponly:
+        morsel["httponly"] = True
+    if samesite:
+        morsel["samesite"] = samesite
+    return morsel.OutputString()
 
 
 class Headers:
@@ -136,13 +179,9 @@ class Request:
 
     @property
     def cookies(self) -> dict[str, str]:
-        jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
-        for header in self.headers.getlist("cookie"):
-            try:
-                jar.load(header)
-            except http.cookies.CookieError:
-                continue
-        return {name: morsel.value for name, morsel in jar.items()}
+        return parse_cookies(
+            [name.encode("latin-1"), value.encode("latin-1")] for name, value in self.headers.raw
+        )
 
     def json(self) -> Any:
         """The body parsed as JSON (:exc:`ValueError` if it is not)."""
@@ -194,21 +233,17 @@ class Response:
         samesite: str | None = "Lax",
     ) -> None:
         """Add a ``Set-Cookie`` header (one per cookie, never comma-joined)."""
-        morsel: http.cookies.Morsel[str] = http.cookies.Morsel()
-        morsel.set(name, value, http.cookies.SimpleCookie().value_encode(value)[1])
-        morsel["path"] = path
-        if max_age is not None:
-            morsel["max-age"] = str(max_age)
-            morsel["expires"] = email.utils.formatdate(time.time() + max_age, usegmt=True)
-        if domain:
-            morsel["domain"] = domain
-        if secure:
-            morsel["secure"] = True
-        if httponly:
-            morsel["httponly"] = True
-        if samesite:
-            morsel["samesite"] = samesite
-        self.headers.append(("Set-Cookie", morsel.OutputString()))
+        header = cookie_header(
+            name,
+            value,
+            max_age=max_age,
+            path=path,
+            domain=domain,
+            secure=secure,
+            httponly=httponly,
+            samesite=samesite,
+        )
+        self.headers.append(("Set-Cookie", header))
 
     def encode(self, chunk_size: int = CHUNK_SIZE) -> list[dict[str, Any]]:
         """The ``http.response`` message(s): the body split in *chunk_size* pieces."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import hashlib
-import http.cookies
 import logging
 import secrets
 import time
@@ -35,7 +34,8 @@ import trio
 
 from layers.base import decode_message, encode_message
 
-from .channel import Channel, Message, _current_outbox
+from .channel import Channel, ContextSetter, Message, _current_outbox
+from .http import cookie_header, parse_cookies
 
 __all__ = [
     "DEFAULT_SESSION_AGE",
@@ -184,20 +184,10 @@ def current_session_store() -> SessionStore:
     return _current_store.get() or _default_store
 
 
-class use_session_store:
+class use_session_store(ContextSetter[SessionStore]):
     """``with use_session_store(store):`` makes *store* current for this task and its children."""
 
-    def __init__(self, store: SessionStore) -> None:
-        self._store = store
-        self._token: contextvars.Token[SessionStore | None] | None = None
-
-    def __enter__(self) -> SessionStore:
-        self._token = _current_store.set(self._store)
-        return self._store
-
-    def __exit__(self, *exc_info: object) -> None:
-        assert self._token is not None
-        _current_store.reset(self._token)
+    variable = _current_store
 
 
 # ----------------------------------------------------------------------------- Session
@@ -323,17 +313,6 @@ def channel_session(consumer: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _cookies(message: Message) -> dict[str, str]:
-    jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
-    for name, value in message.get("headers") or []:
-        if bytes(name).lower() == b"cookie":
-            try:
-                jar.load(bytes(value).decode("latin-1"))
-            except http.cookies.CookieError:
-                continue
-    return {name: morsel.value for name, morsel in jar.items()}
-
-
 def http_session_key(message: Message, cookie_name: str = SESSION_COOKIE_NAME) -> str | None:
     """The HTTP session key a message carries: ``?session_key=`` first, then the cookie."""
     query = message.get("query_string") or b""
@@ -342,29 +321,25 @@ def http_session_key(message: Message, cookie_name: str = SESSION_COOKIE_NAME) -
     from_query = urllib.parse.parse_qs(query).get("session_key")
     if from_query and from_query[0]:
         return from_query[0]
-    return _cookies(message).get(cookie_name) or None
+    return parse_cookies(message.get("headers") or []).get(cookie_name) or None
 
 
 def _set_cookie_on_buffered_response(message: Message, session: Session, cookie_name: str) -> None:
     outbox = _current_outbox.get()
     if outbox is None or message.reply_channel is None:
         return
-    morsel: http.cookies.Morsel[str] = http.cookies.Morsel()
-    value = session.session_key or ""
-    morsel.set(cookie_name, value, value)
-    morsel["path"] = "/"
-    morsel["httponly"] = True
-    morsel["samesite"] = "Lax"
-    if session.session_key is None:
-        morsel["max-age"] = "0"
-    else:
-        morsel["max-age"] = str(int(session.age))
-    header = [b"Set-Cookie", morsel.OutputString().encode("latin-1")]
+    header = [b"Set-Cookie", _session_cookie(cookie_name, session)]
     if not outbox.amend(message.reply_channel.name, lambda content: _add_header(content, header)):
         log.warning(
             "http_session: could not set the session cookie: no buffered response for %s (was it sent immediately?)",
             message.reply_channel.name,
         )
+
+
+def _session_cookie(cookie_name: str, session: Session) -> bytes:
+    """The ``Set-Cookie`` value carrying *session*'s key (or deleting the cookie after logout)."""
+    key = session.session_key
+    return cookie_header(cookie_name, key or "", max_age=int(session.age) if key else 0).encode("latin-1")
 
 
 def _add_header(content: dict[str, Any], header: list[bytes]) -> bool:
@@ -568,15 +543,8 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         store = self.store or current_session_store()
-        jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
-        for name, value in scope.get("headers", []):
-            if bytes(name).lower() == b"cookie":
-                try:
-                    jar.load(bytes(value).decode("latin-1"))
-                except http.cookies.CookieError:
-                    continue
-        morsel = jar.get(self.cookie_name)
-        session = await Session.load(store, morsel.value if morsel else None)
+        key = parse_cookies(scope.get("headers", [])).get(self.cookie_name)
+        session = await Session.load(store, key)
         if session.original_key is None:
             session.session_key = None
         scope["session"] = session
@@ -586,16 +554,9 @@ class SessionMiddleware:
                 before = session.original_key
                 if session.modified or session.session_key != before:
                     await session.save_if_needed()
-                    value = session.session_key or ""
-                    cookie: http.cookies.Morsel[str] = http.cookies.Morsel()
-                    cookie.set(self.cookie_name, value, value)
-                    cookie["path"] = "/"
-                    cookie["httponly"] = True
-                    cookie["samesite"] = "Lax"
-                    cookie["max-age"] = str(int(session.age)) if session.session_key else "0"
                     headers = [
                         *event.get("headers", []),
-                        (b"set-cookie", cookie.OutputString().encode("latin-1")),
+                        (b"set-cookie", _session_cookie(self.cookie_name, session)),
                     ]
                     event = {**event, "headers": headers}
             await send(event)
