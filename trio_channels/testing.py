@@ -34,10 +34,11 @@ import trio_websocket
 
 from layers import BaseChannelLayer, InMemoryChannelLayer
 
-from .channel import Channel, Message, Outbox, _current_outbox, use_layer
-from .exceptions import ConsumeLater, DenyConnection
+from .channel import Channel, Message, use_layer
+from .exceptions import ConsumeLater
 from .routing import Router
 from .sessions import SESSION_COOKIE_NAME, Session, current_session_store
+from .worker import run_consumer
 
 __all__ = ["Client", "HttpClient", "TestResponse", "WebsocketClient", "open_websocket"]
 
@@ -80,22 +81,12 @@ class Client:
                 raise AssertionError(f"no route matches the message on {channel!r}: {content!r}")
             return False
         consumer, kwargs = found
-        outbox = Outbox(self.layer)
-        token = _current_outbox.set(outbox)
-        try:
-            with use_layer(self.layer):
-                await consumer(message, **kwargs)
-        except DenyConnection:
-            if channel != "websocket.connect" or message.reply_channel is None:
-                raise
-            outbox.add(group=False, name=message.reply_channel.name, content={"close": True})
-        except ConsumeLater:
-            content["__retries__"] = content.get("__retries__", 0) + 1
-            await self.layer.send(channel, content)
-        finally:
-            _current_outbox.reset(token)
-            with use_layer(self.layer):
-                await outbox.flush()
+        with use_layer(self.layer):
+            try:
+                await run_consumer(consumer, message, kwargs)
+            except ConsumeLater:
+                content["__retries__"] = content.get("__retries__", 0) + 1
+                await self.layer.send(channel, content)
         return True
 
     async def send_and_consume(self, channel: str, content: dict[str, Any] | None = None) -> None:

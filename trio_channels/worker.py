@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import sys
 from collections.abc import Iterable
 from functools import partial
@@ -41,7 +42,7 @@ from .routing import Consumer, Router
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["Worker", "WorkerStatistics", "run_worker", "select_channels"]
+__all__ = ["Worker", "WorkerStatistics", "run_consumer", "run_worker", "select_channels"]
 
 log = logging.getLogger("trio_channels.worker")
 
@@ -200,36 +201,22 @@ class Worker:
             log.debug("%s -> %s", channel, self.router.consumer_name(consumer))
         if self.consumer_timeout is not None:
             deadline = now + self.consumer_timeout
-        outbox = Outbox(self.layer)
-        _current_outbox.set(outbox)
-        try:
-            await self._run_consumer(consumer, message, kwargs, deadline, outbox)
-        finally:
-            _current_outbox.set(None)
-            await outbox.flush(timeout=self.flush_timeout)
-
-    async def _run_consumer(
-        self, consumer: Consumer, message: Message, kwargs: dict[str, Any], deadline: float, outbox: Outbox
-    ) -> None:
         name = self.router.consumer_name(consumer)
-        channel = message.channel.name
         try:
-            with trio.CancelScope(deadline=deadline) as scope:
-                await consumer(message, **kwargs)
+            finished = await run_consumer(
+                consumer, message, kwargs, deadline=deadline, flush_timeout=self.flush_timeout
+            )
         except ConsumeLater:
             await self._requeue(message)
             return
         except DenyConnection:
-            self._counts["failed" if channel != "websocket.connect" else "consumed"] += 1
-            if channel == "websocket.connect" and message.reply_channel is not None:
-                outbox.add(group=False, name=message.reply_channel.name, content={"close": True})
-            else:
-                log.error(
-                    "consumer %s raised DenyConnection for a message on %r; it only applies to "
-                    "websocket.connect consumers. The message was dropped",
-                    name,
-                    channel,
-                )
+            self._counts["failed"] += 1
+            log.error(
+                "consumer %s raised DenyConnection for a message on %r; it only applies to "
+                "websocket.connect consumers. The message was dropped",
+                name,
+                channel,
+            )
             return
         except BaseException as exc:
             if _is_cancellation(exc):
@@ -242,12 +229,12 @@ class Worker:
                 exc_info=exc,
             )
             return
-        if scope.cancelled_caught:
+        if finished:
+            self._counts["consumed"] += 1
+        else:
             self._counts["timed_out"] += 1
             remaining = "its message expired" if self.consumer_timeout is None else "consumer_timeout passed"
             log.warning("consumer %s for a message on %r was cancelled: %s", name, channel, remaining)
-        else:
-            self._counts["consumed"] += 1
 
     async def _requeue(self, message: Message) -> None:
         channel = message.channel.name
@@ -263,6 +250,35 @@ class Worker:
             log.warning("dropped a ConsumeLater message: channel %r stayed full", channel)
         else:
             self._counts["requeued"] += 1
+
+
+async def run_consumer(
+    consumer: Consumer,
+    message: Message,
+    kwargs: dict[str, Any],
+    *,
+    deadline: float = math.inf,
+    flush_timeout: float = 2.0,
+) -> bool:
+    """Run one consumer as a worker does; return False if *deadline* cancelled it.
+
+    Its sends are buffered and flushed afterwards, also when it raised. ``DenyConnection`` on
+    ``websocket.connect`` becomes ``{"close": True}`` to the reply channel; every other
+    exception (``DenyConnection`` elsewhere, ``ConsumeLater``...) propagates to the caller.
+    """
+    outbox = Outbox(message.channel_layer)
+    token = _current_outbox.set(outbox)
+    try:
+        with trio.CancelScope(deadline=deadline) as scope:
+            await consumer(message, **kwargs)
+    except DenyConnection:
+        if message.channel.name != "websocket.connect" or message.reply_channel is None:
+            raise
+        outbox.add(group=False, name=message.reply_channel.name, content={"close": True})
+    finally:
+        _current_outbox.reset(token)
+        await outbox.flush(timeout=flush_timeout)
+    return not scope.cancelled_caught
 
 
 async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
