@@ -11,15 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
+
+from tests.e2e.processes import started
 
 from .loadgen import run as run_scenario
 
@@ -31,45 +29,19 @@ def _pin(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
-@asynccontextmanager
-async def server(command: list[str], marker: bytes) -> AsyncIterator[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, env=env, cwd=ROOT, preexec_fn=lambda: _pin(0)
-    )
-    assert process.stdout is not None
-    try:
-        buffer = b""
-        with trio.fail_after(30):
-            while marker not in buffer:
-                chunk = await process.stdout.receive_some()
-                if not chunk:
-                    raise RuntimeError(f"server exited: {buffer!r}")
-                buffer += chunk
-        url = buffer.split(marker, 1)[1].split()[0].decode()
-        yield "http://" + url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(10):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
 async def main(args: argparse.Namespace) -> None:
     _pin(1)
     servers = {
         f"trio_channels ({args.layer})": (
             [sys.executable, "-m", "trio_channels", "run", "benchmarks.app.routing", "--bind", "127.0.0.1:0",
-             "--layer", args.layer, "-v", "0"],
-            b" at http://",
+             "--layer", args.layer, "-v", "0"]
         ),
-        "bare Hypercorn-Trio": ([sys.executable, "-m", "benchmarks.bare", "--bind", "127.0.0.1:18765"], b"serving at http://"),
+        "bare Hypercorn-Trio": [sys.executable, "-m", "benchmarks.bare", "--bind", "127.0.0.1:18765"],
     }  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
-    for name, (command, marker) in servers.items():
-        async with server(command, marker) as url:
+    for name, command in servers.items():
+        # Each server prints "... at http://HOST:PORT" once it listens.
+        async with started(command, " at ", preexec_fn=lambda: _pin(0)) as (_, url):
             for scenario, connections in (
                 ("http", args.connections),
                 ("echo", args.connections),

@@ -7,8 +7,9 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -17,24 +18,23 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
 
 @asynccontextmanager
-async def running(*args: str, marker: str = " at http://") -> AsyncIterator[tuple[trio.Process, str]]:
-    """Start the CLI, wait for *marker* in its output, yield (process, rest of that line).
+async def started(command: list[str], marker: str, **options: Any) -> AsyncIterator[tuple[trio.Process, str]]:
+    """Start *command*, wait for *marker* on its stdout, yield (process, the word after it).
 
     The process is stopped with SIGTERM afterwards (SIGKILL if it does not stop in 15 s).
+    *options* go to ``trio.lowlevel.open_process``.
     """
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_channels", *args], stdout=subprocess.PIPE, env=ENV, cwd=ROOT
-    )
+    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, env=ENV, cwd=ROOT, **options)
     assert process.stdout is not None
     try:
         buffer = b""
         with trio.fail_after(30):
             while marker.encode() not in buffer:
                 chunk = await process.stdout.receive_some()
-                assert chunk, f"the process exited early: {buffer!r}"
+                assert chunk, f"{command[:4]} exited early: {buffer!r}"
                 buffer += chunk
-        rest = buffer.decode().split(marker, 1)[1]
-        yield process, (marker.strip().split()[-1] if marker.startswith(" at ") else "") + rest.split()[0]
+        rest = buffer.decode().split(marker, 1)[1].split()
+        yield process, rest[0] if rest else ""
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
@@ -44,3 +44,8 @@ async def running(*args: str, marker: str = " at http://") -> AsyncIterator[tupl
                 process.kill()
                 await process.wait()
         await process.stdout.aclose()
+
+
+def running(*args: str, marker: str = " at ") -> AbstractAsyncContextManager[tuple[trio.Process, str]]:
+    """``python -m trio_channels ARGS``; with the default marker, yields the URL it serves at."""
+    return started([sys.executable, "-m", "trio_channels", *args], marker)
