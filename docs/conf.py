@@ -27,7 +27,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(trio|attrs|re|os|collections\.abc|typing|contextlib|redis|hypercorn|trio_websocket)\..*"),
     (
         r"py:class",
-        r"(Consumer|Router|ASGIApp|interface\.core\.\w+|trio_channels\.http\.Headers|layers\.redis\.connection\.\w+|UserLoader|trio_channels\.routing\.RouteClass)",
+        r"(Consumer|Router|ASGIApp|interface\.core\.\w+|trio_channels\.http\.Headers|layers\.redis\.connection\.\w+|UserLoader|trio_channels\.routing\.RouteClass|T)",
     ),
     (r"py:.*", r"(Any|Mapping|Sequence|Iterable|ClassVar|Final|_Entry|_Queue|_Waiter)"),
     (r"py:class", r"(ChannelFull|MessageTooLarge|BaseChannelLayer|CapacityMap|LayerStatistics)"),
