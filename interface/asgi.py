@@ -26,7 +26,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import repr_socket_addr
 
-from .core import ConnectionInfo, InterfaceServer, WebSocketClosed
+from .core import ClientDisconnected, ConnectionInfo, InterfaceServer, WebSocketClosed
 from .protocol import Headers, clean_headers
 from .websocket import (
     ReplayStream,
@@ -65,6 +65,7 @@ def _info(scope: Scope) -> ConnectionInfo:
 @attrs.define(eq=False)
 class _AsgiResponder:
     send: Send
+    http_version: str = "1.1"
 
     async def start(self, status: int, headers: Headers) -> None:
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
@@ -80,12 +81,19 @@ class _AsgiResponder:
         await self.start(status, headers)
         await self.body(text, False)
 
+    async def abort(self) -> None:
+        # An app that returns before its response ended makes Hypercorn close an HTTP/1.1
+        # connection, so the client sees the body cut short. HTTP/2 streams cannot be reset
+        # from ASGI (Hypercorn would leave them open): end those instead.
+        if self.http_version == "2":
+            await self.body(b"", False)
+
 
 async def _asgi_body(receive: Receive) -> AsyncGenerator[bytes, None]:
     while True:
         event = await receive()
         if event["type"] == "http.disconnect":
-            return
+            raise ClientDisconnected
         yield event.get("body", b"")
         if not event.get("more_body", False):
             return
@@ -147,7 +155,9 @@ class InterfaceApp:
         kind = scope["type"]
         if kind == "http":
             async with contextlib.aclosing(_asgi_body(receive)) as body:
-                await self.server.http(_info(scope), body, _AsgiResponder(send))
+                await self.server.http(
+                    _info(scope), body, _AsgiResponder(send, scope.get("http_version", "1.1"))
+                )
         elif kind == "websocket":
             event = await receive()
             if event["type"] != "websocket.connect":

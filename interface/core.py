@@ -27,13 +27,22 @@ from layers.base import retry_when_full
 from . import protocol
 from .protocol import Close, Reject, SendBytes, SendText, WebSocketProtocol, WebSocketState
 
-__all__ = ["InterfaceConfig", "InterfaceServer", "WebSocketClosed", "WebSocketTransport"]
+__all__ = [
+    "ClientDisconnected",
+    "InterfaceConfig",
+    "InterfaceServer",
+    "WebSocketClosed",
+    "WebSocketTransport",
+]
 
 log = logging.getLogger("interface")
 access_log = logging.getLogger("interface.access")
 
 #: Bodies larger than this go in chunks through a ``body_channel``.
 BODY_CHUNK: int = 512 * 1024
+#: After refusing a body as too large, seconds spent reading (and dropping) the rest of it so
+#: the client, which may still be sending, gets to read the 413.
+BODY_DRAIN_TIMEOUT: float = 5.0
 
 
 @attrs.frozen(kw_only=True)
@@ -142,6 +151,7 @@ class InterfaceServer:
     shutting_down: trio.Event = attrs.Factory(trio.Event)
     _connections: dict[str, trio.MemorySendChannel[dict[str, Any]]] = attrs.Factory(dict)
     _websockets: dict[str, trio.CancelScope] = attrs.Factory(dict)
+    _http_warnings: dict[str, _EveryMinute] = attrs.Factory(dict)
 
     @property
     def websocket_lifetime(self) -> float:
@@ -211,21 +221,31 @@ class InterfaceServer:
     ) -> None:
         """Serve one HTTP request: send ``http.request``, then relay the response.
 
-        *body* yields the request body; *respond* writes the response. Answers 503 when the
-        layer is full or down, or when no response comes within ``http_timeout``.
+        *body* yields the request body and raises :exc:`ClientDisconnected` if the client leaves
+        before its end; *respond* writes the response. Answers 413 for a body over
+        ``max_body_size`` (declared or counted), 503 when the layer is full or down, or when no
+        response comes within ``http_timeout``. A client that leaves mid-body gets nothing; a
+        consumer reading the rest of the body is sent a ``closed`` chunk.
         """
         if self.config.proxy_headers:
             info = _proxied(info)
         request_line = f"{info.method} {info.path}"
+        reader = _BodyReader(body, self.config.max_body_size)
         with self._register() as (reply_channel, replies):
             try:
-                first, rest = await _first_chunk(body, self.config.max_body_size)
+                if _declared_length(info.headers) > self.config.max_body_size:
+                    raise _BodyTooLarge
+                first, more = await reader.next_chunk()
             except _BodyTooLarge:
-                await respond.simple(413, b"Request body too large.")
+                await self._refuse_body(reader, respond)
                 _log_access(info.client, request_line, 413, "-")
                 return
-            async with contextlib.aclosing(rest) if rest is not None else contextlib.nullcontext():
-                await self._http_request(info, request_line, reply_channel, replies, respond, first, rest)
+            except ClientDisconnected:
+                _log_access(info.client, request_line, "-", "-")
+                return
+            await self._http_request(
+                info, request_line, reply_channel, replies, respond, first, reader if more else None
+            )
 
     async def _http_request(
         self,
@@ -235,7 +255,7 @@ class InterfaceServer:
         replies: trio.MemoryReceiveChannel[dict[str, Any]],
         respond: HttpResponder,
         first: bytes,
-        rest: AsyncGenerator[bytes, None] | None,
+        rest: _BodyReader | None,
     ) -> None:
         body_channel = await self.layer.new_channel("http.request.body?") if rest is not None else None
         message = protocol.http_request_message(
@@ -264,69 +284,177 @@ class InterfaceServer:
             _log_access(info.client, request_line, 503, "-")
             return
         try:
-            status, size = await self._relay_response(reply_channel, replies, respond, body_channel, rest)
+            status, size = await self._relay_response(
+                request_line, reply_channel, replies, respond, body_channel, rest
+            )
         finally:
-            with trio.move_on_after(1, shield=True):
-                with contextlib.suppress(Exception):
+            with trio.move_on_after(1, shield=True) as scope:
+                try:
                     await self.layer.send(
                         "http.disconnect", {"reply_channel": reply_channel, "path": info.path}
                     )
+                except Exception as exc:  # full or down: dropped, as the spec says, but not silently
+                    reason = type(exc).__name__
+                    self._http_warning(
+                        "http.disconnect", f"dropped the http.disconnect of {request_line!r} ({reason})"
+                    )
+            if scope.cancelled_caught:
+                self._http_warning(
+                    "http.disconnect",
+                    f"dropped the http.disconnect of {request_line!r} (the layer took over 1 s)",
+                )
         _log_access(info.client, request_line, status, size)
+
+    def _http_warning(self, kind: str, text: str) -> None:
+        # One line per minute at most for each kind: these can happen on every request.
+        warning = self._http_warnings.setdefault(kind, _EveryMinute())
+        warning.happened(text)
 
     async def _relay_response(
         self,
+        request_line: str,
         reply_channel: str,
         replies: trio.MemoryReceiveChannel[dict[str, Any]],
         respond: HttpResponder,
         body_channel: str | None,
-        rest: AsyncGenerator[bytes, None] | None,
+        rest: _BodyReader | None,
     ) -> tuple[int | str, int | str]:
         state = protocol.HttpResponseProtocol()
         status: int | str = "-"
         size = 0
+        relay = trio.CancelScope(deadline=trio.current_time() + self.config.http_timeout)
+        body_failure: list[str] = []
+        answered = False  # an error answer or an abort was written: nothing more to write
+
+        async def stream_body(body_channel: str, rest: _BodyReader) -> None:
+            failure = await self._stream_body(reply_channel, body_channel, rest)
+            if failure is not None:
+                body_failure.append(failure)
+                relay.cancel()
+
         async with trio.open_nursery() as nursery:
             if body_channel is not None and rest is not None:
-                nursery.start_soon(self._stream_body, body_channel, rest)
-            with trio.move_on_after(self.config.http_timeout):
+                nursery.start_soon(stream_body, body_channel, rest)
+            with relay:
                 async for reply in replies:
                     try:
                         actions = state.reply(reply)
                     except ValueError as exc:
                         log.error("bad response message for %s: %s", reply_channel, exc)
-                        if not state.started:
+                        if state.started:
+                            await respond.abort()
+                        else:
                             await respond.simple(500, b"Internal server error: bad response message.")
-                            status = 500
-                        state.finished = True
+                            status, size = 500, 0
+                        state.finished = answered = True
                         break
                     for action in actions:
                         if isinstance(action, protocol.ResponseStart):
                             status = action.status
                             await respond.start(action.status, action.headers)
-                        else:
+                        elif isinstance(action, protocol.ResponseBody):
                             size += len(action.content)
                             await respond.body(action.content, action.more)
+                        elif state.started:  # ResponseAbort: the application gave up mid-response
+                            await respond.abort()
+                            answered = True
+                        else:
+                            await respond.simple(500, b"Internal server error: the response was abandoned.")
+                            status, size, answered = 500, 0, True
                     if state.finished:
                         break
             nursery.cancel_scope.cancel()
+        if answered:
+            return status, size
+        if body_failure:
+            return await self._answer_body_failure(body_failure[0], state, rest, respond, status, size)
         if not state.started:
+            self._http_warning(
+                "http_timeout", f"no response to {request_line!r} within http_timeout; answered 503"
+            )
             await respond.simple(503, b"Worker server failed to respond within time limit.")
             return 503, "-"
         if not state.finished:
-            log.warning("response for %s did not finish within http_timeout; ended it", reply_channel)
-            await respond.body(b"", False)
+            log.warning("response for %s did not finish within http_timeout; aborted it", reply_channel)
+            await respond.abort()
         return status, size
 
-    async def _stream_body(self, body_channel: str, rest: AsyncGenerator[bytes, None]) -> None:
-        chunk = b""
-        async for piece in rest:
-            if chunk:
-                await self._send_chunk(body_channel, {"content": chunk, "more_content": True})
-            chunk = piece
-        await self._send_chunk(body_channel, {"content": chunk, "more_content": False})
+    async def _answer_body_failure(
+        self,
+        failure: str,
+        state: protocol.HttpResponseProtocol,
+        rest: _BodyReader | None,
+        respond: HttpResponder,
+        status: int | str,
+        size: int,
+    ) -> tuple[int | str, int | str]:
+        # The body stopped before its end (the consumer was sent a closed chunk, if it could be).
+        if failure == "disconnected":
+            return status, size  # nobody left to answer
+        if state.started:
+            await respond.abort()
+            return status, size
+        if failure == "too large":
+            assert rest is not None
+            await self._refuse_body(rest, respond)
+            return 413, "-"
+        await respond.simple(503, b"Service unavailable: the request body could not be delivered.")
+        return 503, "-"
+
+    async def _stream_body(self, reply_channel: str, body_channel: str, rest: _BodyReader) -> str | None:
+        """Send the rest of the body in chunks; ``None`` once complete, else why it stopped.
+
+        When the client leaves or the body passes ``max_body_size``, the consumer gets a last
+        chunk with ``closed: True`` (reference §3.3) so it abandons the request at once.
+        """
+        try:
+            more = True
+            while more:
+                chunk, more = await rest.next_chunk()
+                await self._send_chunk(body_channel, {"content": chunk, "more_content": more})
+            return None
+        except _BodyTooLarge:
+            failure = "too large"
+        except ClientDisconnected:
+            failure = "disconnected"
+        except Exception as exc:  # full for a minute (the consumer does not read), or the layer is down
+            log.warning(
+                "could not deliver the request body of %s (%s: %s); abandoned the request",
+                reply_channel,
+                type(exc).__name__,
+                exc,
+            )
+            return "undeliverable"
+        try:
+            await retry_when_full(
+                partial(
+                    self.layer.send, body_channel, {"content": b"", "more_content": False, "closed": True}
+                ),
+                1,
+            )
+        except Exception as exc:
+            log.warning(
+                "could not tell the consumer of %s that its request body is %s (%s: %s)",
+                reply_channel,
+                "over max_body_size" if failure == "too large" else "cut short by the client",
+                type(exc).__name__,
+                exc,
+            )
+        return failure
 
     async def _send_chunk(self, body_channel: str, chunk: dict[str, Any]) -> None:
         # The consumer may read slower than the client sends: wait (a minute at most).
         await retry_when_full(partial(self.layer.send, body_channel, chunk), 60)
+
+    async def _refuse_body(self, reader: _BodyReader, respond: HttpResponder) -> None:
+        """Answer 413. The client may still be sending: its body is read (and dropped) for
+        ``BODY_DRAIN_TIMEOUT`` seconds before the response ends, because closing a connection
+        with unread data resets it and the client would never read the 413."""
+        text = b"Request body too large."
+        await respond.start(413, _plain_text_headers(text))
+        await respond.body(text, True)
+        if await reader.drain(BODY_DRAIN_TIMEOUT):
+            await respond.body(b"", False)  # a client still sending after that is cut off
 
     # -- WebSocket -------------------------------------------------------------------------
 
@@ -495,38 +623,87 @@ class HttpResponder(Protocol):
         """A complete small plain-text response (errors)."""
         ...
 
+    async def abort(self) -> None:
+        """Abandon a started response so that the client sees it incomplete: close the
+        connection (HTTP/1.1) or reset the stream. Nothing is written afterwards."""
+        ...
+
+
+@attrs.define(eq=False)
+class _EveryMinute:
+    """A WARNING for what can happen on every request: the first at once, then at most one line
+    a minute, with the count of occurrences it stands for."""
+
+    count: int = 0
+    next_line: float = -math.inf
+
+    def happened(self, text: str) -> None:
+        self.count += 1
+        now = trio.current_time()
+        if now >= self.next_line:
+            log.warning("%s (%d time(s) since the last such warning)", text, self.count)
+            self.count = 0
+            self.next_line = now + 60
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the end of its request body."""
+
 
 class _BodyTooLarge(Exception):
     pass
 
 
-async def _first_chunk(
-    body: AsyncGenerator[bytes, None], limit: int
-) -> tuple[bytes, AsyncGenerator[bytes, None] | None]:
-    """Read up to BODY_CHUNK bytes; return them and an iterator over the rest (or None)."""
-    buffer = bytearray()
-    total = 0
-    async for piece in body:
-        total += len(piece)
-        if total > limit:
-            raise _BodyTooLarge
-        buffer += piece
-        if len(buffer) > BODY_CHUNK:
-            head, tail = bytes(buffer[:BODY_CHUNK]), bytes(buffer[BODY_CHUNK:])
-            return head, _rest(tail, body, limit - total)
-    return bytes(buffer), None
+def _plain_text_headers(text: bytes) -> protocol.Headers:
+    return [[b"content-type", b"text/plain; charset=utf-8"], [b"content-length", str(len(text)).encode()]]
 
 
-async def _rest(
-    first: bytes, iterator: AsyncGenerator[bytes, None], remaining: int
-) -> AsyncGenerator[bytes, None]:
-    pending = bytearray(first)
-    async for piece in iterator:
-        remaining -= len(piece)
-        if remaining < 0:
-            raise _BodyTooLarge
-        pending += piece
-        while len(pending) >= BODY_CHUNK:
-            yield bytes(pending[:BODY_CHUNK])
-            del pending[:BODY_CHUNK]
-    yield bytes(pending)
+def _declared_length(headers: protocol.Headers) -> int:
+    """The request's Content-Length (0 if absent; the listener has checked its syntax)."""
+    for name, value in headers:
+        if name == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+@attrs.define(eq=False)
+class _BodyReader:
+    """Reads a request body in ``BODY_CHUNK`` pieces, counting it against *limit* bytes.
+
+    :meth:`next_chunk` raises :exc:`_BodyTooLarge` once more than *limit* bytes arrived, and
+    passes on the source's :exc:`ClientDisconnected`.
+    """
+
+    source: AsyncGenerator[bytes, None]
+    limit: int
+    received: int = 0
+    complete: bool = False
+    _pending: bytearray = attrs.Factory(bytearray)
+
+    async def next_chunk(self) -> tuple[bytes, bool]:
+        """The next ``BODY_CHUNK`` bytes (fewer at the end), and whether more follow."""
+        # Read one byte past the chunk (or to the end) to know whether more follow.
+        while not self.complete and len(self._pending) <= BODY_CHUNK:
+            try:
+                piece = await self.source.__anext__()
+            except StopAsyncIteration:
+                self.complete = True
+                break
+            self.received += len(piece)
+            if self.received > self.limit:
+                raise _BodyTooLarge
+            self._pending += piece
+        chunk = bytes(self._pending[:BODY_CHUNK])
+        del self._pending[:BODY_CHUNK]
+        return chunk, bool(self._pending)
+
+    async def drain(self, timeout: float) -> bool:
+        """Read and drop the rest for *timeout* seconds at most; False if the client left."""
+        self._pending.clear()
+        with trio.move_on_after(timeout):
+            try:
+                async for _ in self.source:
+                    pass
+            except ClientDisconnected:
+                return False
+        return True

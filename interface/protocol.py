@@ -17,6 +17,7 @@ WebSocket state machine (reference §3.7)::
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 from urllib.parse import unquote
@@ -28,6 +29,8 @@ __all__ = [
     "Close",
     "HttpResponseProtocol",
     "Reject",
+    "ResponseAbort",
+    "ResponseAction",
     "ResponseBody",
     "ResponseStart",
     "SendBytes",
@@ -112,7 +115,21 @@ class ResponseBody:
     more: bool
 
 
+@attrs.frozen
+class ResponseAbort:
+    """Abandon the response: the client must see it incomplete (or get a 500 if not started)."""
+
+
+# h11's rules (RFC 9110 §5.1, §5.5): a name is a token; a value has no NUL, CR, LF or other
+# whitespace than single spaces and tabs between visible characters. Outer spaces and tabs are
+# not part of the value and are stripped.
+_TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_DIGITS: Final = re.compile(rb"[0-9]+")
+
+
 def _check_headers(headers: object) -> Headers:
+    """Response headers as the listener may send them, or :exc:`ValueError` naming the bad one."""
     if not isinstance(headers, list):
         raise ValueError(f"response headers must be a list of [name, value] byte pairs, not {headers!r:.80}")
     checked: Headers = []
@@ -123,8 +140,27 @@ def _check_headers(headers: object) -> Headers:
             and all(isinstance(part, bytes) for part in pair)
         ):
             raise ValueError(f"response header {pair!r:.80} must be a [name, value] pair of bytes")
-        checked.append([pair[0].lower(), pair[1]])
+        name, value = pair[0].lower(), pair[1].strip(b" \t")
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(
+                f"response header name {pair[0]!r:.80} is invalid: it must be a token "
+                "(letters, digits and !#$%&'*+-.^_`|~)"
+            )
+        if not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(
+                f"response header {pair[0]!r:.80} has an invalid value {pair[1]!r:.80}: values must not "
+                "contain CR, LF, NUL or whitespace other than spaces and tabs"
+            )
+        if name == b"content-length" and not _DIGITS.fullmatch(value):
+            raise ValueError(
+                f"response header {pair[0]!r:.80} has an invalid value {pair[1]!r:.80}: content-length "
+                "must be a decimal number"
+            )
+        checked.append([name, value])
     return checked
+
+
+ResponseAction = ResponseStart | ResponseBody | ResponseAbort
 
 
 @attrs.define
@@ -134,11 +170,18 @@ class HttpResponseProtocol:
     started: bool = False
     finished: bool = False
 
-    def reply(self, message: dict[str, Any]) -> list[ResponseStart | ResponseBody]:
-        """The actions for one reply message; :exc:`ValueError` if it breaks the format."""
+    def reply(self, message: dict[str, Any]) -> list[ResponseAction]:
+        """The actions for one reply message; :exc:`ValueError` if it breaks the format.
+
+        A message with ``closed: True`` (our extension, the twin of a Request Body Chunk's
+        ``closed``) abandons the response: :class:`ResponseAbort`, whatever came before.
+        """
         if self.finished:
             return []
-        actions: list[ResponseStart | ResponseBody] = []
+        if message.get("closed"):
+            self.finished = True
+            return [ResponseAbort()]
+        actions: list[ResponseAction] = []
         if "status" in message:
             if self.started:
                 raise ValueError("got a second Response message (with 'status') for one request")

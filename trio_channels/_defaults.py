@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .channel import Message
+from .http import not_found_text
 from .routing import Consumer, Route
 
 
@@ -19,7 +20,7 @@ async def ignore(message: Message) -> None:
 async def not_found(message: Message) -> None:
     """Default ``http.request`` consumer when no fallback app is configured: a plain 404."""
     if message.reply_channel is not None:
-        body = f"404 Not Found: {message.get('path', '')}\n".encode()
+        body = not_found_text(message.get("path", ""))
         await message.reply_channel.send(
             {
                 "status": 404,

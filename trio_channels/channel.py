@@ -107,6 +107,9 @@ class Outbox:
 
     layer: BaseChannelLayer
     _pending: list[_Pending] = attrs.field(factory=list)
+    #: Called with ``(channel, content)`` after each ``immediately=True`` channel send made while
+    #: this outbox is current (the worker follows an HTTP response this way).
+    watcher: Callable[[str, dict[str, Any]], None] | None = None
 
     def add(self, *, group: bool, name: str, content: dict[str, Any], delay: float = 0) -> None:
         data = encode_message(content, self.layer.max_message_size)
@@ -114,6 +117,10 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def discard(self, channel: str) -> None:
+        """Drop the buffered sends to *channel* (not group sends)."""
+        self._pending = [item for item in self._pending if item.group or item.name != channel]
 
     def amend(self, channel: str, change: Callable[[dict[str, Any]], bool]) -> bool:
         """Apply *change* to the first buffered message for *channel* it accepts (returns True).
@@ -210,6 +217,8 @@ class Channel:
             await trio.lowlevel.checkpoint_if_cancelled()
             return
         await self.layer.send(self.name, content, delay=delay or 0)
+        if outbox is not None and outbox.watcher is not None:
+            outbox.watcher(self.name, content)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Channel) and other.name == self.name

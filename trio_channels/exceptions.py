@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConsumeLater", "DenyConnection"]
+__all__ = ["ConsumeLater", "DenyConnection", "RequestAborted"]
 
 
 class ConsumeLater(Exception):
@@ -11,3 +11,9 @@ class ConsumeLater(Exception):
 
 class DenyConnection(Exception):
     """Reject this WebSocket connection (from a ``websocket.connect`` consumer): HTTP 403."""
+
+
+class RequestAborted(ConnectionAbortedError):
+    """The request body will never be complete: the client went away, or the body passed the
+    size limit (the interface answered 413). Raised by ``Request.from_message``; the worker
+    ends the consumer quietly, since there is nobody to answer."""

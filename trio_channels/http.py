@@ -27,6 +27,7 @@ import trio
 from layers.base import retry_when_full
 
 from .channel import Message
+from .exceptions import RequestAborted
 from .routing import Consumer, import_by_path
 
 __all__ = [
@@ -141,7 +142,9 @@ class Request:
 
     @classmethod
     async def from_message(cls, message: Message, *, body_timeout: float = 60) -> Request:
-        """Raises :exc:`trio.TooSlowError` if a chunked body does not arrive within *body_timeout*."""
+        """Raises :exc:`trio.TooSlowError` if a chunked body does not arrive within *body_timeout*,
+        and :exc:`~trio_channels.exceptions.RequestAborted` if it never will (a chunk with
+        ``closed``: the client left, or the body passed ``max_body_size``)."""
         content = message.content
         body = content.get("body", b"")
         body_channel = content.get("body_channel")
@@ -151,7 +154,9 @@ class Request:
                 while True:
                     _, chunk = await message.channel_layer.receive([body_channel])
                     if chunk.get("closed"):
-                        raise ConnectionAbortedError("the client went away while sending the body")
+                        raise RequestAborted(
+                            "the request body was abandoned: the client went away or it was too large"
+                        )
                     parts.append(chunk.get("content", b""))
                     if not chunk.get("more_content", False):
                         break
@@ -372,10 +377,14 @@ def static_files_consumer(
     async def consume(message: Message) -> None:
         path = message.get("path", "")
         if path.startswith(url) and message.get("method", "GET") in ("GET", "HEAD"):
-            relative = path[len(url) :]
-            target = (root_path / relative).resolve()
-            if root_path in target.parents and target.is_file():
-                data = await trio.Path(target).read_bytes()
+            target = _static_file(root_path, path[len(url) :])
+            data = None
+            if target is not None:
+                try:
+                    data = await trio.Path(target).read_bytes()
+                except OSError as exc:
+                    log.warning("static file %s could not be read (%s); answered 404", target, exc)
+            if target is not None and data is not None:
                 kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
                 if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
                     kind += "; charset=utf-8"
@@ -385,9 +394,30 @@ def static_files_consumer(
         if fallback is not None:
             await fallback(message)
         else:
-            await send_response(message, Response(f"404 Not Found: {path}\n", 404, content_type="text/plain"))
+            await send_response(message, Response(not_found_text(path), 404, content_type="text/plain"))
 
     return consume
+
+
+def _static_file(root: Path, relative: str) -> Path | None:
+    """The file *relative* names under *root*, or None: any path that cannot name a file there
+    (a NUL byte, text that is not UTF-8, ``..`` out of the root, a name too long, a directory)
+    is simply not found."""
+    if "\x00" in relative or relative.endswith("/"):
+        return None
+    try:
+        relative.encode("utf-8")
+        target = (root / relative).resolve()
+        if root in target.parents and target.is_file():
+            return target
+    except (OSError, ValueError):  # UnicodeEncodeError is a ValueError
+        pass
+    return None
+
+
+def not_found_text(path: str) -> bytes:
+    """The body of a plain 404 naming *path* (which may hold undecodable bytes as surrogates)."""
+    return f"404 Not Found: {path}\n".encode("utf-8", "backslashreplace")
 
 
 def http_fallback(

@@ -12,6 +12,9 @@ and flushed when it finishes, whatever way it finished.
 
 Nothing a consumer does stops the worker: exceptions (any ``BaseException`` but cancellation
 and ``KeyboardInterrupt``) are logged with their traceback and the message is dropped.
+An ``http.request`` consumer that fails (raises, or is cancelled) still gets its client an
+answer at once, through the reply channel like any reply: a 500 (503 when the worker is
+stopping) if no part of the response reached the client, else the response is aborted.
 ``ConsumeLater`` re-queues the message (10 times at most); ``DenyConnection`` on
 ``websocket.connect`` sends ``{"close": True}``. Layer errors (Redis down) are retried with
 backoff. Shutdown (the ``shutdown`` event) stops the poller, gives running consumers
@@ -31,12 +34,13 @@ from typing import Any
 import attrs
 import trio
 
+from interface.protocol import HttpResponseProtocol
 from layers import BaseChannelLayer
 from layers._concurrency import leaves
 from layers.base import retry_when_full, validate_channel_name
 
 from .channel import Channel, Message, Outbox, _current_outbox, use_layer
-from .exceptions import ConsumeLater, DenyConnection
+from .exceptions import ConsumeLater, DenyConnection, RequestAborted
 from .routing import Consumer, Router
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -209,6 +213,11 @@ class Worker:
         except ConsumeLater:
             await self._requeue(message)
             return
+        except RequestAborted as exc:
+            # The client left, or its body was too large (the interface answered 413).
+            self._counts["consumed"] += 1
+            log.info("consumer %s abandoned a request on %r: %s", name, channel, exc)
+            return
         except DenyConnection:
             self._counts["failed"] += 1
             log.error(
@@ -265,20 +274,98 @@ async def run_consumer(
     Its sends are buffered and flushed afterwards, also when it raised. ``DenyConnection`` on
     ``websocket.connect`` becomes ``{"close": True}`` to the reply channel; every other
     exception (``DenyConnection`` elsewhere, ``ConsumeLater``...) propagates to the caller.
+    An ``http.request`` consumer that raised or was cancelled has its failure answered on the
+    reply channel: a 500 (503 if cancelled from outside), or a ``closed`` chunk if part of the
+    response was sent; ``ConsumeLater`` and ``RequestAborted`` are not failures.
     """
     outbox = Outbox(message.channel_layer)
+    reply = _HttpReply.of(message)
+    if reply is not None:
+        outbox.watcher = reply.saw
     token = _current_outbox.set(outbox)
+    failure: str | None = "error"
     try:
         with trio.CancelScope(deadline=deadline) as scope:
             await consumer(message, **kwargs)
+        failure = "timeout" if scope.cancelled_caught else None
     except DenyConnection:
         if message.channel.name != "websocket.connect" or message.reply_channel is None:
             raise
+        failure = None
         outbox.add(group=False, name=message.reply_channel.name, content={"close": True})
+    except (ConsumeLater, RequestAborted):
+        failure = None
+        raise
+    except BaseException as exc:
+        if _is_cancellation(exc):
+            failure = "cancelled"
+        raise
     finally:
         _current_outbox.reset(token)
+        if failure is not None and reply is not None:
+            reply.answer_failure(outbox, failure)
         await outbox.flush(timeout=flush_timeout)
     return not scope.cancelled_caught
+
+
+#: How a failed ``http.request`` consumer is answered, by the way it failed.
+_FAILURE_ANSWERS: dict[str, tuple[int, bytes]] = {
+    "error": (500, b"500 Internal Server Error\n"),
+    "timeout": (500, b"500 Internal Server Error: the consumer timed out.\n"),
+    "cancelled": (503, b"503 Service Unavailable: the worker stopped before answering.\n"),
+}
+
+
+def _follow(state: HttpResponseProtocol, content: dict[str, Any]) -> None:
+    try:
+        state.reply(content)
+    except ValueError:
+        state.finished = True  # a bad response message: the interface answers it itself
+
+
+@attrs.define(eq=False)
+class _HttpReply:
+    """What an ``http.request`` consumer sent to its reply channel, to answer its failure.
+
+    Immediate sends have reached the client; buffered ones (in the outbox) have not. If the
+    whole response is out or buffered, it stands. If part of it reached the client, the
+    response is aborted with a ``closed`` chunk. Otherwise a half-built buffered response is
+    dropped and the client gets a 500.
+    """
+
+    reply_channel: str
+    sent: HttpResponseProtocol = attrs.Factory(HttpResponseProtocol)
+
+    @classmethod
+    def of(cls, message: Message) -> _HttpReply | None:
+        if message.channel.name == "http.request" and message.reply_channel is not None:
+            return cls(message.reply_channel.name)
+        return None
+
+    def saw(self, channel: str, content: dict[str, Any]) -> None:
+        """An immediate send made by the consumer."""
+        if channel == self.reply_channel and not self.sent.finished:
+            _follow(self.sent, content)
+
+    def answer_failure(self, outbox: Outbox, failure: str) -> None:
+        after_flush = attrs.evolve(self.sent)
+        for kind, name, content in outbox:
+            if kind == "channel" and name == self.reply_channel:
+                _follow(after_flush, content)
+        if after_flush.finished:
+            return
+        if self.sent.started:
+            closed = {"content": b"", "more_content": False, "closed": True}
+            outbox.add(group=False, name=self.reply_channel, content=closed)
+            return
+        status, text = _FAILURE_ANSWERS[failure]
+        headers = [[b"content-type", b"text/plain; charset=utf-8"], [b"content-length", b"%d" % len(text)]]
+        outbox.discard(self.reply_channel)
+        outbox.add(
+            group=False,
+            name=self.reply_channel,
+            content={"status": status, "headers": headers, "content": text, "more_content": False},
+        )
 
 
 async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:

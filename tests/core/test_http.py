@@ -10,6 +10,7 @@ import pytest
 
 from layers import InMemoryChannelLayer
 from trio_channels import Channel, Message
+from trio_channels.exceptions import RequestAborted
 from trio_channels.http import CHUNK_SIZE, Request, Response, asgi_consumer, static_files_consumer
 
 from ..helpers import receive_now
@@ -144,3 +145,23 @@ async def test_static_files(layer: InMemoryChannelLayer, tmp_path: Path) -> None
         assert missing["status"] == 404
     with pytest.raises(ValueError, match="is not a directory"):
         static_files_consumer(tmp_path / "nope")
+
+
+async def test_static_paths_that_name_no_file_are_404(layer: InMemoryChannelLayer, tmp_path: Path) -> None:
+    """NUL bytes, undecodable bytes (as the path decoder's surrogates), long names: 404, no error."""
+    (tmp_path / "a.txt").write_text("a")
+    consumer = static_files_consumer(tmp_path, "/static/")
+    for path in ("/static/a.txt\x00.png", "/static/caf\udce9.txt", "/static/" + "n" * 300, "/x\udcff"):
+        await consumer(request_message(layer, path=path))
+        (missing,) = await replies(layer)
+        assert missing["status"] == 404, path
+    assert missing["content"] == b"404 Not Found: /x\\udcff\n"
+
+
+async def test_request_raises_request_aborted_on_a_closed_chunk(layer: InMemoryChannelLayer) -> None:
+    """A chunk with closed: True (the client left, or the body was too large) aborts the request."""
+    body_channel = await layer.new_channel("http.request.body?")
+    await layer.send(body_channel, {"content": b"two", "more_content": True})
+    await layer.send(body_channel, {"content": b"", "more_content": False, "closed": True})
+    with pytest.raises(RequestAborted, match="abandoned"):
+        await Request.from_message(request_message(layer, body=b"one", body_channel=body_channel))

@@ -11,6 +11,7 @@ from interface.protocol import (
     Close,
     HttpResponseProtocol,
     Reject,
+    ResponseAbort,
     ResponseBody,
     ResponseStart,
     SendBytes,
@@ -150,3 +151,43 @@ def test_headers_and_paths() -> None:
     """Header names are lowercased, underscored names dropped; paths percent-decoded."""
     assert clean_headers([(b"X-A", b"1"), (b"x_b", b"2"), (b"X-A", b"3")]) == [[b"x-a", b"1"], [b"x-a", b"3"]]
     assert decode_path(b"/caf%C3%A9/a+b") == "/café/a+b"
+
+
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        (
+            [b"x-a", b"one\r\nset-cookie: evil=1"],
+            r"header b'x-a' has an invalid value .*must not contain CR, LF",
+        ),
+        ([b"x-a", b"one\nLF"], "must not contain CR, LF"),
+        ([b"x-a", b"nul\x00"], "must not contain CR, LF, NUL"),
+        ([b"x-a", b"vertical\x0btab"], "whitespace other than spaces and tabs"),
+        ([b"bad name", b"v"], r"name b'bad name' is invalid: it must be a token"),
+        ([b"x-a:", b"v"], "must be a token"),
+        ([b":status", b"200"], "must be a token"),
+        ([b"", b"v"], "must be a token"),
+        ([b"content-length", b"12 bytes"], "content-length must be a decimal number"),
+    ],
+)
+def test_response_headers_follow_h11_rules(header: list[bytes], error: str) -> None:
+    """Headers h11 would refuse are a ValueError naming the header, before anything is started."""
+    state = HttpResponseProtocol()
+    with pytest.raises(ValueError, match=error):
+        state.reply({"status": 200, "headers": [[b"content-type", b"text/plain"], header]})
+    assert not state.started
+
+
+def test_response_header_values_are_trimmed() -> None:
+    """Outer spaces and tabs are not part of a value; inner ones, and obs-text, are kept."""
+    (start, _) = HttpResponseProtocol().reply({"status": 200, "headers": [[b"X-A", b" \ta  b\tc \xe9 "]]})
+    assert start == ResponseStart(200, [[b"x-a", b"a  b\tc \xe9"]])
+
+
+def test_closed_abandons_the_response() -> None:
+    """A message with closed: True aborts the response, started or not, and ends it."""
+    state = HttpResponseProtocol()
+    state.reply({"status": 200, "more_content": True})
+    assert state.reply({"closed": True}) == [ResponseAbort()]
+    assert state.finished and state.reply({"content": b"late"}) == []
+    assert HttpResponseProtocol().reply({"closed": True, "status": 200}) == [ResponseAbort()]
