@@ -63,13 +63,100 @@ class InterfaceConfig:
     proxy_headers: bool = False
     #: Subprotocols the server accepts; the first one the client offers wins.
     ws_protocols: tuple[str, ...] = ()
-    #: How many undelivered replies one connection may hold before the oldest are dropped.
+    #: How many undelivered replies one connection may hold. A WebSocket whose buffer is full
+    #: is closed with 1013 ("try again later"), as Phoenix and Centrifugo close slow clients:
+    #: dropping the newest replies would leave the client silently stale, and dropping the
+    #: oldest would leave a silent gap; a close tells it to reconnect and catch up. An HTTP
+    #: response cannot take a close code, so its overflowing replies are dropped. Either way
+    #: the drops are logged as WARNINGs (a count per connection, not a line per reply).
     reply_buffer: int = 1000
     #: Seconds a graceful shutdown waits for connections after closing them.
     grace_period: float = 10
     #: How long a ``websocket.receive`` waits out a full channel (the client is held back by
     #: TCP meanwhile) before the socket is closed with 1013.
     receive_full_timeout: float = 2.0
+
+
+#: A connection's first drop of each kind is logged at once; later ones are summed into at
+#: most one line per this many seconds, and a final count when the connection ends.
+DROP_LOG_INTERVAL: float = 10.0
+
+#: How long closing a WebSocket may wait for the client (a close frame queued behind a send to
+#: a client that does not read) before the TCP connection is closed without it.
+CLOSE_TIMEOUT: float = 10.0
+
+
+@attrs.define(eq=False)
+class DropLog:
+    """Log lines for what one connection dropped: a count, never a line per drop.
+
+    :meth:`dropped` logs the first drop of each kind (*what*, a singular noun) at once, then at
+    most one line per :data:`DROP_LOG_INTERVAL` seconds with the count since; :meth:`close`
+    logs the total when the connection ends if some were not logged yet. Anything a user's
+    code expects (a reply, a frame, a disconnect) that the interface drops goes through one.
+    """
+
+    connection: str
+    _kinds: dict[str, _DropCount] = attrs.Factory(dict)
+
+    def dropped(self, what: str, reason: str, level: int = logging.WARNING) -> None:
+        now = trio.current_time()
+        count = self._kinds.get(what)
+        if count is None:
+            self._kinds[what] = _DropCount(total=1, next_line=now + DROP_LOG_INTERVAL)
+            log.log(level, "%s: dropped 1 %s (%s)", self.connection, what, reason)
+            return
+        count.total += 1
+        count.unlogged += 1
+        if now >= count.next_line:
+            log.log(
+                level,
+                "%s: dropped %d more %s in %.0f s (%s)",
+                self.connection,
+                count.unlogged,
+                _plural(what),
+                now - count.next_line + DROP_LOG_INTERVAL,
+                reason,
+            )
+            count.unlogged = 0
+            count.next_line = now + DROP_LOG_INTERVAL
+        count.reason, count.level = reason, level
+
+    def close(self) -> None:
+        for what, count in self._kinds.items():
+            if count.unlogged:
+                log.log(
+                    count.level,
+                    "%s: dropped %d %s in all (%s)",
+                    self.connection,
+                    count.total,
+                    _plural(what),
+                    count.reason,
+                )
+                count.unlogged = 0
+
+
+@attrs.define
+class _DropCount:
+    total: int
+    next_line: float
+    unlogged: int = 0
+    reason: str = ""
+    level: int = logging.WARNING
+
+
+def _plural(noun: str) -> str:
+    return noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+
+
+@attrs.define(eq=False)
+class _Connection:
+    """What the reply poller knows of one connection."""
+
+    replies: trio.MemorySendChannel[dict[str, Any]]
+    drops: DropLog
+    #: Set when a reply did not fit in the connection's reply buffer.
+    overflowed: trio.Event = attrs.Factory(trio.Event)
 
 
 class WebSocketClosed(Exception):
@@ -149,7 +236,7 @@ class InterfaceServer:
     config: InterfaceConfig = attrs.Factory(InterfaceConfig)
     prefix: str = attrs.Factory(lambda: f"interface.{secrets.token_urlsafe(9)}!")
     shutting_down: trio.Event = attrs.Factory(trio.Event)
-    _connections: dict[str, trio.MemorySendChannel[dict[str, Any]]] = attrs.Factory(dict)
+    _connections: dict[str, _Connection] = attrs.Factory(dict)
     _websockets: dict[str, trio.CancelScope] = attrs.Factory(dict)
     _http_warnings: dict[str, _EveryMinute] = attrs.Factory(dict)
 
@@ -183,14 +270,19 @@ class InterfaceServer:
             if failures:
                 log.info("reply poller: channel layer is back")
                 failures = 0
-            sender = self._connections.get(channel)
-            if sender is None:
+            connection = self._connections.get(channel)
+            if connection is None:
+                # The client left: group sends reach departed members until they are discarded.
                 log.debug("reply for %s, which is gone; dropped", channel)
                 continue
             try:
-                sender.send_nowait(message)
+                connection.replies.send_nowait(message)
             except trio.WouldBlock:
-                log.warning("connection %s is not reading its replies; dropped one", channel)
+                connection.overflowed.set()
+                connection.drops.dropped(
+                    "reply",
+                    f"its reply_buffer of {self.config.reply_buffer} is full: the client is not reading",
+                )
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
@@ -198,13 +290,14 @@ class InterfaceServer:
     def _register(self) -> Any:
         reply_channel = self.prefix + secrets.token_urlsafe(9)
         sender, receiver = trio.open_memory_channel[dict[str, Any]](self.config.reply_buffer)
-        self._connections[reply_channel] = sender
+        connection = self._connections[reply_channel] = _Connection(sender, DropLog(reply_channel))
         try:
             with receiver:
                 yield reply_channel, receiver
         finally:
             del self._connections[reply_channel]
             sender.close()
+            connection.drops.close()
 
     def connection_count(self) -> int:
         return len(self._connections)
@@ -512,8 +605,11 @@ class InterfaceServer:
         try:
             return ws.reply(reply)
         except ValueError as exc:
-            log.error("bad WebSocket reply for %s: %s; dropped it", ws.reply_channel, exc)
+            self._drops(ws.reply_channel).dropped("bad reply", str(exc), logging.ERROR)
             return []
+
+    def _drops(self, reply_channel: str) -> DropLog:
+        return self._connections[reply_channel].drops
 
     async def _run_open_websocket(
         self,
@@ -523,13 +619,16 @@ class InterfaceServer:
         first_actions: list[protocol.WebSocketAction],
     ) -> int:
         result: dict[str, Any] = {"code": 1006, "muted": False, "closing": False}
+        connection = self._connections[ws.reply_channel]
 
-        async def close(code: int) -> None:
-            # The first close decides the code the application is told about.
+        async def close(code: int, reported: int | None = None) -> None:
+            # The first close decides the code the application is told about: *code*, or
+            # *reported* where the close frame's code is not what happened (a ping timeout).
             if not result["closing"]:
                 result["closing"] = True
-                result["code"] = code
-            await transport.close(code)
+                result["code"] = code if reported is None else reported
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await transport.close(code)
 
         async def perform(actions: list[protocol.WebSocketAction]) -> bool:
             for action in actions:
@@ -562,17 +661,18 @@ class InterfaceServer:
                         self.config.receive_full_timeout,
                     )
                 except trio.TooSlowError:
-                    log.warning("websocket.receive stayed full; closing %s with 1013", ws.reply_channel)
+                    log.warning(
+                        "websocket.receive stayed full; closing %s with 1013 (muted: no websocket.disconnect)",
+                        ws.reply_channel,
+                    )
                     result["muted"] = True
                     await close(1013)
                     break
                 except Exception as exc:
-                    log.warning(
-                        "dropped a WebSocket frame: channel layer error (%s: %s)", type(exc).__name__, exc
-                    )
+                    connection.drops.dropped("frame", f"channel layer error: {type(exc).__name__}: {exc}")
             cancel.cancel()
 
-        async def keepalive() -> None:
+        async def keepalive(cancel: trio.CancelScope) -> None:
             while True:
                 await trio.sleep(self.config.ping_interval)
                 with trio.move_on_after(self.config.ping_timeout) as scope:
@@ -581,22 +681,30 @@ class InterfaceServer:
                     log.info(
                         "no pong from %s within %s s; closing", ws.reply_channel, self.config.ping_timeout
                     )
-                    result["code"] = 1006
-                    await transport.close(1011)
+                    # 1011 to the client, as websockets and uvicorn send; 1006 to the
+                    # application, as no close frame came back (RFC 6455 §7.1.5).
+                    await close(1011, reported=1006)
+                    cancel.cancel()
                     return
 
-        async def on_shutdown(cancel: trio.CancelScope) -> None:
-            await self.shutting_down.wait()
-            await close(1001)
+        async def close_on(event: trio.Event, code: int, why: str, cancel: trio.CancelScope) -> None:
+            await event.wait()
+            if why:
+                log.info("closing %s with %d: %s", ws.reply_channel, code, why)
+            await close(code)
             cancel.cancel()
 
         with trio.move_on_after(self.websocket_lifetime) as lifetime:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(from_layer, nursery.cancel_scope)
-                nursery.start_soon(from_client, nursery.cancel_scope)
-                nursery.start_soon(on_shutdown, nursery.cancel_scope)
+                cancel = nursery.cancel_scope
+                nursery.start_soon(from_layer, cancel)
+                nursery.start_soon(from_client, cancel)
+                nursery.start_soon(close_on, self.shutting_down, 1001, "", cancel)
+                nursery.start_soon(
+                    close_on, connection.overflowed, 1013, "it is not reading its replies", cancel
+                )
                 if self.config.ping_interval > 0:
-                    nursery.start_soon(keepalive)
+                    nursery.start_soon(keepalive, cancel)
         if lifetime.cancelled_caught:
             with trio.move_on_after(1, shield=True):
                 await close(1000)
@@ -605,11 +713,18 @@ class InterfaceServer:
         return int(result["code"])
 
     async def _send_disconnect(self, ws: WebSocketProtocol, code: int) -> None:
+        # Retried while the channel is full, for a second at most; then dropped, with a WARNING.
+        message = ws.disconnect_message(code)
+        reason = "the channel stayed full, or the layer did not answer, for 1 s"
         with trio.move_on_after(1, shield=True):
             try:
-                await self.layer.send("websocket.disconnect", ws.disconnect_message(code))
-            except Exception as exc:  # full or down: disconnects are dropped, as the spec says
-                log.debug("dropped websocket.disconnect for %s (%s)", ws.reply_channel, exc)
+                await retry_when_full(partial(self.layer.send, "websocket.disconnect", message), math.inf)
+                return
+            except Exception as exc:
+                reason = f"channel layer error: {type(exc).__name__}: {exc}"
+        self._drops(ws.reply_channel).dropped(
+            "websocket.disconnect", f"path {ws.path}, code {message['code']}: {reason}"
+        )
 
 
 class HttpResponder(Protocol):

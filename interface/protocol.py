@@ -276,7 +276,12 @@ class WebSocketProtocol:
             "order": 0,
         }
 
+    # The builders below put plain str, bytes and int in every message, whatever subclass a
+    # transport hands over (wsproto's close codes are its CloseReason IntEnum, for one): the
+    # layer accepts only exact builtin types, and the message would otherwise be refused.
+
     def receive_message(self, data: str | bytes) -> dict[str, Any]:
+        """``websocket.receive`` for one frame; an empty frame is a message too."""
         self.received += 1
         message: dict[str, Any] = {
             "reply_channel": self.reply_channel,
@@ -284,16 +289,16 @@ class WebSocketProtocol:
             "order": self.received,
         }
         if isinstance(data, str):
-            message["text"] = data
+            message["text"] = data if type(data) is str else str.__str__(data)
         else:
-            message["bytes"] = data
+            message["bytes"] = data if type(data) is bytes else bytes(data)
         return message
 
     def disconnect_message(self, code: int) -> dict[str, Any]:
         self.state = WebSocketState.CLOSED
         return {
             "reply_channel": self.reply_channel,
-            "code": code,
+            "code": int(code),
             "path": self.path,
             "order": self.received + 1,
         }
@@ -310,11 +315,14 @@ class WebSocketProtocol:
             raise ValueError(f"WebSocket reply 'text' must be str, not {type(text).__name__}")
         if data is not None and not isinstance(data, bytes):
             raise ValueError(f"WebSocket reply 'bytes' must be bytes, not {type(data).__name__}")
-        if text and data:
+        if text is not None and data is not None:
             raise ValueError("WebSocket reply has both 'text' and 'bytes'; send one per message")
         close = message.get("close", False)
         code = _close_code(close) if close else None
-        frame: list[WebSocketAction] = [SendText(text)] if text else [SendBytes(data)] if data else []
+        # An empty frame is a frame (Daphne dropped them; a client may rely on them as signals).
+        frame: list[WebSocketAction] = (
+            [SendText(text)] if text is not None else [SendBytes(data)] if data is not None else []
+        )
         actions: list[WebSocketAction] = []
         if self.state is WebSocketState.CONNECTING:
             accept = message.get("accept")

@@ -17,6 +17,7 @@ import attrs
 import h11
 import trio
 import trio_websocket
+from wsproto.frame_protocol import FrameProtocol
 
 from .core import ConnectionInfo, InterfaceServer, WebSocketClosed
 from .protocol import clean_headers, decode_path
@@ -152,13 +153,75 @@ def connection_info(stream: trio.abc.Stream, request: h11.Request, root_path: st
     )
 
 
+#: Close codes that must never appear in a close frame (RFC 6455 §7.4.1).
+_LOCAL_ONLY_CODES = frozenset({1005, 1006, 1015})
+
+
+class _FailGuard(trio.abc.HalfCloseableStream):
+    """The stream trio-websocket writes to; sends the close frame it leaves out on a protocol error.
+
+    RFC 6455 §7.1.7: to *fail* a connection (a frame breaking the protocol), send a close frame
+    (1002, or 1007 for bad UTF-8) and then close TCP. On a bad frame wsproto 1.3 reports a close
+    with that code but stays OPEN, and trio-websocket 0.12 then closes the stream without any
+    close frame (``_handle_close_connection_event`` replies only to a peer's own close). So this
+    wrapper watches the frames going out, and when the stream is closed after trio-websocket
+    recorded a close code but before any close frame went out, it sends one with that code.
+    """
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.connection: trio_websocket.WebSocketConnection | None = None
+        self._close_sent = False
+        self._closed: trio.Event | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        # trio-websocket writes each frame with one send_all; a close frame's first byte is
+        # FIN + opcode 0x8 (control frames are never compressed or fragmented).
+        if data[:1] == b"\x88":
+            self._close_sent = True
+        await self.inner.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return bytes(await self.inner.receive_some(max_bytes))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        send_eof = getattr(self.inner, "send_eof", None)
+        if send_eof is not None:
+            await send_eof()
+
+    async def aclose(self) -> None:
+        if self._closed is not None:  # closed, or being closed by another task: wait for it
+            await self._closed.wait()
+            return
+        self._closed = trio.Event()
+        reason = self.connection.closed if self.connection is not None else None
+        try:
+            if reason is not None and not self._close_sent and int(reason.code) not in _LOCAL_ONLY_CODES:
+                self._close_sent = True
+                # wsproto builds the frame (and cuts the reason to fit a control frame).
+                frame = FrameProtocol(client=False, extensions=[]).close(int(reason.code), reason.reason)
+                with trio.move_on_after(1):
+                    await self.inner.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass  # the client is gone (or a send is stuck): there is no one to tell
+        finally:
+            try:
+                await self.inner.aclose()
+            finally:
+                self._closed.set()
+
+
 @attrs.define(eq=False)
 class _TrioWebSocketTransport:
     request: trio_websocket.WebSocketRequest
+    stream: _FailGuard
     connection: trio_websocket.WebSocketConnection | None = None
 
     async def accept(self, subprotocol: str | None) -> None:
-        self.connection = await self.request.accept(subprotocol=subprotocol)
+        self.connection = self.stream.connection = await self.request.accept(subprotocol=subprotocol)
 
     async def reject(self, status: int, body: bytes) -> None:
         await self.request.reject(status, body=body)
@@ -168,7 +231,8 @@ class _TrioWebSocketTransport:
         try:
             message: str | bytes = await self.connection.get_message()
         except trio_websocket.ConnectionClosed as closed:
-            raise WebSocketClosed(closed.reason.code if closed.reason else 1006) from None
+            # int(): the code is wsproto's CloseReason IntEnum for every code it knows.
+            raise WebSocketClosed(int(closed.reason.code) if closed.reason else 1006) from None
         return message
 
     async def send(self, data: str | bytes) -> None:
@@ -195,15 +259,16 @@ async def handle_websocket_stream(
 ) -> None:
     """Serve one WebSocket whose upgrade request (*request*) was read from *stream*."""
     info = connection_info(stream, request, root_path)
+    guard = _FailGuard(stream)
     try:
         async with trio.open_nursery() as nursery:
             ws_request = await trio_websocket.wrap_server_stream(
                 nursery,
-                stream,
+                guard,
                 message_queue_size=16,
                 max_message_size=server.config.websocket_max_message_size,
             )
-            transport = _TrioWebSocketTransport(ws_request)
+            transport = _TrioWebSocketTransport(ws_request, guard)
             try:
                 await server.websocket(info, transport)
             except Exception:
@@ -216,6 +281,10 @@ async def handle_websocket_stream(
             if transport.connection is not None:
                 with trio.move_on_after(5):
                     await transport.connection.aclose()
+                    # trio-websocket's reader may not have closed the stream yet (it wakes us
+                    # first): close it here, so the close frame of a failed connection goes out
+                    # before the reader is cancelled.
+                    await guard.aclose()
             nursery.cancel_scope.cancel()
     except Exception:  # a broken stream while closing: this connection's problem only
         log.debug("WebSocket %s ended with an error", info.path, exc_info=True)

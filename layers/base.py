@@ -194,8 +194,13 @@ def _check_value(value: object, path: str) -> None:
         for index, item in enumerate(value):  # type: ignore[arg-type]
             _check_value(item, _path(path, index))
         return
+    # Subclasses (an IntEnum close code, an OrderedDict) are refused too, not converted: a
+    # layer hands messages over as they are where it can, so the receiver would otherwise get
+    # a different type on one backend than on another. The error says how to convert.
+    base = next((t for t in (int, float, str, bytes, dict, list, tuple) if isinstance(value, t)), None)
+    hint = f" (a subclass of {base.__name__}: convert it with {base.__name__}(...))" if base else ""
     raise TypeError(
-        f"{path} is invalid: {kind.__name__} values are not allowed; use str, bytes, int, "
+        f"{path} is invalid: {kind.__name__} values are not allowed{hint}; use str, bytes, int, "
         "float, bool, None, list or dict"
     )
 

@@ -255,7 +255,8 @@ class WebsocketClient(Client, _Cookies):
         )
         reply = await self.receive()
         if check_accept and (
-            reply is None or not (reply.get("accept") or reply.get("text") or reply.get("bytes"))
+            reply is None
+            or not (reply.get("accept") or reply.get("text") is not None or reply.get("bytes") is not None)
         ):
             raise AssertionError(f"the connection to {path} was not accepted: {reply!r}")
         return reply

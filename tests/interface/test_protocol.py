@@ -51,6 +51,31 @@ def test_order_numbers() -> None:
     }
 
 
+def test_messages_hold_plain_builtin_types() -> None:
+    """Regression (issue 11.1): an IntEnum close code or a str/bytes subclass becomes the plain type."""
+    import enum
+
+    from wsproto.frame_protocol import CloseReason
+
+    class Text(str, enum.Enum):
+        HELLO = "hello"
+
+    socket = ws()
+    text = socket.receive_message(Text.HELLO)["text"]
+    assert type(text) is str and text == "hello"
+    data = socket.receive_message(bytearray(b"\x00"))["bytes"]
+    assert type(data) is bytes and data == b"\x00"
+    code = socket.disconnect_message(CloseReason.GOING_AWAY)["code"]
+    assert type(code) is int and code == 1001
+
+
+def test_empty_frames_are_messages() -> None:
+    """Regression (issue 11.8): an empty text or binary frame is a websocket.receive like any other."""
+    socket = ws()
+    assert socket.receive_message("")["text"] == ""
+    assert socket.receive_message(b"")["bytes"] == b""
+
+
 def test_connect_message_keys() -> None:
     """websocket.connect has every key of reference §3.7 (plus subprotocols)."""
     assert set(ws().connect_message()) == {
@@ -67,7 +92,9 @@ HANDSHAKING: list[tuple[dict[str, Any], list[Any], WebSocketState]] = [
     ({"close": True}, [Reject(403)], WebSocketState.CLOSED),
     ({"text": "x", "close": 4000}, [Accept(), SendText("x"), Close(4000)], WebSocketState.CLOSED),
     ({"accept": True, "close": True}, [Accept(), Close(1000)], WebSocketState.CLOSED),
-    ({"text": ""}, [], WebSocketState.CONNECTING),
+    ({"text": ""}, [Accept(), SendText("")], WebSocketState.OPEN),
+    ({"bytes": b""}, [Accept(), SendBytes(b"")], WebSocketState.OPEN),
+    ({"text": None}, [], WebSocketState.CONNECTING),
     ({}, [], WebSocketState.CONNECTING),
 ]
 
@@ -88,6 +115,9 @@ def test_handshaking_table(reply: dict[str, Any], actions: list[Any], state: Web
         ({"close": 4001}, [Close(4001)]),
         ({"text": "x", "close": True}, [SendText("x"), Close(1000)]),
         ({"accept": False, "text": "x"}, [SendText("x")]),
+        ({"text": ""}, [SendText("")]),
+        ({"bytes": b""}, [SendBytes(b"")]),
+        ({"text": "", "close": 4002}, [SendText(""), Close(4002)]),
     ],
 )
 def test_open_table(reply: dict[str, Any], actions: list[Any]) -> None:
@@ -108,6 +138,7 @@ def test_closed_socket_ignores_replies() -> None:
     ("reply", "error"),
     [
         ({"text": "a", "bytes": b"b"}, "both 'text' and 'bytes'"),
+        ({"text": "", "bytes": b""}, "both 'text' and 'bytes'"),
         ({"status": 200}, r"unknown key\(s\) \['status'\]"),
         ({"close": 999}, "close code 999 is invalid"),
         ({"text": b"x"}, "'text' must be str"),

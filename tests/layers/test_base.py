@@ -96,6 +96,22 @@ def test_error_paths_name_the_bad_value() -> None:
         layers.validate_message({"a": [{"b": 1j}]})
 
 
+def test_subclasses_of_allowed_types_fail_with_the_conversion() -> None:
+    """A user's IntEnum (or another subclass) fails its sender, naming the path and the fix."""
+    import enum
+
+    class Code(enum.IntEnum):
+        BYE = 4000
+
+    with pytest.raises(
+        TypeError,
+        match=r"message\['close'\] is invalid: Code values are not allowed \(a subclass of int: convert it with int\(\.\.\.\)\)",
+    ):
+        layers.validate_message({"close": Code.BYE})
+    with pytest.raises(TypeError, match=r"message\['d'\] is invalid: OrderedDict .* convert it with dict"):
+        layers.validate_message({"d": OrderedDict()})
+
+
 def test_parse_delay_message() -> None:
     """asgi.delay messages give (channel, content, seconds); bad ones name the key."""
     assert parse_delay_message({"channel": "x", "content": {"a": 1}, "delay": 1500}) == ("x", {"a": 1}, 1.5)
