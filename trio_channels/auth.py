@@ -13,14 +13,14 @@ consumers ``message.user``: the loaded user, or :data:`ANONYMOUS`.
 from __future__ import annotations
 
 import contextvars
-import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import attrs
 
 from .channel import ContextSetter, Message
-from .sessions import Session, _find_message, channel_and_http_session, channel_session, http_session
+from .decorators import around_consumer
+from .sessions import Session, channel_and_http_session, channel_session, http_session
 
 __all__ = [
     "ANONYMOUS",
@@ -41,6 +41,10 @@ __all__ = [
 #: The session key holding the logged-in user's id.
 USER_ID_KEY = "_auth_user_id"
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: ``async def load_user(user_id) -> user | None``.
 UserLoader = Callable[[Any], Awaitable[Any]]
 
 
@@ -60,18 +64,22 @@ ANONYMOUS = AnonymousUser()
 _loader: contextvars.ContextVar[UserLoader | None] = contextvars.ContextVar(
     "trio_channels.user_loader", default=None
 )
-_global_loader: list[UserLoader] = []
-
-
-def set_user_loader(loader: UserLoader | None) -> None:
-    """Set the process-wide user loader (``None`` to clear it)."""
-    _global_loader[:] = [loader] if loader is not None else []
 
 
 class use_user_loader(ContextSetter[UserLoader]):
     """``with use_user_loader(fn):`` sets the loader for this task and its children (serve() uses it)."""
 
     variable = _loader
+
+
+def set_user_loader(loader: UserLoader | None) -> None:
+    """Set the user loader for the current context (``None`` to clear it).
+
+    Like every ambient setting this is a context variable: set it before ``trio.run()`` or in
+    the task that then starts ``serve()`` or the test clients, and the tasks started from there
+    see it. Inside a running server prefer ``serve(user_loader=...)`` or :class:`use_user_loader`.
+    """
+    _loader.set(loader)
 
 
 def _user_id(user: Any) -> Any:
@@ -106,7 +114,7 @@ async def get_user(session: Session | None) -> Any:
     """
     if session is None or USER_ID_KEY not in session:
         return ANONYMOUS
-    loader = _loader.get() or (_global_loader[0] if _global_loader else None)
+    loader = _loader.get()
     if loader is None:
         raise RuntimeError(
             "a user is logged in but no user loader is configured: call "
@@ -122,59 +130,41 @@ def transfer_user(from_session: Session | None, to_session: Session) -> None:
         to_session[USER_ID_KEY] = from_session[USER_ID_KEY]
 
 
-def http_session_user(consumer: Callable[..., Any]) -> Callable[..., Any]:
+def http_session_user(consumer: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """``http_session`` + ``message.user`` from the HTTP session."""
 
-    @http_session
-    @functools.wraps(consumer)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        message = _find_message(args, "http_session_user")
+    async def around(message: Message, proceed: Callable[[], Awaitable[R]]) -> R:
         message.user = await get_user(message.http_session)
-        return await consumer(*args, **kwargs)
+        return await proceed()
 
-    return wrapper
+    return http_session(around_consumer(consumer, "http_session_user", around))
 
 
-def channel_session_user(consumer: Callable[..., Any]) -> Callable[..., Any]:
+def channel_session_user(consumer: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """``channel_session`` + ``message.user`` from the channel session."""
 
-    @channel_session
-    @functools.wraps(consumer)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        message = _find_message(args, "channel_session_user")
+    async def around(message: Message, proceed: Callable[[], Awaitable[R]]) -> R:
         message.user = await get_user(message.channel_session)
-        return await consumer(*args, **kwargs)
+        return await proceed()
 
-    return wrapper
-
-
-def _from_http(
-    session_decorator: Callable[..., Any], name: str
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def decorator(consumer: Callable[..., Any]) -> Callable[..., Any]:
-        @session_decorator
-        @functools.wraps(consumer)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            message: Message = _find_message(args, name)
-            if message.http_session is not None:
-                transfer_user(message.http_session, message.channel_session)
-            message.user = await get_user(message.channel_session)
-            return await consumer(*args, **kwargs)
-
-        return wrapper
-
-    return decorator
+    return channel_session(around_consumer(consumer, "channel_session_user", around))
 
 
-def _channel_and_http(consumer: Callable[..., Any]) -> Callable[..., Any]:
-    return channel_session(http_session(consumer))
+async def _user_from_http(message: Message, proceed: Callable[[], Awaitable[R]]) -> R:
+    if message.http_session is not None:
+        transfer_user(message.http_session, message.channel_session)
+    message.user = await get_user(message.channel_session)
+    return await proceed()
 
 
-#: For ``websocket.connect``: the user from the HTTP session (cookie or ``?session_key=``),
-#: copied into the channel session, so later messages' ``channel_session_user`` finds it.
-channel_session_user_from_http = _from_http(_channel_and_http, "channel_session_user_from_http")
+def channel_session_user_from_http(consumer: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """For ``websocket.connect``: the user from the HTTP session (cookie or ``?session_key=``),
+    copied into the channel session, so later messages' ``channel_session_user`` finds it."""
+    wrapped = around_consumer(consumer, "channel_session_user_from_http", _user_from_http)
+    return channel_session(http_session(wrapped))
 
-#: The same with ``channel_and_http_session``: later messages also get ``message.http_session``.
-channel_and_http_session_user_from_http = _from_http(
-    channel_and_http_session, "channel_and_http_session_user_from_http"
-)
+
+def channel_and_http_session_user_from_http(consumer: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """The same with ``channel_and_http_session``: later messages also get ``message.http_session``."""
+    wrapped = around_consumer(consumer, "channel_and_http_session_user_from_http", _user_from_http)
+    return channel_and_http_session(wrapped)

@@ -35,7 +35,7 @@ from layers import BaseChannelLayer
 from layers._concurrency import leaves
 from layers.base import retry_when_full, validate_channel_name
 
-from .channel import Channel, Message, Outbox, _current_outbox, use_layer
+from .channel import Channel, Message, Outbox, use_layer, use_outbox
 from .exceptions import ConsumeLater, DenyConnection
 from .routing import Consumer, Router
 
@@ -267,16 +267,14 @@ async def run_consumer(
     exception (``DenyConnection`` elsewhere, ``ConsumeLater``...) propagates to the caller.
     """
     outbox = Outbox(message.channel_layer)
-    token = _current_outbox.set(outbox)
     try:
-        with trio.CancelScope(deadline=deadline) as scope:
+        with use_outbox(outbox), trio.CancelScope(deadline=deadline) as scope:
             await consumer(message, **kwargs)
     except DenyConnection:
         if message.channel.name != "websocket.connect" or message.reply_channel is None:
             raise
         outbox.add(group=False, name=message.reply_channel.name, content={"close": True})
     finally:
-        _current_outbox.reset(token)
         await outbox.flush(timeout=flush_timeout)
     return not scope.cancelled_caught
 
