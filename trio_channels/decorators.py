@@ -15,7 +15,7 @@ from typing import ParamSpec, Protocol, TypeVar
 
 from .channel import Message
 
-__all__ = ["ConsumerDecorator", "around_consumer", "find_message"]
+__all__ = ["ConsumerDecorator", "GuardDecorator", "around_consumer", "find_message"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,3 +57,9 @@ class ConsumerDecorator(Protocol):
     """What a decorator factory returns (``@http_session(cookie_name=...)``, ``@token_user(verify)``)."""
 
     def __call__(self, consumer: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R]]: ...
+
+
+class GuardDecorator(Protocol):
+    """A decorator that may answer for the consumer and not run it (its call then returns None)."""
+
+    def __call__(self, consumer: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R | None]]: ...

@@ -101,7 +101,7 @@ class RedisSessionStore:
     """Sessions in Redis, shared by every process: ``async with RedisSessionStore(url) as store``.
 
     *url* is a ``redis://`` / ``rediss://`` / ``unix://`` URL or a
-    :class:`layers.redis.RedisAddress`. Uses the Redis layer's Trio-native connection. Values
+    ``layers.redis.RedisAddress``. Uses the Redis layer's Trio-native connection. Values
     are msgpack; keys expire with the session (``SET ... PX``).
     """
 
