@@ -2,15 +2,12 @@
 
 Run the server, then mint a token for a user (your identity provider does that in real life):
 
-    python -m trio_channels run --settings examples.token_auth
-    python -m examples.token_auth alice
+    python -m examples.token_auth                 # serves http://127.0.0.1:8000/
+    python -m examples.token_auth token alice     # prints a token for alice
 
-Use the token from a browser (a WebSocket cannot send headers there, so it rides in a
-subprotocol; ``?token=`` works too), from curl, or from any WebSocket client with a header:
-
-    const b64url = btoa(token).replace(/=+$/, "").replace(/\\+/g, "-").replace(/\\//g, "_");
-    const socket = new WebSocket("ws://" + location.host + "/chat/",
-                                 ["base64url.bearer.authorization.k8s.io." + b64url]);
+Open ``http://127.0.0.1:8000/#token=<the token>``: the page's WebSocket carries the token in a
+subprotocol (a browser cannot send headers on a WebSocket), beside the ``chat`` subprotocol the
+server accepts. Or use the header, from curl or any WebSocket client:
 
     curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/me
 
@@ -20,12 +17,16 @@ A bad, expired or missing token closes the WebSocket with code 4401 and answers 
 import os
 import sys
 import time
+from functools import partial
 
 import jwt
+import trio
 
+from interface import InterfaceConfig
 from trio_channels import Group, route
 from trio_channels.auth import channel_session_user, channel_session_user_from_token, token_user
 from trio_channels.http import Response, send_response
+from trio_channels.server import serve
 from trio_channels.tokens import JWTVerifier, TokenUser
 
 # The key your identity provider signs with (for RS256, its public key and algorithms=["RS256"]).
@@ -72,21 +73,51 @@ async def me(message):
     )
 
 
+PAGE = r"""<!doctype html>
+<title>Token chat</title>
+<pre id="log"></pre>
+<script>
+function connect(token) {
+  const b64url = btoa(token).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
+  const socket = new WebSocket("ws://" + location.host + "/chat/",
+                               ["chat", "base64url.bearer.authorization.k8s.io." + b64url]);
+  const log = document.getElementById("log");
+  socket.onmessage = (event) => { log.textContent += event.data + "\n"; };
+  socket.onclose = (event) => { log.textContent += "closed " + event.code + "\n"; };
+  return socket;
+}
+// The token rides in the URL's fragment, which the browser never sends to a server.
+const token = new URLSearchParams(location.hash.slice(1)).get("token");
+if (token) window.socket = connect(token);
+</script>
+"""
+
+
+async def page(message):
+    await send_response(message, Response(PAGE))
+
+
 channel_routing = [
+    route("http.request", page, path=r"^/$"),
     route("websocket.connect", ws_connect, path=r"^/chat/$"),
     route("websocket.receive", ws_message),
     route("websocket.disconnect", ws_disconnect),
     route("http.request", me, path=r"^/me$"),
 ]
 
-# This module is also the settings module: python -m trio_channels run --settings examples.token_auth
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "asgiref.inmemory.ChannelLayer",
-        "ROUTING": "examples.token_auth.channel_routing",
-    },
-}
-AUTH_USER_LOADER = "examples.token_auth.load_user"
+
+async def main(bind):
+    # A browser fails a WebSocket whose offered subprotocols the server answers with none of
+    # them, so the server accepts "chat" (never the token's subprotocol).
+    config = InterfaceConfig(ws_protocols=("chat",))
+    run = partial(serve, channel_routing, bind=[bind], user_loader=load_user, interface_config=config)
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(partial(run, handle_signals=True))
+        print(f"token_auth example at {info.url}/", flush=True)
+
 
 if __name__ == "__main__":
-    print(issue_token(sys.argv[1] if len(sys.argv) > 1 else "alice"))
+    if sys.argv[1:2] == ["token"]:
+        print(issue_token(sys.argv[2] if len(sys.argv) > 2 else "alice"))
+    else:
+        trio.run(main, sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:8000")

@@ -10,8 +10,9 @@ bearer token instead, in one of three places, looked at in this order:
     a WebSocket subprotocol ``base64url.bearer.authorization.k8s.io.<token, base64url without
     padding>``, the convention of the Kubernetes API server (and clients written for it):
     ``new WebSocket(url, ["chat", "base64url.bearer.authorization.k8s.io." + b64url(token)])``.
-    The token subprotocol is never the one the server accepts (it selects from ``--ws-protocol``
-    only), so offer a real subprotocol beside it if your client insists on one being chosen.
+    The token subprotocol is never the one the server accepts: it accepts the first offered one
+    in ``InterfaceConfig.ws_protocols``, or none. Browsers fail a handshake answered with none of
+    their subprotocols, so offer a served one (``"chat"`` above) beside the token.
 ``query``
     ``?token=<token>``. Easy from a browser, but URLs end up in proxy logs and browser
     history: prefer short-lived tokens there.

@@ -15,7 +15,7 @@ from trio_channels.testing import open_websocket
 from trio_channels.tokens import bearer_subprotocol
 
 from .conftest import StartServer
-from .processes import ENV, ROOT, running
+from .processes import ENV, ROOT, started
 
 
 async def _expect(ws: object, *texts: str) -> None:
@@ -172,20 +172,25 @@ async def test_custom_origin_validator(start_server: StartServer) -> None:
 
 
 async def test_token_auth() -> None:
-    """examples/token_auth.py as its docstring runs it: the real CLI with --settings, a token
-    minted by ``python -m examples.token_auth``, the subprotocol form from a WebSocket client,
-    the header form from httpx; a bad token closes with 4401 and gets 401."""
+    """examples/token_auth.py as its docstring runs it: ``python -m examples.token_auth`` serves,
+    ``... token alice`` mints a token; the subprotocol form (beside "chat", which is accepted),
+    the query form and the header form from httpx; a bad token closes with 4401 and gets 401."""
     minted = await trio.run_process(
-        [sys.executable, "-m", "examples.token_auth", "alice"], capture_stdout=True, env=ENV, cwd=ROOT
+        [sys.executable, "-m", "examples.token_auth", "token", "alice"],
+        capture_stdout=True,
+        env=ENV,
+        cwd=ROOT,
     )
     token = minted.stdout.decode().strip()
-    async with running("run", "--settings", "examples.token_auth", "--bind", "127.0.0.1:0") as (_, url):
+    command = [sys.executable, "-m", "examples.token_auth", "127.0.0.1:0"]
+    async with started(command, " at ") as (_, url):
+        url = url.rstrip("/")
         with trio.fail_after(30):
             async with (
-                open_websocket(url, "/chat/", subprotocols=[bearer_subprotocol(token)]) as alice,
+                open_websocket(url, "/chat/", subprotocols=["chat", bearer_subprotocol(token)]) as alice,
                 open_websocket(url, "/chat/?token=" + token) as again,
             ):
-                assert alice.subprotocol is None
+                assert (alice.subprotocol, again.subprotocol) == ("chat", None)
                 await alice.send_message("hello")
                 await _expect(alice, "alice: hello")
                 await _expect(again, "alice: hello")
