@@ -29,8 +29,13 @@ nitpick_ignore_regex = [
         r"py:class",
         r"(Consumer|Router|ASGIApp|interface\.core\.\w+|trio_channels\.http\.Headers|layers\.redis\.connection\.\w+|UserLoader|trio_channels\.routing\.RouteClass|T)",
     ),
-    (r"py:.*", r"(Any|Mapping|Sequence|Iterable|ClassVar|Final|_Entry|_Queue|_Waiter)"),
+    (r"py:.*", r"(Any|Mapping|Sequence|Iterable|ClassVar|Final|_Entry|_Queue|_Waiter|_Pending)"),
     (r"py:class", r"(ChannelFull|MessageTooLarge|BaseChannelLayer|CapacityMap|LayerStatistics)"),
+    # The type variables of the ParamSpec-typed decorators, and PyJWT's key types.
+    (
+        r"py:class",
+        r"(~?P|R|S|trio_channels\.\w+\.(P|R|S)|AllowedPublicKeys|RedisAddress|ConnectionPool|jwt\..*)",
+    ),
 ]
 html_theme = "alabaster"
 exclude_patterns = ["_build"]

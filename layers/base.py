@@ -23,11 +23,14 @@ import math
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
 import msgpack
 import trio
+
+if TYPE_CHECKING:
+    from .redis.connection import RedisAddress
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -472,6 +475,14 @@ class BaseChannelLayer(abc.ABC):
     @abc.abstractmethod
     async def statistics(self, channel: str | None = None) -> LayerStatistics:
         """Counters for *channel*, or for the whole layer."""
+
+    def shared_store_address(self) -> tuple[RedisAddress, str] | None:
+        """A Redis server and key prefix that every process on this layer shares, or ``None``.
+
+        ``serve()`` keeps sessions there unless told otherwise, so sessions are as shared as
+        the layer. ``None`` (the default) for a layer that is not cross-process.
+        """
+        return None
 
     # -- ASGI-1 spellings ---------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -29,11 +29,14 @@ from layers.base import (
 
 __all__ = [
     "Channel",
+    "ContextSetter",
     "Group",
     "Message",
     "Outbox",
     "current_layer",
+    "current_outbox",
     "use_layer",
+    "use_outbox",
 ]
 
 log = logging.getLogger("trio_channels")
@@ -86,6 +89,17 @@ class use_layer(ContextSetter[BaseChannelLayer]):
     variable = _current_layer
 
 
+def current_outbox() -> Outbox | None:
+    """The outbox of the consumer running in this task, or ``None`` outside a consumer."""
+    return _current_outbox.get()
+
+
+class use_outbox(ContextSetter["Outbox"]):
+    """``with use_outbox(outbox):`` buffers this task's sends in *outbox* (the worker does it)."""
+
+    variable = _current_outbox
+
+
 # ----------------------------------------------------------------------------- the outbox
 
 
@@ -134,11 +148,6 @@ class Outbox:
                     item.data = encode_message(content, self.layer.max_message_size)
                     return True
         return False
-
-    def __iter__(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """``(kind, name, content)`` for each buffered send, for tests and debugging."""
-        for pending in self._pending:
-            yield ("group" if pending.group else "channel"), pending.name, decode_message(pending.data)
 
     async def flush(self, *, timeout: float = 2.0) -> None:
         """Deliver everything, in order; retry a full channel until *timeout*, then log it.

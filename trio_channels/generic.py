@@ -18,8 +18,9 @@ from .auth import (
 )
 from .channel import Channel, Group, Message
 from .http import Request, Response
+from .ordering import enforce_ordering
 from .routing import RouteClass
-from .sessions import channel_session, enforce_ordering
+from .sessions import channel_session
 
 __all__ = [
     "AsyncHttpConsumer",

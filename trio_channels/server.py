@@ -33,8 +33,8 @@ from .auth import UserLoader, use_user_loader
 from .channel import use_layer
 from .http import ASGIApp, http_fallback
 from .routing import Router
-from .security import set_allowed_hosts
-from .sessions import InMemorySessionStore, RedisSessionStore, SessionStore, use_session_store
+from .security import use_allowed_hosts
+from .stores import InMemorySessionStore, RedisSessionStore, SessionStore, use_session_store
 from .worker import Worker, run_worker
 
 __all__ = ["ServerInfo", "serve"]
@@ -115,10 +115,10 @@ async def _open_session_store(
         return await stack.enter_async_context(RedisSessionStore(store))
     if store is not None:
         return store
-    if type(layer).__name__ == "RedisChannelLayer":
-        first = layer.hosts[0]  # type: ignore[attr-defined]
-        prefix = f"{layer.prefix}:session"  # type: ignore[attr-defined]
-        return await stack.enter_async_context(RedisSessionStore(first, prefix=prefix))
+    shared = layer.shared_store_address()
+    if shared is not None:
+        address, prefix = shared
+        return await stack.enter_async_context(RedisSessionStore(address, prefix=f"{prefix}:session"))
     return InMemorySessionStore()
 
 
@@ -191,16 +191,18 @@ async def serve(
     config = interface_config or InterfaceConfig(grace_period=grace_period)
     shutdown = shutdown or trio.Event()
 
-    if allowed_hosts is not None:
-        set_allowed_hosts(allowed_hosts)
+    hosts_setting = use_allowed_hosts(allowed_hosts) if allowed_hosts is not None else None
 
     async def run() -> None:
         assert isinstance(layer, BaseChannelLayer)
+        # The ambient settings are context variables, seen by every task started below.
         async with contextlib.AsyncExitStack() as stack:
             store = await _open_session_store(stack, session_store, layer)
             stack.enter_context(use_session_store(store))
             if user_loader is not None:
                 stack.enter_context(use_user_loader(user_loader))
+            if hosts_setting is not None:
+                stack.enter_context(hosts_setting)
             await run_servers()
 
     async def run_servers() -> None:

@@ -39,7 +39,7 @@ from layers import BaseChannelLayer
 from layers._concurrency import leaves
 from layers.base import retry_when_full, validate_channel_name
 
-from .channel import Channel, Message, Outbox, _current_outbox, use_layer
+from .channel import Channel, Message, Outbox, use_layer, use_outbox
 from .exceptions import ConsumeLater, DenyConnection, RequestAborted
 from .routing import Consumer, Router
 
@@ -282,10 +282,9 @@ async def run_consumer(
     reply = _HttpReply.of(message)
     if reply is not None:
         outbox.watcher = reply.saw
-    token = _current_outbox.set(outbox)
     failure: str | None = "error"
     try:
-        with trio.CancelScope(deadline=deadline) as scope:
+        with use_outbox(outbox), trio.CancelScope(deadline=deadline) as scope:
             await consumer(message, **kwargs)
         failure = "timeout" if scope.cancelled_caught else None
     except DenyConnection:
@@ -301,7 +300,6 @@ async def run_consumer(
             failure = "cancelled"
         raise
     finally:
-        _current_outbox.reset(token)
         if failure is not None and reply is not None:
             reply.answer_failure(outbox, failure)
         await outbox.flush(timeout=flush_timeout)

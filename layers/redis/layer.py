@@ -191,6 +191,10 @@ class RedisChannelLayer(BaseChannelLayer):
             parsed["prefix"] = query["prefix"]
         return cls(hosts=hosts, **{**parsed, **options})
 
+    def shared_store_address(self) -> tuple[RedisAddress, str]:
+        """The first server, and this layer's prefix (``serve()`` keeps sessions there)."""
+        return self.hosts[0], self.prefix
+
     # -- lifetime --------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -1,27 +1,39 @@
-"""Session decorators in process: methods, nesting, channel_and_http_session, http_session_user."""
+"""Session decorators in process: methods, nesting, channel_and_http_session, http_session_user;
+the stores, the module split and the ambient settings."""
 
 from __future__ import annotations
 
+import inspect
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from layers import InMemoryChannelLayer
 from trio_channels import Channel, Message
 from trio_channels.auth import (
     ANONYMOUS,
     channel_and_http_session_user_from_http,
+    channel_session_user,
+    channel_session_user_from_http,
     get_user,
     http_session_user,
     login,
 )
 from trio_channels.auth import use_user_loader as with_loader
+from trio_channels.security import allowed_hosts_only, current_allowed_hosts, use_allowed_hosts
 from trio_channels.sessions import (
     InMemorySessionStore,
     Session,
     channel_and_http_session,
     channel_session,
+    current_session_store,
+    enforce_ordering,
+    http_session,
     session_for_reply_channel,
     use_session_store,
 )
@@ -133,3 +145,92 @@ async def test_logged_in_without_a_loader_says_how_to_fix_it(store: InMemorySess
         await get_user(session)
     with pytest.raises(TypeError, match="needs an 'id'"):
         await login(session, object())
+
+
+# ----------------------------------------------------------------------------- stores and modules
+
+
+async def test_in_memory_session_ttl_follows_the_trio_clock(autojump: trio.testing.MockClock) -> None:
+    """Session TTLs run on Trio's clock, so a MockClock expires them (they used time.monotonic)."""
+    store = InMemorySessionStore()
+    await store.save("k", {"a": 1}, ttl=3600)
+    await trio.sleep(3599)
+    assert await store.load("k") == {"a": 1}
+    await trio.sleep(2)
+    assert await store.load("k") is None
+    key = await store.create({"b": 2}, ttl=60)
+    await trio.sleep(61)
+    assert await store.load(key) is None
+
+
+async def test_without_a_store_every_task_of_the_run_shares_one() -> None:
+    """The fallback store belongs to the trio.run: a session saved in one task is seen in another."""
+    seen: list[Any] = []
+
+    @channel_session
+    async def remember(message: Message) -> None:
+        message.channel_session["kept"] = True
+
+    @channel_session
+    async def recall(message: Message) -> None:
+        seen.append(message.channel_session.get("kept"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(remember, message())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(recall, message())
+    assert seen == [True]
+    assert current_session_store() is current_session_store()
+
+
+def test_decorators_keep_the_consumers_name_and_signature() -> None:
+    """Every decorator of the family wraps the same way: name, docstring and signature survive."""
+
+    async def chat(message: Message, room: str) -> None:
+        """Say something."""
+
+    for decorate in (
+        channel_session,
+        http_session,
+        http_session(cookie_name="other"),
+        channel_and_http_session,
+        enforce_ordering,
+        channel_session_user,
+        channel_session_user_from_http,
+        channel_and_http_session_user_from_http,
+        http_session_user,
+        allowed_hosts_only,
+    ):
+        wrapped = decorate(chat)
+        assert (wrapped.__name__, wrapped.__doc__) == ("chat", "Say something."), decorate
+        assert inspect.signature(wrapped) == inspect.signature(chat), decorate
+
+
+def test_the_old_import_path_finds_everything() -> None:
+    """trio_channels.sessions still exports what moved to stores, ordering and middleware."""
+    from trio_channels import middleware, ordering, sessions, stores
+
+    for name in sessions.__all__:
+        assert getattr(sessions, name) is not None
+    assert sessions.enforce_ordering is ordering.enforce_ordering
+    assert sessions.SessionMiddleware is middleware.SessionMiddleware
+    assert sessions.RedisSessionStore is stores.RedisSessionStore
+    assert sessions.use_session_store is stores.use_session_store
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        sessions.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("module", ["ordering", "middleware", "stores", "sessions", "auth", "security"])
+def test_each_module_imports_first(module: str) -> None:
+    """No import cycle: each module of the family can be the first one a program imports."""
+    subprocess.run([sys.executable, "-c", f"import trio_channels.{module}"], check=True, timeout=60)
+
+
+async def test_allowed_hosts_are_a_context_setting() -> None:
+    """use_allowed_hosts sets ALLOWED_HOSTS for its block only; a str is refused naming it."""
+    assert current_allowed_hosts() == ()
+    with use_allowed_hosts(["Example.com"]):
+        assert current_allowed_hosts() == ("example.com",)
+    assert current_allowed_hosts() == ()
+    with pytest.raises(TypeError, match=r"not the str 'example\.com'"):
+        use_allowed_hosts("example.com")

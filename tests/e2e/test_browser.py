@@ -53,3 +53,35 @@ async def test_login_page_then_a_websocket_that_knows_the_user(start_server: Sta
             })"""
         )
         assert said == "alice: hi from the browser"
+
+
+async def test_token_in_a_subprotocol_from_the_browser(start_server: StartServer) -> None:
+    """examples/token_auth.py's page: Chromium sends the token in a subprotocol beside "chat"
+    (Chromium fails a handshake answered with none of its subprotocols); a good token chats, a
+    forged one is closed with 4401, which the page can read."""
+    from examples import token_auth
+    from interface import InterfaceConfig
+
+    info = await start_server(
+        token_auth.channel_routing,
+        user_loader=token_auth.load_user,
+        interface_config=InterfaceConfig(ws_protocols=("chat",)),
+    )
+    token = token_auth.issue_token("alice")
+    read_log = """new Promise((resolve) => {
+        const log = document.getElementById('log');
+        const done = () => { if (log.textContent.includes(WANT)) resolve(log.textContent); };
+        new MutationObserver(done).observe(log, {childList: true, characterData: true, subtree: true});
+        done();
+        SEND
+    })"""
+    send = """const say = () => window.socket.send('hi from the browser');
+        if (window.socket.readyState === WebSocket.OPEN) say(); else window.socket.addEventListener('open', say);"""
+    async with open_browser() as browser:
+        tab = await browser.new_tab(f"{info.url}/#token={token}")
+        said = await tab.evaluate(read_log.replace("WANT", "'alice: hi'").replace("SEND", send))
+        assert said == "alice: hi from the browser\n"
+        forged = await browser.new_tab(f"{info.url}/#token={token[:-2]}")
+        assert (
+            await forged.evaluate(read_log.replace("WANT", "'closed'").replace("SEND", "")) == "closed 4401\n"
+        )

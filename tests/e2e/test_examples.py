@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from trio_websocket import ConnectionRejected
+from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from examples.authentication.users import load_user
 from trio_channels.testing import open_websocket
+from trio_channels.tokens import bearer_subprotocol
 
 from .conftest import StartServer
+from .processes import ENV, ROOT, started
 
 
 async def _expect(ws: object, *texts: str) -> None:
@@ -166,3 +169,37 @@ async def test_custom_origin_validator(start_server: StartServer) -> None:
     with pytest.raises(ConnectionRejected):
         async with open_websocket(info.url, "/", headers=[(b"origin", b"http://app.example")]):
             pass
+
+
+async def test_token_auth() -> None:
+    """examples/token_auth.py as its docstring runs it: ``python -m examples.token_auth`` serves,
+    ``... token alice`` mints a token; the subprotocol form (beside "chat", which is accepted),
+    the query form and the header form from httpx; a bad token closes with 4401 and gets 401."""
+    minted = await trio.run_process(
+        [sys.executable, "-m", "examples.token_auth", "token", "alice"],
+        capture_stdout=True,
+        env=ENV,
+        cwd=ROOT,
+    )
+    token = minted.stdout.decode().strip()
+    command = [sys.executable, "-m", "examples.token_auth", "127.0.0.1:0"]
+    async with started(command, " at ") as (_, url):
+        url = url.rstrip("/")
+        with trio.fail_after(30):
+            async with (
+                open_websocket(url, "/chat/", subprotocols=["chat", bearer_subprotocol(token)]) as alice,
+                open_websocket(url, "/chat/?token=" + token) as again,
+            ):
+                assert (alice.subprotocol, again.subprotocol) == ("chat", None)
+                await alice.send_message("hello")
+                await _expect(alice, "alice: hello")
+                await _expect(again, "alice: hello")
+            async with open_websocket(url, "/chat/?token=" + token[:-2]) as forged:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await forged.get_message()
+                assert closed.value.reason.code == 4401
+            async with httpx.AsyncClient() as client:
+                me = await client.get(url + "/me", headers={"authorization": f"Bearer {token}"})
+                refused = await client.get(url + "/me")
+    assert me.status_code == 200 and me.json()["user"] == "alice"
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")

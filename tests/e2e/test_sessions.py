@@ -220,6 +220,59 @@ async def test_origin_checks(
         assert rejected.value.status_code == 403
 
 
+async def test_two_servers_in_one_process_keep_their_own_allowed_hosts(start_server: StartServer) -> None:
+    """ALLOWED_HOSTS is a context setting of each serve(): a second server does not overwrite the
+    first one's (it was a module global)."""
+    first = await start_server(auth_app.routing, allowed_hosts=["a.example"])
+    second = await start_server(auth_app.routing, allowed_hosts=["b.example"])
+
+    async def status(info: Any, origin: bytes) -> int:
+        try:
+            async with open_websocket_url(ws_url(info.url, "/origin/"), extra_headers=[(b"origin", origin)]):
+                return 101
+        except ConnectionRejected as rejected:
+            return int(rejected.status_code)
+
+    with trio.fail_after(20):
+        assert await status(first, b"http://a.example") == 101
+        assert await status(first, b"http://b.example") == 403
+        assert await status(second, b"http://b.example") == 101
+        assert await status(second, b"http://a.example") == 403
+
+
+async def test_a_redis_layer_subclass_keeps_sessions_in_redis(
+    start_server: StartServer, redis_servers: list[RedisServer]
+) -> None:
+    """serve() asks the layer where shared sessions go (not its class name): a subclass of the
+    Redis layer keeps sessions in Redis under the layer's prefix."""
+    from layers.redis import RedisChannelLayer
+    from trio_channels.sessions import RedisSessionStore, current_session_store, session_for_reply_channel
+
+    class AppLayer(RedisChannelLayer):
+        pass
+
+    seen: list[tuple[Any, str]] = []
+
+    @channel_session
+    async def connect(message: Message) -> None:
+        message.channel_session["seen"] = True
+        assert message.reply_channel is not None
+        seen.append((current_session_store(), message.reply_channel.name))
+        await message.reply_channel.send({"accept": True})
+
+    layer = AppLayer(hosts=[redis_servers[0].url], prefix="t-subclass")
+    assert InMemoryChannelLayer().shared_store_address() is None
+    assert layer.shared_store_address() == (layer.hosts[0], "t-subclass")
+    info = await start_server([route("websocket.connect", connect)], layer=layer)
+    with trio.fail_after(20):
+        async with open_websocket_url(ws_url(info.url, "/")):
+            pass
+        (store, reply), *_ = seen
+        assert isinstance(store, RedisSessionStore)
+        async with RedisSessionStore(redis_servers[0].url, prefix="t-subclass:session") as direct:
+            assert await direct.load(session_for_reply_channel(reply)) == {"seen": True}
+
+
 # ----------------------------------------------------------------------------- ordering
 
 
