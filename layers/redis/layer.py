@@ -29,7 +29,6 @@ import logging
 import math
 import random
 import secrets
-import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -63,6 +62,11 @@ log = logging.getLogger("layers.redis")
 #: How long one BLPOP waits before the poller checks whether anyone still waits.
 BLOCK_SECONDS = 1
 _Delivery = tuple[str, dict[str, Any], float]
+
+
+def _expires_ms(item: bytes) -> int:
+    """When a stored item expires, in Redis ``TIME`` milliseconds (see :mod:`.scripts`)."""
+    return int(item.split(b"|", 1)[0])
 
 
 def consistent_hash(name: str, ring: int) -> int:
@@ -236,7 +240,9 @@ class RedisChannelLayer(BaseChannelLayer):
     def _open_data(self, data: bytes) -> bytes:
         if self._crypter is None:
             return data
-        return bytes(self._crypter.decrypt(data, ttl=int(self.expiry) + 10))
+        # No Fernet ttl: it would compare the sender's clock with ours. The message's life is
+        # its expiry, on Redis's clock.
+        return bytes(self._crypter.decrypt(data))
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -386,18 +392,24 @@ class RedisChannelLayer(BaseChannelLayer):
                                     pool, order, [1000 if own_prefix else min(waiting, 100)]
                                 )
                                 if flat:
-                                    for index in range(0, len(flat), 2):
-                                        list_key = flat[index]
-                                        await self._dispatch(
-                                            pool, list_key, lists[list_key.decode()], flat[index + 1]
-                                        )
+                                    for index in range(0, len(flat), 3):
+                                        list_key, ttl, item = flat[index : index + 3]
+                                        await self._dispatch(pool, list_key, lists[list_key.decode()], item, ttl)
                                     continue
-                            popped = await connection.execute("BLPOP", *order, BLOCK_SECONDS)
+                            # TIME runs as soon as BLPOP returns (one connection runs its commands
+                            # in order): the item's time to live, by Redis's clock.
+                            popped, now = await connection.execute_many(
+                                [("BLPOP", *order, BLOCK_SECONDS), ("TIME",)]
+                            )
+                            if isinstance(popped, RedisError):
+                                raise popped
                             if failures:
                                 log.info("Redis at %s is back", pool.address)
                                 failures = 0
                             if popped is not None:
-                                await self._dispatch(pool, popped[0], lists[popped[0].decode()], popped[1])
+                                list_key, item = popped
+                                ttl = _expires_ms(item) - (int(now[0]) * 1000 + int(now[1]) // 1000)
+                                await self._dispatch(pool, list_key, lists[list_key.decode()], item, ttl)
                 except (RedisError, OSError) as exc:
                     failures += 1
                     if failures == 1:
@@ -408,8 +420,10 @@ class RedisChannelLayer(BaseChannelLayer):
         finally:
             self._pollers.discard(key)
 
-    async def _dispatch(self, pool: ConnectionPool, list_key: bytes, name: str, item: bytes) -> None:
-        deliveries = self._unpack(name, item)
+    async def _dispatch(
+        self, pool: ConnectionPool, list_key: bytes, name: str, item: bytes, ttl_ms: int
+    ) -> None:
+        deliveries = self._unpack(name, item, ttl_ms)
         if not deliveries:
             return
         leftovers = []
@@ -431,12 +445,13 @@ class RedisChannelLayer(BaseChannelLayer):
             with trio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
                 await pool.execute("LPUSH", list_key, item)
 
-    def _unpack(self, name: str, item: bytes) -> list[_Delivery]:
-        expires, kind, field, data = item.split(b"|", 3)
-        remaining = int(expires) / 1000 - time.time()
-        if remaining <= 0:
+    def _unpack(self, name: str, item: bytes, ttl_ms: int) -> list[_Delivery]:
+        """The deliveries in *item*, which has *ttl_ms* left to live by Redis's clock (never
+        this host's: the deadline is that much from now on Trio's clock)."""
+        if ttl_ms <= 0:
             return []
-        deadline = trio.current_time() + remaining
+        deadline = trio.current_time() + ttl_ms / 1000
+        _, kind, field, data = item.split(b"|", 3)
         try:
             payload = self._open_data(data)
         except Exception:

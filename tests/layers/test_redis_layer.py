@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -111,3 +112,39 @@ async def test_using_a_closed_layer_says_how_to_open_it() -> None:
     """Sending on a layer that was never entered is a clear RuntimeError."""
     with pytest.raises(RuntimeError, match="async with RedisChannelLayer"):
         await RedisChannelLayer().send("x", {})
+
+
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0], ids=["local-clock-behind", "local-clock-ahead"])
+async def test_expiry_ignores_the_local_wall_clock(
+    redis_servers: list[RedisServer], monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """Regression (issue 11): expiry runs on Redis's clock alone. With this host's wall clock an
+    hour off, messages (plain, process-specific, delayed, encrypted) are neither dropped early
+    nor kept late, and the receive deadline is the TTL Redis computed."""
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew)
+    options = {"hosts": [redis_servers[0].url], "prefix": _prefix(), "expiry": 2}
+    async with (
+        RedisChannelLayer(**options) as layer,  # type: ignore[arg-type]
+        RedisChannelLayer(**options, symmetric_encryption_keys=["k"]) as sealed,  # type: ignore[arg-type]
+    ):
+        await layer.send("fresh", {"n": 1})
+        await layer.send("interface.p1!c1", {"n": 2})
+        await layer.send("later", {"n": 3}, delay=0.2)
+        with trio.fail_after(5):
+            for channels, expected in [(["fresh"], 1), (["interface.p1!"], 2), (["later"], 3)]:
+                _, message, deadline = await layer.receive_with_deadline(channels)
+                assert message == {"n": expected}
+                assert 0 < deadline - trio.current_time() <= 2
+        # The sender's clock an hour away from the receiver's: Fernet's own timestamp must not
+        # decide either.
+        with monkeypatch.context() as other_host:
+            other_host.setattr(time, "time", real_time)
+            await sealed.send("secret", {"n": 4})
+        assert await receive_now(sealed, ["secret"]) == ("secret", {"n": 4})
+
+        await layer.send("stale", {"n": 5})
+        await layer.send("interface.p1!c2", {"n": 6})
+        await trio.sleep(2.2)
+        await assert_nothing(layer, ["stale"])
+        await assert_nothing(layer, ["interface.p1!"])
