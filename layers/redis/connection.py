@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -251,11 +251,15 @@ class ConnectionPool:
     ``shared()`` is the pipelined connection every short command uses (one is enough: it
     pipelines); ``dedicated()`` lends a connection for a blocking command and takes it back
     afterwards (or closes it if the command was interrupted, since its reply is unknown).
+    ``on_connect`` runs on every new connection before anyone uses it (the layer checks there
+    whether the server is the one it knew); if it raises, the connection is closed and the
+    error reaches whoever asked for the connection.
     """
 
     address: RedisAddress
     nursery: trio.Nursery
     max_idle: int = 8
+    on_connect: Callable[[RedisConnection], Awaitable[None]] | None = None
     _shared: RedisConnection | None = None
     _connecting: trio.Lock = attrs.Factory(trio.Lock)
     _idle: list[RedisConnection] = attrs.Factory(list)
@@ -263,6 +267,13 @@ class ConnectionPool:
 
     async def _open(self) -> RedisConnection:
         connection = await RedisConnection.open(self.address, self.nursery)
+        if self.on_connect is not None:
+            try:
+                await self.on_connect(connection)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await connection.aclose()
+                raise
         self._all.add(connection)
         return connection
 

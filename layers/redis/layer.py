@@ -18,6 +18,13 @@ process's own prefix stay in a local queue instead, since only this process read
 
 Several hosts shard by consistent hashing on the channel's non-local name (so a process
 prefix and everything under it live on one server) and on the group name.
+
+Lost memberships: every new connection asks its server for its ``run_id`` (``INFO server``)
+and for the layer's *epoch* key ``<prefix>:epoch``, a random token the first process to
+connect stores there (``SET NX``). Per shard, the layer remembers both. A server that comes
+back with another ``run_id`` and the same epoch restarted with its data (persistence); one
+whose epoch is gone or different lost everything it held: the layer logs a WARNING and
+reports a :class:`~layers.base.MembershipLost` through ``membership_lost``.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import secrets
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from typing import Any
 
 import attrs
@@ -45,6 +53,7 @@ from ..base import (
     BaseChannelLayer,
     ChannelFull,
     LayerStatistics,
+    MembershipLost,
     decode_message,
     non_local_name,
     parse_delay_message,
@@ -53,7 +62,7 @@ from ..base import (
     validate_receive_channels,
 )
 from . import scripts
-from .connection import ConnectionPool, RedisAddress
+from .connection import ConnectionPool, RedisAddress, RedisConnection
 
 __all__ = ["RedisChannelLayer"]
 
@@ -101,6 +110,24 @@ _DELAY_DUE = _Script(scripts.DELAY_DUE)
 _LIST_STATS = _Script(scripts.LIST_STATS)
 _GROUP_PUSH = _Script(scripts.GROUP_PUSH)
 _POP_MANY = _Script(scripts.POP_MANY)
+
+
+@attrs.define(eq=False)
+class _ServerIdentity:
+    """What this process knows of one shard's server (see "Lost memberships" above)."""
+
+    run_id: str | None = None
+    epoch: bytes | None = None
+
+
+def _run_id(info: Any) -> str | None:
+    """The ``run_id`` in an ``INFO server`` reply (None if INFO was refused, e.g. by an ACL)."""
+    if not isinstance(info, bytes):
+        return None
+    for line in info.decode("utf-8", "replace").splitlines():
+        if line.startswith("run_id:"):
+            return line[len("run_id:") :].strip()
+    return None
 
 
 @attrs.define(eq=False, slots=True)
@@ -166,6 +193,7 @@ class RedisChannelLayer(BaseChannelLayer):
     _local: dict[str, deque[_Delivery]] = attrs.field(factory=dict, init=False, repr=False)
     _pollers: set[tuple[int, frozenset[str]]] = attrs.field(factory=set, init=False, repr=False)
     _delay_wakeup: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+    _servers: list[_ServerIdentity] = attrs.field(factory=list, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -201,7 +229,11 @@ class RedisChannelLayer(BaseChannelLayer):
     async def _lifetime(self) -> AsyncIterator[None]:
         async with open_service_nursery() as nursery:
             self._nursery = nursery
-            self._pools = [ConnectionPool(address, nursery) for address in self.hosts]
+            self._servers = [_ServerIdentity() for _ in self.hosts]
+            self._pools = [
+                ConnectionPool(address, nursery, on_connect=partial(self._identify_server, shard))
+                for shard, address in enumerate(self.hosts)
+            ]
             for shard in range(len(self._pools)):
                 nursery.start_soon(self._move_delayed, shard)
             try:
@@ -212,6 +244,36 @@ class RedisChannelLayer(BaseChannelLayer):
                 with trio.CancelScope(shield=True):
                     for pool in self._pools:
                         await pool.aclose()
+
+    async def _identify_server(self, shard: int, connection: RedisConnection) -> None:
+        """Check a new connection's server against what we knew of it (one round trip)."""
+        key = f"{self.prefix}:epoch"
+        # A new token each time: a server that lost the key must not get back the one we knew.
+        info, _, epoch = await connection.execute_many(
+            [("INFO", "server"), ("SET", key, secrets.token_hex(8), "NX"), ("GET", key)]
+        )
+        if isinstance(epoch, RedisError):
+            raise epoch
+        run_id = _run_id(info)
+        known = self._servers[shard]
+        old_run_id, old_epoch = known.run_id, known.epoch
+        known.run_id, known.epoch = run_id, epoch
+        restarted = run_id is not None and old_run_id is not None and run_id != old_run_id
+        if old_epoch is None or epoch == old_epoch:
+            if restarted:
+                log.info("Redis at %s restarted and kept its data (persistence)", connection.address)
+            return
+        if restarted:
+            reason = f"restarted without its data (run_id {old_run_id:.8}… -> {run_id:.8}…)"
+        else:
+            reason = f"lost its data (the key {key!r} was gone or replaced: flushed or evicted?)"
+        log.warning(
+            "Redis at %s %s: the group memberships and messages it held are lost. "
+            "To keep them across restarts, turn on persistence on that server (appendonly yes).",
+            connection.address,
+            reason,
+        )
+        self._report_membership_lost(MembershipLost(server=str(connection.address), reason=reason))
 
     def _require_open(self) -> None:
         if self._nursery is None:
@@ -394,7 +456,9 @@ class RedisChannelLayer(BaseChannelLayer):
                                 if flat:
                                     for index in range(0, len(flat), 3):
                                         list_key, ttl, item = flat[index : index + 3]
-                                        await self._dispatch(pool, list_key, lists[list_key.decode()], item, ttl)
+                                        await self._dispatch(
+                                            pool, list_key, lists[list_key.decode()], item, ttl
+                                        )
                                     continue
                             # TIME runs as soon as BLPOP returns (one connection runs its commands
                             # in order): the item's time to live, by Redis's clock.
@@ -561,8 +625,10 @@ class RedisChannelLayer(BaseChannelLayer):
         self._local.clear()
         for pool in self._pools:
             cursor = b"0"
+            epoch = f"{self.prefix}:epoch".encode()  # kept: a flush is no loss to report later
             while True:
                 cursor, keys = await pool.execute("SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", 1000)
+                keys = [key for key in keys if key != epoch]
                 if keys:
                     await pool.execute("DEL", *keys)
                 if cursor in (b"0", 0, "0"):

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 import layers
 from layers.redis import RedisChannelLayer, consistent_hash
@@ -148,3 +149,47 @@ async def test_expiry_ignores_the_local_wall_clock(
         await trio.sleep(2.2)
         await assert_nothing(layer, ["stale"])
         await assert_nothing(layer, ["interface.p1!"])
+
+
+async def _reconnected(layer: RedisChannelLayer, group: str) -> list[str]:
+    """The members of *group* once the layer has reconnected (its first attempts may fail)."""
+    with trio.fail_after(10):
+        while True:
+            try:
+                return await layer.group_channels(group)
+            except RedisConnectionError:
+                await trio.sleep(0.05)
+
+
+async def test_restart_without_persistence_reports_membership_lost(redis_server: RedisServer) -> None:
+    """Regression (issue 11): a Redis restarted without its data is reported through
+    membership_lost (one event per loss, naming the server); the groups it held are gone."""
+    async with RedisChannelLayer(hosts=[redis_server.url], prefix=_prefix()) as layer:
+        await layer.group_add("room", "interface.p1!c1")
+        lost = layer.membership_lost
+        assert not lost.is_set() and layer.last_membership_lost is None
+        redis_server.stop()
+        redis_server.start()
+        assert await _reconnected(layer, "room") == []
+        assert lost.is_set()
+        loss = layer.last_membership_lost
+        assert loss is not None and loss.server == redis_server.url
+        assert "restarted without its data" in loss.reason
+        assert not layer.membership_lost.is_set()  # the next loss gets a fresh event
+
+
+async def test_restart_with_persistence_loses_nothing() -> None:
+    """A Redis restarted with its data (AOF) is no loss, and neither is a flush: nothing is
+    reported and the groups are still there."""
+    server = RedisServer(appendonly=True).start()
+    try:
+        async with RedisChannelLayer(hosts=[server.url], prefix=_prefix()) as layer:
+            await layer.flush()
+            await layer.group_add("room", "interface.p1!c1")
+            lost = layer.membership_lost
+            server.stop()
+            server.start()
+            assert await _reconnected(layer, "room") == ["interface.p1!c1"]
+            assert not lost.is_set() and layer.last_membership_lost is None
+    finally:
+        server.cleanup()
