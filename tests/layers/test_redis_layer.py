@@ -193,3 +193,22 @@ async def test_restart_with_persistence_loses_nothing() -> None:
             assert not lost.is_set() and layer.last_membership_lost is None
     finally:
         server.cleanup()
+
+
+async def test_a_shard_that_lost_its_data_is_noticed_without_traffic() -> None:
+    """With two shards, the one that restarts without its data is reported (by name) within
+    seconds even if this process sends nothing to it: every process touches every shard."""
+    servers = [RedisServer().start() for _ in range(2)]
+    try:
+        async with RedisChannelLayer(hosts=[server.url for server in servers], prefix=_prefix()) as layer:
+            await layer.statistics()  # connected to both
+            lost = layer.membership_lost
+            servers[1].stop()
+            servers[1].start()
+            with trio.fail_after(15):
+                await lost.wait()
+            assert layer.last_membership_lost is not None
+            assert layer.last_membership_lost.server == servers[1].url
+    finally:
+        for server in servers:
+            server.cleanup()
