@@ -10,7 +10,7 @@ import shutil
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+nox.options.sessions = ["lint", "typecheck", "tests", "tests_lowest", "docs"]
 nox.options.error_on_missing_interpreters = True
 
 PACKAGES = ["layers", "interface", "trio_channels"]
@@ -51,6 +51,24 @@ def tests(session: nox.Session) -> None:
     """pytest + pytest-trio (trio mode): real sockets, real Redis servers, headless Chromium."""
     _ensure_chromium(session)
     session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def tests_lowest(session: nox.Session) -> None:
+    """The suite with every direct dependency (setup.cfg's ``install_requires`` and the
+    ``test`` extra) at the lowest version it allows.
+
+    uv resolves that (``--resolution lowest-direct``: the floors themselves, while indirect
+    dependencies resolve as a user's install would); it is installed into the session first,
+    so nox needs no uv of its own. It runs on nox's own Python; for the oldest one setup.cfg
+    allows: ``nox -s tests_lowest --force-python 3.10`` (where a python3.10 is on PATH).
+    """
+    _ensure_chromium(session)
+    session.install("uv>=0.4")
+    python = os.path.join(session.bin, "python")
+    session.run("uv", "pip", "install", "--python", python, "--resolution", "lowest-direct", "-e", ".[test]")
+    session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
     session.run("pytest", *session.posargs)
 
 

@@ -229,6 +229,15 @@ def _log_access(client: list[Any] | None, request: str, status: int | str, size:
 
 
 @attrs.define(eq=False)
+class _Restart:
+    """One generation of :meth:`InterfaceServer.restart_websockets`: the WebSockets open when
+    it fires are closed with ``code``."""
+
+    event: trio.Event = attrs.Factory(trio.Event)
+    code: int = 1012
+
+
+@attrs.define(eq=False)
 class InterfaceServer:
     """Connections of this process <-> *layer*; see the module docstring."""
 
@@ -239,6 +248,7 @@ class InterfaceServer:
     _connections: dict[str, _Connection] = attrs.Factory(dict)
     _websockets: dict[str, trio.CancelScope] = attrs.Factory(dict)
     _http_warnings: dict[str, _EveryMinute] = attrs.Factory(dict)
+    _restart: _Restart = attrs.Factory(_Restart)
 
     @property
     def websocket_lifetime(self) -> float:
@@ -306,6 +316,31 @@ class InterfaceServer:
         """Graceful shutdown: close every WebSocket with 1001 ("going away")."""
         self.shutting_down.set()
         await trio.lowlevel.checkpoint()
+
+    def restart_websockets(self, code: int = 1012) -> int:
+        """Close every WebSocket open now with *code* (1012, "service restart": clients should
+        reconnect); those opened afterwards stay open. Returns how many were open."""
+        restart, self._restart = self._restart, _Restart()
+        restart.code = code
+        count = restart.event.statistics().tasks_waiting
+        restart.event.set()
+        return count
+
+    async def run_membership_watcher(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Whenever the layer reports lost group memberships, close every WebSocket with 1012,
+        so clients reconnect and their connect consumers add them again. Runs until cancelled."""
+        task_status.started()
+        while True:
+            await self.layer.membership_lost.wait()
+            count = self.restart_websockets(1012)
+            log.warning(
+                "the channel layer lost its group memberships (%s); closing %d WebSocket(s) with 1012 "
+                "(service restart) so that their clients reconnect and join their groups again",
+                self.layer.last_membership_lost,
+                count,
+            )
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -620,6 +655,7 @@ class InterfaceServer:
     ) -> int:
         result: dict[str, Any] = {"code": 1006, "muted": False, "closing": False}
         connection = self._connections[ws.reply_channel]
+        restart = self._restart
 
         async def close(code: int, reported: int | None = None) -> None:
             # The first close decides the code the application is told about: *code*, or
@@ -694,6 +730,11 @@ class InterfaceServer:
             await close(code)
             cancel.cancel()
 
+        async def on_restart(cancel: trio.CancelScope) -> None:
+            await restart.event.wait()
+            await close(restart.code)
+            cancel.cancel()
+
         with trio.move_on_after(self.websocket_lifetime) as lifetime:
             async with trio.open_nursery() as nursery:
                 cancel = nursery.cancel_scope
@@ -703,6 +744,7 @@ class InterfaceServer:
                 nursery.start_soon(
                     close_on, connection.overflowed, 1013, "it is not reading its replies", cancel
                 )
+                nursery.start_soon(on_restart, cancel)
                 if self.config.ping_interval > 0:
                     nursery.start_soon(keepalive, cancel)
         if lifetime.cancelled_caught:

@@ -46,6 +46,7 @@ __all__ = [
     "ChannelFull",
     "ChannelLayerError",
     "LayerStatistics",
+    "MembershipLost",
     "MessageTooLarge",
     "decode_message",
     "encode_message",
@@ -343,6 +344,21 @@ class LayerStatistics:
         return result
 
 
+@attrs.frozen(kw_only=True)
+class MembershipLost:
+    """What :attr:`BaseChannelLayer.membership_lost` reports: a server of the layer lost the
+    group memberships (and queued messages) it held, e.g. Redis restarted without persistence.
+
+    ``server`` names the server (``redis://host:6379/0``), ``reason`` says what was seen.
+    """
+
+    server: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.server}: {self.reason}"
+
+
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
@@ -374,9 +390,41 @@ class BaseChannelLayer(abc.ABC):
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive_int)
     _capacities: CapacityMap = attrs.field(init=False, repr=False)
     _exit_stack: contextlib.AsyncExitStack | None = attrs.field(default=None, init=False, repr=False)
+    _membership_lost: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+    _last_membership_lost: MembershipLost | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._capacities = CapacityMap.build(self.capacity, self.channel_capacity)
+
+    # -- lost memberships --------------------------------------------------------------
+
+    @property
+    def membership_lost(self) -> trio.Event:
+        """An event set the next time the layer sees group memberships lost behind its back.
+
+        One event per loss: once set, this property returns a fresh one, so a watcher waits
+        without polling::
+
+            while True:
+                await layer.membership_lost.wait()
+                print(layer.last_membership_lost)  # a MembershipLost
+
+        Members re-added afterwards are kept. Losses arriving while a watcher is busy come to
+        it as one. The in-memory layer never loses memberships; the Redis layer reports a server
+        that came back without its data (see ``docs/redis.rst``).
+        """
+        return self._membership_lost
+
+    @property
+    def last_membership_lost(self) -> MembershipLost | None:
+        """The most recent loss reported through :attr:`membership_lost`, if any."""
+        return self._last_membership_lost
+
+    def _report_membership_lost(self, loss: MembershipLost) -> None:
+        """For backends: record *loss* and wake everyone waiting on :attr:`membership_lost`."""
+        event, self._membership_lost = self._membership_lost, trio.Event()
+        self._last_membership_lost = loss
+        event.set()
 
     def get_capacity(self, channel: str) -> int:
         """The capacity that applies to *channel*."""

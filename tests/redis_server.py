@@ -38,19 +38,27 @@ def _free_port() -> int:
 
 @attrs.define(eq=False)
 class RedisServer:
-    """One redis-server on 127.0.0.1:<port>; ``stop()``/``start()`` for fault tests."""
+    """One redis-server on 127.0.0.1:<port>; ``stop()``/``start()`` for fault tests.
+
+    Without persistence by default; ``appendonly=True`` keeps its data across a restart (AOF,
+    every write flushed before it is acknowledged, so even SIGKILL loses nothing).
+    """
 
     port: int = attrs.Factory(_free_port)
     directory: str = attrs.Factory(lambda: tempfile.mkdtemp(prefix="trio-channels-redis-"))
     process: subprocess.Popen[bytes] | None = None
+    appendonly: bool = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        aof = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        )
         self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
              "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

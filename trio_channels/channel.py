@@ -132,6 +132,12 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def buffered(self, channel: str) -> list[dict[str, Any]]:
+        """The messages buffered for *channel* (not group sends), oldest first, as copies."""
+        return [
+            decode_message(item.data) for item in self._pending if not item.group and item.name == channel
+        ]
+
     def discard(self, channel: str) -> None:
         """Drop the buffered sends to *channel* (not group sends)."""
         self._pending = [item for item in self._pending if item.group or item.name != channel]

@@ -240,6 +240,7 @@ async def serve(
                         if interface:
                             server = InterfaceServer(layer, config)
                             await outer.start(server.run_reply_poller)
+                            await outer.start(server.run_membership_watcher)
                             if bind:
                                 urls = await listeners.start(
                                     partial(

@@ -347,9 +347,8 @@ class _HttpReply:
 
     def answer_failure(self, outbox: Outbox, failure: str) -> None:
         after_flush = attrs.evolve(self.sent)
-        for kind, name, content in outbox:
-            if kind == "channel" and name == self.reply_channel:
-                _follow(after_flush, content)
+        for content in outbox.buffered(self.reply_channel):
+            _follow(after_flush, content)
         if after_flush.finished:
             return
         if self.sent.started:

@@ -13,7 +13,8 @@ writer touches the socket a command is never half-written.
 
 Errors are redis-py's: socket problems become ``redis.exceptions.ConnectionError`` (one place,
 :func:`_map_errors`), timeouts ``TimeoutError``, error replies ``ResponseError`` and its
-subclasses via redis-py's own parser table. A connection that failed once is dead; the
+subclasses by the table redis-py's parsers use (:data:`_ERROR_CLASSES`, public classes only:
+nothing here imports a private redis-py module). A connection that failed once is dead; the
 :class:`ConnectionPool` makes a new one on the next request.
 """
 
@@ -22,13 +23,13 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, Final
 
 import attrs
 import hiredis
 import trio
-from redis._parsers.base import BaseParser
+from redis import exceptions as errors
 from redis.connection import HiredisRespSerializer, parse_url
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
@@ -92,9 +93,45 @@ class _Pending:
     abandoned: bool = False
 
 
-def _error_reply(text: str) -> ResponseError:
-    error = BaseParser.parse_error(text)
-    return error if isinstance(error, RedisError) else ResponseError(text)  # type: ignore[return-value]
+#: Error replies by their first word -> redis-py's (public) exception classes: the table its
+#: own parsers use, so callers see what redis-py users see (the word is dropped from the text).
+_ERROR_CLASSES: Final[dict[str, type[RedisError]]] = {
+    "WRONGPASS": errors.AuthenticationError,
+    "NOAUTH": errors.AuthenticationError,
+    "NOPERM": errors.NoPermissionError,
+    "NOSCRIPT": errors.NoScriptError,
+    "READONLY": errors.ReadOnlyError,
+    "LOADING": errors.BusyLoadingError,
+    "EXECABORT": errors.ExecAbortError,
+    "OOM": errors.OutOfMemoryError,
+    "MASTERDOWN": errors.MasterDownError,
+    "CLUSTERDOWN": errors.ClusterDownError,
+    "CROSSSLOT": errors.ClusterCrossSlotError,
+    "TRYAGAIN": errors.TryAgainError,
+    "MOVED": errors.MovedError,
+    "ASK": errors.AskError,
+}
+#: ``ERR`` replies that mean more than a failed command.
+_ERR_CLASSES: Final[dict[str, type[RedisError]]] = {
+    "max number of clients reached": ConnectionError,
+    "invalid password": errors.AuthenticationError,
+    "Client sent AUTH, but no password is set": errors.AuthenticationError,
+    "AUTH <password> called without any password configured for the default user. "
+    "Are you sure your configuration is correct?": errors.AuthenticationError,
+    "wrong number of arguments for 'auth' command": errors.AuthenticationWrongNumberOfArgsError,
+    "wrong number of arguments for 'AUTH' command": errors.AuthenticationWrongNumberOfArgsError,
+}
+
+
+def _error_reply(text: str) -> RedisError:
+    word, _, rest = text.partition(" ")
+    if word == "ERR":
+        return _ERR_CLASSES.get(rest, ResponseError)(rest)
+    error_class = _ERROR_CLASSES.get(word)
+    try:
+        return ResponseError(text) if error_class is None else error_class(rest)
+    except Exception:  # MOVED/ASK parse their text; never let a reply break the reader
+        return ResponseError(text)
 
 
 @attrs.define(eq=False)
@@ -251,11 +288,15 @@ class ConnectionPool:
     ``shared()`` is the pipelined connection every short command uses (one is enough: it
     pipelines); ``dedicated()`` lends a connection for a blocking command and takes it back
     afterwards (or closes it if the command was interrupted, since its reply is unknown).
+    ``on_connect`` runs on every new connection before anyone uses it (the layer checks there
+    whether the server is the one it knew); if it raises, the connection is closed and the
+    error reaches whoever asked for the connection.
     """
 
     address: RedisAddress
     nursery: trio.Nursery
     max_idle: int = 8
+    on_connect: Callable[[RedisConnection], Awaitable[None]] | None = None
     _shared: RedisConnection | None = None
     _connecting: trio.Lock = attrs.Factory(trio.Lock)
     _idle: list[RedisConnection] = attrs.Factory(list)
@@ -263,6 +304,13 @@ class ConnectionPool:
 
     async def _open(self) -> RedisConnection:
         connection = await RedisConnection.open(self.address, self.nursery)
+        if self.on_connect is not None:
+            try:
+                await self.on_connect(connection)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await connection.aclose()
+                raise
         self._all.add(connection)
         return connection
 

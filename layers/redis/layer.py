@@ -18,6 +18,13 @@ process's own prefix stay in a local queue instead, since only this process read
 
 Several hosts shard by consistent hashing on the channel's non-local name (so a process
 prefix and everything under it live on one server) and on the group name.
+
+Lost memberships: every new connection asks its server for its ``run_id`` (``INFO server``)
+and for the layer's *epoch* key ``<prefix>:epoch``, a random token the first process to
+connect stores there (``SET NX``). Per shard, the layer remembers both. A server that comes
+back with another ``run_id`` and the same epoch restarted with its data (persistence); one
+whose epoch is gone or different lost everything it held: the layer logs a WARNING and
+reports a :class:`~layers.base.MembershipLost` through ``membership_lost``.
 """
 
 from __future__ import annotations
@@ -29,10 +36,10 @@ import logging
 import math
 import random
 import secrets
-import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from typing import Any
 
 import attrs
@@ -46,6 +53,7 @@ from ..base import (
     BaseChannelLayer,
     ChannelFull,
     LayerStatistics,
+    MembershipLost,
     decode_message,
     non_local_name,
     parse_delay_message,
@@ -54,7 +62,7 @@ from ..base import (
     validate_receive_channels,
 )
 from . import scripts
-from .connection import ConnectionPool, RedisAddress
+from .connection import ConnectionPool, RedisAddress, RedisConnection
 
 __all__ = ["RedisChannelLayer"]
 
@@ -63,6 +71,11 @@ log = logging.getLogger("layers.redis")
 #: How long one BLPOP waits before the poller checks whether anyone still waits.
 BLOCK_SECONDS = 1
 _Delivery = tuple[str, dict[str, Any], float]
+
+
+def _expires_ms(item: bytes) -> int:
+    """When a stored item expires, in Redis ``TIME`` milliseconds (see :mod:`.scripts`)."""
+    return int(item.split(b"|", 1)[0])
 
 
 def consistent_hash(name: str, ring: int) -> int:
@@ -97,6 +110,24 @@ _DELAY_DUE = _Script(scripts.DELAY_DUE)
 _LIST_STATS = _Script(scripts.LIST_STATS)
 _GROUP_PUSH = _Script(scripts.GROUP_PUSH)
 _POP_MANY = _Script(scripts.POP_MANY)
+
+
+@attrs.define(eq=False)
+class _ServerIdentity:
+    """What this process knows of one shard's server (see "Lost memberships" above)."""
+
+    run_id: str | None = None
+    epoch: bytes | None = None
+
+
+def _run_id(info: Any) -> str | None:
+    """The ``run_id`` in an ``INFO server`` reply (None if INFO was refused, e.g. by an ACL)."""
+    if not isinstance(info, bytes):
+        return None
+    for line in info.decode("utf-8", "replace").splitlines():
+        if line.startswith("run_id:"):
+            return line[len("run_id:") :].strip()
+    return None
 
 
 @attrs.define(eq=False, slots=True)
@@ -162,6 +193,7 @@ class RedisChannelLayer(BaseChannelLayer):
     _local: dict[str, deque[_Delivery]] = attrs.field(factory=dict, init=False, repr=False)
     _pollers: set[tuple[int, frozenset[str]]] = attrs.field(factory=set, init=False, repr=False)
     _delay_wakeup: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+    _servers: list[_ServerIdentity] = attrs.field(factory=list, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -201,7 +233,11 @@ class RedisChannelLayer(BaseChannelLayer):
     async def _lifetime(self) -> AsyncIterator[None]:
         async with open_service_nursery() as nursery:
             self._nursery = nursery
-            self._pools = [ConnectionPool(address, nursery) for address in self.hosts]
+            self._servers = [_ServerIdentity() for _ in self.hosts]
+            self._pools = [
+                ConnectionPool(address, nursery, on_connect=partial(self._identify_server, shard))
+                for shard, address in enumerate(self.hosts)
+            ]
             for shard in range(len(self._pools)):
                 nursery.start_soon(self._move_delayed, shard)
             try:
@@ -212,6 +248,36 @@ class RedisChannelLayer(BaseChannelLayer):
                 with trio.CancelScope(shield=True):
                     for pool in self._pools:
                         await pool.aclose()
+
+    async def _identify_server(self, shard: int, connection: RedisConnection) -> None:
+        """Check a new connection's server against what we knew of it (one round trip)."""
+        key = f"{self.prefix}:epoch"
+        # A new token each time: a server that lost the key must not get back the one we knew.
+        info, _, epoch = await connection.execute_many(
+            [("INFO", "server"), ("SET", key, secrets.token_hex(8), "NX"), ("GET", key)]
+        )
+        if isinstance(epoch, RedisError):
+            raise epoch
+        run_id = _run_id(info)
+        known = self._servers[shard]
+        old_run_id, old_epoch = known.run_id, known.epoch
+        known.run_id, known.epoch = run_id, epoch
+        restarted = run_id is not None and old_run_id is not None and run_id != old_run_id
+        if old_epoch is None or epoch == old_epoch:
+            if restarted:
+                log.info("Redis at %s restarted and kept its data (persistence)", connection.address)
+            return
+        if restarted:
+            reason = f"restarted without its data (run_id {old_run_id:.8}… -> {run_id:.8}…)"
+        else:
+            reason = f"lost its data (the key {key!r} was gone or replaced: flushed or evicted?)"
+        log.warning(
+            "Redis at %s %s: the group memberships and messages it held are lost. "
+            "To keep them across restarts, turn on persistence on that server (appendonly yes).",
+            connection.address,
+            reason,
+        )
+        self._report_membership_lost(MembershipLost(server=str(connection.address), reason=reason))
 
     def _require_open(self) -> None:
         if self._nursery is None:
@@ -240,7 +306,9 @@ class RedisChannelLayer(BaseChannelLayer):
     def _open_data(self, data: bytes) -> bytes:
         if self._crypter is None:
             return data
-        return bytes(self._crypter.decrypt(data, ttl=int(self.expiry) + 10))
+        # No Fernet ttl: it would compare the sender's clock with ours. The message's life is
+        # its expiry, on Redis's clock.
+        return bytes(self._crypter.decrypt(data))
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -390,18 +458,26 @@ class RedisChannelLayer(BaseChannelLayer):
                                     pool, order, [1000 if own_prefix else min(waiting, 100)]
                                 )
                                 if flat:
-                                    for index in range(0, len(flat), 2):
-                                        list_key = flat[index]
+                                    for index in range(0, len(flat), 3):
+                                        list_key, ttl, item = flat[index : index + 3]
                                         await self._dispatch(
-                                            pool, list_key, lists[list_key.decode()], flat[index + 1]
+                                            pool, list_key, lists[list_key.decode()], item, ttl
                                         )
                                     continue
-                            popped = await connection.execute("BLPOP", *order, BLOCK_SECONDS)
+                            # TIME runs as soon as BLPOP returns (one connection runs its commands
+                            # in order): the item's time to live, by Redis's clock.
+                            popped, now = await connection.execute_many(
+                                [("BLPOP", *order, BLOCK_SECONDS), ("TIME",)]
+                            )
+                            if isinstance(popped, RedisError):
+                                raise popped
                             if failures:
                                 log.info("Redis at %s is back", pool.address)
                                 failures = 0
                             if popped is not None:
-                                await self._dispatch(pool, popped[0], lists[popped[0].decode()], popped[1])
+                                list_key, item = popped
+                                ttl = _expires_ms(item) - (int(now[0]) * 1000 + int(now[1]) // 1000)
+                                await self._dispatch(pool, list_key, lists[list_key.decode()], item, ttl)
                 except (RedisError, OSError) as exc:
                     failures += 1
                     if failures == 1:
@@ -412,8 +488,10 @@ class RedisChannelLayer(BaseChannelLayer):
         finally:
             self._pollers.discard(key)
 
-    async def _dispatch(self, pool: ConnectionPool, list_key: bytes, name: str, item: bytes) -> None:
-        deliveries = self._unpack(name, item)
+    async def _dispatch(
+        self, pool: ConnectionPool, list_key: bytes, name: str, item: bytes, ttl_ms: int
+    ) -> None:
+        deliveries = self._unpack(name, item, ttl_ms)
         if not deliveries:
             return
         leftovers = []
@@ -435,12 +513,13 @@ class RedisChannelLayer(BaseChannelLayer):
             with trio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
                 await pool.execute("LPUSH", list_key, item)
 
-    def _unpack(self, name: str, item: bytes) -> list[_Delivery]:
-        expires, kind, field, data = item.split(b"|", 3)
-        remaining = int(expires) / 1000 - time.time()
-        if remaining <= 0:
+    def _unpack(self, name: str, item: bytes, ttl_ms: int) -> list[_Delivery]:
+        """The deliveries in *item*, which has *ttl_ms* left to live by Redis's clock (never
+        this host's: the deadline is that much from now on Trio's clock)."""
+        if ttl_ms <= 0:
             return []
-        deadline = trio.current_time() + remaining
+        deadline = trio.current_time() + ttl_ms / 1000
+        _, kind, field, data = item.split(b"|", 3)
         try:
             payload = self._open_data(data)
         except Exception:
@@ -550,8 +629,10 @@ class RedisChannelLayer(BaseChannelLayer):
         self._local.clear()
         for pool in self._pools:
             cursor = b"0"
+            epoch = f"{self.prefix}:epoch".encode()  # kept: a flush is no loss to report later
             while True:
                 cursor, keys = await pool.execute("SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", 1000)
+                keys = [key for key in keys if key != epoch]
                 if keys:
                     await pool.execute("DEL", *keys)
                 if cursor in (b"0", 0, "0"):

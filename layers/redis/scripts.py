@@ -2,8 +2,13 @@
 
 Stored list items are ``<expires_ms>|D|<full channel>|<data>`` (one message for one channel)
 or ``<expires_ms>|F|<local1,local2,...>|<data>`` (one group message for several channels of
-one process, fanned out by that process). Names never contain ``|`` or ``,``. Time comes from
-Redis ``TIME`` so every process agrees on it.
+one process, fanned out by that process). Names never contain ``|`` or ``,``.
+
+One clock: every expiry, delay and group expiry is computed from Redis ``TIME`` inside the
+scripts, and what a receiver needs (how long an item has left to live) is computed there
+too, so no host's own clock is ever compared with another's. Scripts that read ``TIME`` and
+then write are not deterministic; Redis >= 5 replicates their effects (not the script) by
+default, and on 3.2-4 ``redis.replicate_commands()`` asks for that (it is a no-op on 7).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from typing import Final
 
 _NOW: Final = """
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function fmt(x) return string.format('%.0f', x) end
@@ -268,19 +274,27 @@ return result
 )
 
 #: KEYS: lists, in the order to try. ARGV: how many items at most. Non-blocking: returns a
-#: flat {key, item, key, item, ...} of what it popped (as many as there are receivers waiting).
-POP_MANY: Final = """
+#: flat {key, ms to live, item, key, ms to live, item, ...} of the live items it popped (as many
+#: as there are receivers waiting); expired items on the way are dropped.
+POP_MANY: Final = (
+    _NOW
+    + """
 local want = tonumber(ARGV[1])
 local out = {}
 for _, key in ipairs(KEYS) do
   while want > 0 do
     local item = redis.call('LPOP', key)
     if not item then break end
-    out[#out + 1] = key
-    out[#out + 1] = item
-    want = want - 1
+    local ttl = tonumber(string.match(item, '^(%d+)|')) - now
+    if ttl > 0 then
+      out[#out + 1] = key
+      out[#out + 1] = ttl
+      out[#out + 1] = item
+      want = want - 1
+    end
   end
   if want == 0 then break end
 end
 return out
 """
+)

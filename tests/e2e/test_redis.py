@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
 
 import httpx
+import pytest
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from layers import from_url
 from trio_channels.server import DEFAULT_CHANNEL_CAPACITY
@@ -74,9 +78,20 @@ async def test_interface_and_two_workers_chat(redis_server: RedisServer) -> None
             assert counts == Counter({room: rooms[room] * per_client})
 
 
-async def test_redis_outage_and_recovery(redis_server: RedisServer, start_server: StartServer) -> None:
-    """Redis killed while traffic flows: new HTTP gets 503, open WebSockets stay open, nothing
-    crashes; within 5 s of Redis coming back, traffic flows again."""
+@pytest.fixture
+def redis_server_aof() -> Iterator[RedisServer]:
+    """A redis-server of this test's own with AOF persistence: a restart keeps its data."""
+    server = RedisServer(appendonly=True).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def test_redis_outage_and_recovery(redis_server_aof: RedisServer, start_server: StartServer) -> None:
+    """Redis (with persistence) killed while traffic flows: new HTTP gets 503, open WebSockets
+    stay open, nothing crashes; within 5 s of Redis coming back, traffic flows again."""
+    redis_server = redis_server_aof
     layer = from_url(redis_server.url, channel_capacity=DEFAULT_CHANNEL_CAPACITY)
     info = await start_server(ROUTING, layer=layer)
     async with httpx.AsyncClient() as client, open_websocket_url(ws_url(info.url, "/echo/")) as ws:
@@ -139,3 +154,39 @@ async def test_killed_worker_leaves_the_other_serving(redis_server: RedisServer)
             after = [await _get_hello(client, url) for _ in range(20)]
         assert after == [200] * 20
         assert statuses.count(200) >= 30
+
+
+async def test_redis_restart_without_persistence_restarts_websockets(
+    redis_server: RedisServer, start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (issue 11): Redis restarted without persistence forgets every group. The
+    layer notices, the interface closes its WebSockets with 1012 (main port and --ws-bind)
+    with a WARNING saying how to avoid it; the clients reconnect, their connect consumer
+    re-adds them, and a room message reaches every one of them again."""
+    layer = from_url(redis_server.url, channel_capacity=DEFAULT_CHANNEL_CAPACITY)
+    info = await start_server(ROUTING, layer=layer, ws_bind=["127.0.0.1:0"])
+    urls = [ws_url(base, "/chat/lobby/") for base in (info.url, info.ws_urls[0]) for _ in range(2)]
+
+    async def everyone_hears(clients: list[WebSocketConnection], text: str) -> None:
+        await clients[0].send_message(text)
+        for client in clients:
+            assert await client.get_message() == text
+
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(open_websocket_url(url)) for url in urls]
+            await everyone_hears(clients, "before")
+
+            caplog.clear()
+            redis_server.stop()
+            redis_server.start()
+            for client in clients:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await client.get_message()
+                assert closed.value.reason.code == 1012
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("appendonly yes" in message for message in warnings), warnings
+
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(open_websocket_url(url)) for url in urls]
+            await everyone_hears(clients, "after")

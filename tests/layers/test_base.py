@@ -141,3 +141,16 @@ def test_from_url_errors(url: str, error: str) -> None:
     with pytest.raises(ValueError, match=error) as info:
         layers.from_url(url)
     assert url in str(info.value)
+
+
+def test_membership_lost_is_one_event_per_loss() -> None:
+    """A watcher of membership_lost wakes once per reported loss and finds a fresh, unset
+    event for the next one; a layer that never loses memberships never sets it."""
+    layer = layers.InMemoryChannelLayer()
+    first = layer.membership_lost
+    assert not first.is_set() and layer.last_membership_lost is None
+    loss = layers.MembershipLost(server="redis://a:6379/0", reason="restarted without its data")
+    layer._report_membership_lost(loss)
+    assert first.is_set() and layer.last_membership_lost == loss
+    assert layer.membership_lost is not first and not layer.membership_lost.is_set()
+    assert str(loss) == "redis://a:6379/0: restarted without its data"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import random
+from pathlib import Path
 
 import pytest
 import trio
-from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    ConnectionError,
+    NoPermissionError,
+    NoScriptError,
+    ResponseError,
+)
 
 from layers.redis import ConnectionPool, RedisAddress, RedisConnection
 
@@ -58,6 +66,52 @@ async def test_error_replies_are_redis_py_exceptions(redis_servers: list[RedisSe
         replies = await connection.execute_many([("ECHO", "a"), ("INCR", "tc-string"), ("ECHO", "b")])
         assert replies[0] == b"a" and isinstance(replies[1], ResponseError) and replies[2] == b"b"
         await pool.aclose()
+
+
+async def test_error_replies_map_to_redis_py_subclasses(redis_servers: list[RedisServer]) -> None:
+    """NOSCRIPT, NOPERM, WRONGPASS and ERR replies become redis-py's classes, with the text
+    redis-py gives them (the first word dropped), and the connection stays usable."""
+    async with trio.open_nursery() as nursery:
+        pool = ConnectionPool(RedisAddress.from_url(redis_servers[0].url), nursery)
+        with pytest.raises(NoScriptError, match=r"^No matching script"):
+            await pool.execute("EVALSHA", "0" * 40, 0)
+        with pytest.raises(ResponseError, match=r"^unknown command") as unknown:
+            await pool.execute("NO-SUCH-COMMAND")
+        assert type(unknown.value) is ResponseError
+        with pytest.raises(AuthenticationError):
+            await pool.execute("AUTH", "nobody", "wrong")
+        await pool.execute("ACL", "SETUSER", "tc-reader", "on", ">pw", "~*", "+get")
+        try:
+            connection = await pool.shared()
+            await connection.execute("AUTH", "tc-reader", "pw")
+            with pytest.raises(NoPermissionError):
+                await connection.execute("SET", "tc-key", "x")
+            assert await connection.execute("GET", "tc-missing") is None
+        finally:
+            await pool.aclose()
+            admin = ConnectionPool(RedisAddress.from_url(redis_servers[0].url), nursery)
+            await admin.execute("ACL", "DELUSER", "tc-reader")
+            await admin.aclose()
+
+
+def test_no_private_redis_py_module_is_imported() -> None:
+    """Regression (issue 11): the packages import only redis-py's public modules (no
+    ``redis._parsers``, which moves between releases)."""
+    root = Path(__file__).resolve().parents[2]
+    private = []
+    files = [
+        file
+        for package in ("layers", "interface", "trio_channels")
+        for file in (root / package).rglob("*.py")
+    ]
+    assert len(files) > 20
+    for file in files:
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            private += [f"{file.name}: {name}" for name in names if name.startswith("redis._")]
+    assert private == []
 
 
 async def test_connection_errors_are_mapped(redis_server: RedisServer) -> None:
