@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from .asgi import InterfaceApp, serve_interface
 from .core import ConnectionInfo, InterfaceConfig, InterfaceServer, WebSocketClosed
+from .listeners import BindError
 from .websocket import serve_websocket_listener
 
 __all__ = [
+    "BindError",
     "ConnectionInfo",
     "InterfaceApp",
     "InterfaceConfig",

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
@@ -24,13 +26,14 @@ from hypercorn.config import Config
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.utils import repr_socket_addr
 
 from .core import ClientDisconnected, ConnectionInfo, InterfaceServer, WebSocketClosed
+from .listeners import IdleConnections, bind_sockets, open_listeners, serve_connections
 from .protocol import Headers, clean_headers
 from .websocket import (
     ReplayStream,
     _guarded,
+    _Relay,
     handle_websocket_stream,
     is_websocket_upgrade,
     parse_head,
@@ -199,46 +202,58 @@ def hypercorn_config(
     return config
 
 
+def tls_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    """Hypercorn's server TLS context (HTTP/2 by ALPN) for *certfile* and *keyfile*, if given.
+
+    Raises :exc:`ValueError` naming the files if they cannot be loaded.
+    """
+    try:
+        return hypercorn_config([], certfile=certfile, keyfile=keyfile).create_ssl_context()
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"TLS certificate {certfile!r} with key {keyfile!r} could not be loaded: {exc}"
+        ) from exc
+
+
 async def serve_interface(
     server: InterfaceServer,
-    binds: Sequence[str],
+    binds: Sequence[str | socket.socket],
     *,
     certfile: str | None = None,
     keyfile: str | None = None,
     shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve HTTP and WebSockets on *binds* (``host:port``, ``unix:PATH``, ``fd://N``).
+    """Serve HTTP and WebSockets on *binds*: ``host:port``, ``unix:PATH``, ``fd://N``, or sockets.
+
+    Sockets are used as they are (bound and listening, as :func:`~interface.listeners.bind_sockets`
+    makes them) and closed on the way out.
 
     ``task_status.started()`` hands back the bound URLs (port 0 works) once listening. Runs
-    until cancelled, or until *shutdown* is set: then it stops accepting, closes WebSockets
-    with 1001, gives requests ``grace_period`` seconds, and returns.
+    until cancelled, or until *shutdown* is set: then it stops accepting, cancels connections
+    waiting for a request, closes WebSockets with 1001, gives requests in flight
+    ``grace_period`` seconds, and returns. Raises :exc:`ValueError` for an address that cannot
+    work or a TLS certificate that cannot be loaded, :exc:`~interface.listeners.BindError` (an
+    :exc:`OSError`) if binding fails.
     """
     config = hypercorn_config(
-        binds, certfile=certfile, keyfile=keyfile, graceful_timeout=server.config.grace_period
+        [bind for bind in binds if isinstance(bind, str)],
+        certfile=certfile,
+        keyfile=keyfile,
+        graceful_timeout=server.config.grace_period,
     )
+    ssl_context = tls_context(certfile, keyfile)
+    sockets = await bind_sockets(binds, backlog=config.backlog)
+    listeners, urls = open_listeners(sockets, "https" if ssl_context else "http", ssl_context)
     app = ASGIWrapper(InterfaceApp(server))  # type: ignore[arg-type]
     context = WorkerContext(None)
-    sockets = config.create_sockets()
-    listeners: list[trio.abc.Listener[Any]] = []
-    urls: list[str] = []
-    secure = [(sock, True) for sock in sockets.secure_sockets]
-    plain = [(sock, False) for sock in sockets.insecure_sockets]
-    ssl_context = config.create_ssl_context()
-    for sock, is_secure in secure + plain:
-        sock.listen(config.backlog)
-        listener: trio.abc.Listener[Any] = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        if is_secure:
-            assert ssl_context is not None
-            listener = trio.SSLListener(listener, ssl_context, https_compatible=True)
-        listeners.append(listener)
-        urls.append(
-            f"{'https' if is_secure else 'http'}://{repr_socket_addr(sock.family, sock.getsockname())}"
-        )
+    idle = IdleConnections()
 
     async def handle(stream: trio.abc.Stream) -> None:
-        head = await read_head(stream)
-        if head is None:
+        head = None
+        with idle.waiting():
+            head = await read_head(stream)
+        if head is None:  # the peer left, or shutdown cancelled the wait
             await trio.aclose_forcefully(stream)
             return
         replay = ReplayStream(head, stream)
@@ -247,31 +262,30 @@ async def serve_interface(
             assert request is not None
             await handle_websocket_stream(server, replay, request, server.config.root_path)
         else:
+            # Hypercorn closes its idle keep-alive connections itself once context.terminated is set.
             await TCPServer(app, config, context, {}, replay).run()  # type: ignore[arg-type]
 
+    async def on_shutdown() -> None:
+        await context.terminated.set()
+        await server.close_websockets()
+
     lifespan = Lifespan(app, config, {})
-    async with trio.open_nursery() as lifespan_nursery:
-        await lifespan_nursery.start(lifespan.handle_lifespan)
-        await lifespan.wait_for_startup()
-        async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as accepting:
-                accepting.start_soon(
-                    partial(
-                        trio.serve_listeners,
-                        partial(_guarded, handle),
-                        listeners,
-                        handler_nursery=connections,
-                    )
-                )
-                task_status.started(urls)
-                if shutdown is None:
-                    await trio.sleep_forever()
-                await shutdown.wait()
-                accepting.cancel_scope.cancel()
-            for listener in listeners:
-                await listener.aclose()
-            await context.terminated.set()
-            await server.close_websockets()
-            connections.cancel_scope.deadline = trio.current_time() + server.config.grace_period
-        await lifespan.wait_for_shutdown()
-        lifespan_nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as lifespan_nursery:
+            await lifespan_nursery.start(lifespan.handle_lifespan)
+            await lifespan.wait_for_startup()
+            await serve_connections(
+                partial(_guarded, handle),
+                listeners,
+                idle=idle,
+                shutdown=shutdown,
+                grace_period=server.config.grace_period,
+                on_shutdown=on_shutdown,
+                name=", ".join(urls),
+                task_status=_Relay(task_status, urls),
+            )
+            await lifespan.wait_for_shutdown()
+            lifespan_nursery.cancel_scope.cancel()
+    finally:
+        for sock in sockets:
+            sock.close()

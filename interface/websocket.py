@@ -9,7 +9,9 @@ that one connection with 1011; it never reaches the server.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl as _ssl
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -20,6 +22,7 @@ import trio_websocket
 from wsproto.frame_protocol import FrameProtocol
 
 from .core import ConnectionInfo, InterfaceServer, WebSocketClosed
+from .listeners import IdleConnections, bind_sockets, open_listeners, serve_connections
 from .protocol import clean_headers, decode_path
 
 __all__ = [
@@ -304,27 +307,29 @@ async def _refuse_plain_http(stream: trio.abc.Stream) -> None:
 
 async def serve_websocket_listener(
     server: InterfaceServer,
-    host: str,
-    port: int,
+    binds: Sequence[str | socket.socket],
     *,
     ssl_context: _ssl.SSLContext | None = None,
-    handler_nursery: trio.Nursery | None = None,
+    shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """A WebSocket-only listener on *host*:*port*; ``started()`` hands back its ``ws://`` URLs."""
-    listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
-    if ssl_context is not None:
-        listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
-    scheme = "wss" if ssl_context is not None else "ws"
-    urls = []
-    for listener in listeners:
-        sock = (listener.transport_listener if isinstance(listener, trio.SSLListener) else listener).socket  # type: ignore[attr-defined]
-        address, bound_port = sock.getsockname()[:2]
-        urls.append(f"{scheme}://{'[' + address + ']' if ':' in address else address}:{bound_port}")
+    """A WebSocket-only listener on *binds* (as :func:`~interface.serve_interface` takes them).
+
+    ``task_status.started()`` hands back its ``ws://`` URLs once listening. Plain HTTP requests
+    get 426. Runs until cancelled, or until *shutdown* is set: then it stops accepting, cancels
+    connections still sending their request head, closes WebSockets with 1001, gives the rest
+    ``grace_period`` seconds, and returns. Raises :exc:`ValueError` or
+    :exc:`~interface.listeners.BindError` if an address cannot be bound.
+    """
+    sockets = await bind_sockets(binds)
+    listeners, urls = open_listeners(sockets, "wss" if ssl_context else "ws", ssl_context)
+    idle = IdleConnections()
 
     async def handle(stream: trio.abc.Stream) -> None:
-        head = await read_head(stream)
-        if head is None:
+        head = None
+        with idle.waiting():
+            head = await read_head(stream)
+        if head is None:  # the peer left, or shutdown cancelled the wait
             await trio.aclose_forcefully(stream)
             return
         request = parse_head(head)
@@ -335,12 +340,20 @@ async def serve_websocket_listener(
         assert request is not None
         await handle_websocket_stream(server, ReplayStream(head, stream), request)
 
-    await trio.serve_listeners(
-        partial(_guarded, handle),
-        listeners,
-        handler_nursery=handler_nursery,
-        task_status=_Relay(task_status, urls),
-    )
+    try:
+        await serve_connections(
+            partial(_guarded, handle),
+            listeners,
+            idle=idle,
+            shutdown=shutdown,
+            grace_period=server.config.grace_period,
+            on_shutdown=server.close_websockets,
+            name=", ".join(urls),
+            task_status=_Relay(task_status, urls),
+        )
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 async def _guarded(handler: Any, stream: trio.abc.Stream) -> None:

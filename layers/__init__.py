@@ -49,7 +49,9 @@ def _query_options(query: str, url: str) -> dict[str, Any]:
     for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         convert = _NUMBER_OPTIONS.get(key)
         if convert is None:
-            continue
+            raise ValueError(
+                f"layer URL {url!r} is invalid: unknown option {key!r}; use {', '.join(_NUMBER_OPTIONS)}"
+            )
         try:
             options[key] = convert(value)
         except ValueError:

@@ -1,7 +1,9 @@
 """``python -m trio_channels``: ``run`` (interface + workers) and ``worker`` (workers only).
 
-Configuration errors (a bad routing path, settings module or layer URL) print one line on
-stderr and exit with status 2, like argparse's own usage errors.
+Exit status: 0 after a clean shutdown; 2 for anything wrong at start-up (a bad routing path,
+settings module, layer URL, ASGI app, TLS file, or an address that cannot be bound), printed
+as one line on stderr like argparse's own usage errors; 130 after a second Ctrl+C (or one
+before start-up finished); 1 for an error while running.
 """
 
 from __future__ import annotations
@@ -9,18 +11,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import sysconfig
+import traceback
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
+import attrs
 import trio
 
 import layers
 from interface import InterfaceConfig
 
+from .http import http_fallback
 from .routing import Router, import_by_path
-from .server import DEFAULT_CHANNEL_CAPACITY
+from .server import DEFAULT_CHANNEL_CAPACITY, ServerInfo
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["main"]
 
@@ -35,11 +44,54 @@ class ConfigurationError(Exception):
     """A user configuration problem: reported as one line, exit status 2."""
 
 
+_OURS = tuple(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + package + os.sep
+    for package in ("trio_channels", "layers", "interface")
+)
+_STDLIB = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
+
+
+def _user_location(exc: BaseException) -> str | None:
+    """``FILE, line N`` of the innermost frame in the user's code that *exc* came from."""
+    while exc.__cause__ is not None:  # the original error, not our re-raise of it
+        exc = exc.__cause__
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}, line {exc.lineno}"
+    found = None
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if frame.f_code.co_filename.startswith("<") or filename.startswith((*_OURS, _STDLIB)):
+            continue
+        found = f"{filename}, line {line}"
+    return found
+
+
+def _one_line(what: str, value: str, exc: BaseException) -> str:
+    """*exc*, raised while loading *value* (a *what*), as one line naming the value and where."""
+    frames = list(traceback.walk_tb(exc.__traceback__))
+    ours = bool(frames) and os.path.abspath(frames[-1][0].f_code.co_filename).startswith(_OURS)
+    if isinstance(exc, SyntaxError):
+        message = f"SyntaxError: {exc.msg}"
+    elif ours and str(exc):  # our messages say what is wrong; the type adds nothing
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    if repr(value) not in message:
+        message = f"{what} {value!r}: {message}"
+    location = _user_location(exc)
+    if location is not None:
+        message += f" ({location})"
+    return " ".join(message.split())  # a multi-line message would not be one line
+
+
 def _load_settings(path: str) -> dict[str, Any]:
     try:
         module = importlib.import_module(path)
     except ImportError as exc:
-        raise ConfigurationError(f"settings module {path!r} could not be imported: {exc}") from exc
+        reason = "no module of that name" if getattr(exc, "name", None) == path else str(exc)
+        raise ConfigurationError(f"settings module {path!r} could not be imported: {reason}") from exc
+    except Exception as exc:
+        raise ConfigurationError(_one_line("settings module", path, exc)) from exc
     layers_setting = getattr(module, "CHANNEL_LAYERS", None)
     if not isinstance(layers_setting, dict) or "default" not in layers_setting:
         raise ConfigurationError(f"settings module {path!r} needs CHANNEL_LAYERS = {{'default': {{...}}}}")
@@ -60,14 +112,14 @@ def _load_settings(path: str) -> dict[str, Any]:
     config = dict(default.get("CONFIG", {}))
     if backend is None:
         raise ConfigurationError(f"settings module {path!r}: CHANNEL_LAYERS['default'] has no BACKEND")
-    if "://" in backend:
-        result["layer"] = layers.from_url(backend, **config)
-    else:
-        try:
+    try:
+        if "://" in backend:
+            result["layer"] = layers.from_url(backend, **config)
+        else:
             cls = import_by_path(BACKEND_ALIASES.get(backend, backend), "channel layer BACKEND")
-        except ImportError as exc:
-            raise ConfigurationError(str(exc)) from exc
-        result["layer"] = cls(**config)
+            result["layer"] = cls(**config)
+    except Exception as exc:
+        raise ConfigurationError(f"settings module {path!r}: {_one_line('BACKEND', backend, exc)}") from exc
     return result
 
 
@@ -255,10 +307,14 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
             channel_capacity=DEFAULT_CHANNEL_CAPACITY
         )
     try:
-        router_check = Router(routing)
-    except (ImportError, TypeError, ValueError) as exc:
-        raise ConfigurationError(f"routing {routing!r}: {exc}") from exc
-    del router_check
+        Router(routing)  # import everything now: a typo is one line, not a traceback
+    except Exception as exc:
+        raise ConfigurationError(_one_line("routing", routing, exc)) from exc
+    if args.command == "run" and args.http_app:
+        try:
+            http_fallback(args.http_app)
+        except Exception as exc:
+            raise ConfigurationError(_one_line("ASGI app", args.http_app, exc)) from exc
     in_memory = isinstance(layer, layers.InMemoryChannelLayer)
     if in_memory and (args.command == "worker" or getattr(args, "noworker", False)):
         what = "'worker'" if args.command == "worker" else "'run --noworker'"
@@ -276,8 +332,8 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def _run(args: argparse.Namespace, prepared: dict[str, Any]) -> None:
-    from .server import ServerInfo, serve
+async def _run(args: argparse.Namespace, prepared: dict[str, Any], announce: _Announce) -> None:
+    from .server import serve
 
     options: dict[str, Any] = {
         "layer": prepared["layer"],
@@ -316,14 +372,26 @@ async def _run(args: argparse.Namespace, prepared: dict[str, Any]) -> None:
             interface=False, only_channels=args.only_channels, exclude_channels=args.exclude_channels
         )
 
-    async with trio.open_nursery() as nursery:
-        info: ServerInfo = await nursery.start(partial(serve, prepared["routing"], **options))
+    await serve(prepared["routing"], task_status=announce, **options)
+
+
+@attrs.define
+class _Announce:
+    """The CLI's ``task_status``: prints where it serves once ``serve()`` is ready."""
+
+    command: str
+    what: str
+    started_: bool = False
+
+    def started(self, info: ServerInfo | None = None) -> None:
+        assert info is not None
+        self.started_ = True
         layer_name = type(info.layer).__name__
-        if args.command == "run":
-            what = "the built-in demo" if prepared["demo"] else prepared["routing"]
+        if self.command == "run":
             for url in info.urls + info.ws_urls:
                 print(
-                    f"trio_channels: serving {what} at {url} ({layer_name}); press Ctrl+C to stop", flush=True
+                    f"trio_channels: serving {self.what} at {url} ({layer_name}); press Ctrl+C to stop",
+                    flush=True,
                 )
         else:
             channels = ", ".join(info.workers[0].channels) if info.workers else ""
@@ -342,11 +410,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    announce = _Announce(args.command, "the built-in demo" if prepared["demo"] else prepared["routing"])
     try:
-        trio.run(_run, args, prepared)
-    except OSError as exc:
+        trio.run(_run, args, prepared, announce)
+    except (OSError, ValueError, TypeError, ImportError) as exc:
+        if announce.started_ and not isinstance(exc, OSError):
+            raise  # a bug, not a configuration problem: the traceback helps
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        return 1 if announce.started_ else 2
+    except BaseException as exc:
+        if _interrupted(exc):
+            return 130
+        raise
     return 0
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether *exc* is a Ctrl+C, maybe inside exception groups."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and any(_interrupted(inner) for inner in exc.exceptions)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import http.cookies
+import importlib
 import json
 import logging
 import mimetypes
@@ -28,7 +29,7 @@ from layers.base import retry_when_full
 
 from .channel import Message
 from .exceptions import RequestAborted
-from .routing import Consumer, import_by_path
+from .routing import Consumer
 
 __all__ = [
     "CHUNK_SIZE",
@@ -306,9 +307,13 @@ def asgi_consumer(app: ASGIApp | str) -> Consumer:
         if not module or not attribute:
             raise ImportError(f"ASGI app {app!r} must be written 'package.module:app'")
         try:
-            app = import_by_path(f"{module}.{attribute}", "ASGI app")
+            app = getattr(importlib.import_module(module), attribute)
         except ImportError as exc:
-            raise ImportError(f"ASGI app {app!r} could not be imported: {exc.__cause__ or exc}") from exc
+            raise ImportError(f"ASGI app {app!r} could not be imported: {exc}") from exc
+        except AttributeError:
+            raise ImportError(
+                f"ASGI app {app!r} could not be imported: {module!r} has no {attribute!r}"
+            ) from None
     if not callable(app):
         raise TypeError(f"ASGI app {app!r} is not callable")
     asgi_app = app

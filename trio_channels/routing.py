@@ -112,15 +112,22 @@ def check_consumer(consumer: object) -> Consumer:
     )
 
 
-def _compile_filters(filters: Mapping[str, str | bytes | re.Pattern[str]]) -> dict[str, re.Pattern[str]]:
+def _compile_filters(
+    filters: Mapping[str, str | bytes | re.Pattern[str]], owner: str
+) -> dict[str, re.Pattern[str]]:
     compiled: dict[str, re.Pattern[str]] = {}
     for key, pattern in filters.items():
         if isinstance(pattern, bytes):
             pattern = pattern.decode("ascii")
-        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
+        try:
+            regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(
+                f"{owner}: filter {key}={pattern!r} is not a valid regular expression: {exc}"
+            ) from None
         if regex.groups != len(regex.groupindex):
             raise ValueError(
-                f"filter {key}={regex.pattern!r} has a positional group; routing only uses named "
+                f"{owner}: filter {key}={regex.pattern!r} has a positional group; routing only uses named "
                 "groups, like (?P<room>[a-z]+), or non-capturing ones (?:...)"
             )
         compiled[key] = regex
@@ -171,7 +178,8 @@ class Route:
         if not self.channels:
             raise ValueError("route() needs at least one channel name")
         self.consumer = consumer if isinstance(consumer, str) else check_consumer(consumer)
-        self.filters = _compile_filters(filters)
+        spelled = self.channels[0] if len(self.channels) == 1 else list(self.channels)
+        self.filters = _compile_filters(filters, f"route({spelled!r}, {_consumer_name(self.consumer)})")
 
     def resolve(self) -> None:
         if isinstance(self.consumer, str):
@@ -216,7 +224,9 @@ class Include:
 
     def __init__(self, routing: Any, **filters: Any) -> None:
         self.routing = routing if isinstance(routing, str) else _as_routing_list(routing)
-        self.filters = _compile_filters(filters)
+        self.filters = _compile_filters(
+            filters, f"include({routing!r})" if isinstance(routing, str) else "include()"
+        )
 
     def resolve(self) -> None:
         if isinstance(self.routing, str):

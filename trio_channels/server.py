@@ -7,9 +7,10 @@ One nursery supervises everything::
      ├─ outer nursery: the interface's reply poller, the signal watcher
      └─ graceful nursery: HTTP+WebSocket listeners, WebSocket-only listeners, workers
 
-Shutdown (SIGINT/SIGTERM, or the ``shutdown`` event): listeners stop accepting and close
-WebSockets with 1001, workers stop pulling, in-flight requests and consumers get
-``grace_period`` seconds, then everything left is cancelled.
+Shutdown (SIGINT/SIGTERM, or the ``shutdown`` event): listeners stop accepting, cancel the
+connections that wait for a request (an idle keep-alive or pre-connection) and close WebSockets
+with 1001, workers stop pulling, in-flight requests and consumers get ``grace_period`` seconds,
+then everything left is cancelled. A second signal cancels everything at once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import attrs
 import trio
 
 import layers
-from interface import InterfaceConfig, InterfaceServer, serve_interface, serve_websocket_listener
+from interface import BindError, InterfaceConfig, InterfaceServer, serve_interface, serve_websocket_listener
+from interface.asgi import tls_context
+from interface.listeners import bind_sockets
 from layers import BaseChannelLayer, InMemoryChannelLayer
 from layers._concurrency import open_service_nursery
 
@@ -37,7 +40,7 @@ from .security import use_allowed_hosts
 from .stores import InMemorySessionStore, RedisSessionStore, SessionStore, use_session_store
 from .worker import Worker, run_worker
 
-__all__ = ["ServerInfo", "serve"]
+__all__ = ["BindError", "ServerInfo", "serve"]
 
 log = logging.getLogger("trio_channels.server")
 
@@ -71,39 +74,28 @@ class ServerInfo:
         return (self.urls or self.ws_urls)[0]
 
 
-def _split_host_port(bind: str) -> tuple[str, int]:
-    host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"WebSocket bind {bind!r} is invalid: write it as host:port")
-    return host.strip("[]") or "127.0.0.1", int(port)
+@attrs.define(eq=False)
+class _Signals:
+    """SIGINT/SIGTERM: the first shuts down gracefully, a second one stops at once."""
 
+    shutdown: trio.Event
+    hard_stop: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    forced_by: int | None = None
 
-async def _serve_websocket_only(
-    server: InterfaceServer,
-    bind: str,
-    shutdown: trio.Event,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    host, port = _split_host_port(bind)
-    async with trio.open_nursery() as connections:
-        async with trio.open_nursery() as accepting:
-            urls = await accepting.start(
-                partial(serve_websocket_listener, server, host, port, handler_nursery=connections)
-            )
-            task_status.started(urls)
-            await shutdown.wait()
-            accepting.cancel_scope.cancel()
-        await server.close_websockets()
-        connections.cancel_scope.deadline = trio.current_time() + server.config.grace_period
-
-
-async def _watch_signals(shutdown: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
-            shutdown.set()
-            return
+    async def watch(self) -> None:
+        graceful = False
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not graceful:
+                    graceful = True
+                    log.info("received %s: shutting down gracefully (again to stop at once)", name)
+                    self.shutdown.set()
+                    continue
+                log.warning("received %s again: stopping at once, cancelling work in flight", name)
+                self.forced_by = signum
+                self.hard_stop.cancel()
+                return
 
 
 async def _open_session_store(
@@ -163,18 +155,24 @@ async def serve(
 
     ``task_status.started()`` hands back a :class:`ServerInfo` once every listener is bound and
     every worker is pulling. Stops when *shutdown* is set, or on SIGINT/SIGTERM with
-    ``handle_signals=True``, gracefully (see the module docstring); cancelling it is a hard stop.
+    ``handle_signals=True``, gracefully (see the module docstring); cancelling it is a hard stop,
+    and so is a second signal (after a second SIGINT it raises :exc:`KeyboardInterrupt`).
 
     Consumers' sessions live in *session_store* (a store, a ``redis://`` URL, or ``None``: the
     Redis layer's first server for a Redis layer, else in memory); *user_loader* loads users
     for ``message.user``; *allowed_hosts* is ``ALLOWED_HOSTS`` for origin checks.
 
-    Raises :exc:`ValueError` for a configuration that cannot work (an in-memory layer without
-    both an interface and workers), :exc:`ImportError` for a bad routing path, and
-    :exc:`OSError` if a bind fails.
+    Every address is bound before anything else starts. Raises :exc:`ValueError` for a
+    configuration that cannot work (an in-memory layer without both an interface and workers,
+    an address that is not ``host:port``, ``unix:PATH`` or ``fd://N``, a certfile without a
+    keyfile), :exc:`ImportError` for a bad routing path, and :exc:`BindError` (an
+    :exc:`OSError` naming the address and the reason) if a bind fails; never an exception
+    group for these.
     """
     if routing is None:
         routing = "trio_channels.demo.routing.routing"
+    bind = [bind] if isinstance(bind, str) else list(bind)  # one address, not its characters
+    ws_bind = [ws_bind] if isinstance(ws_bind, str) else list(ws_bind)
     if layer is None:
         layer = InMemoryChannelLayer(channel_capacity=DEFAULT_CHANNEL_CAPACITY)
     elif isinstance(layer, str):
@@ -189,7 +187,13 @@ async def serve(
         Router(routing, http_fallback=http_fallback(http_app, static_root, static_url)) if n_workers else None
     )
     config = interface_config or InterfaceConfig(grace_period=grace_period)
+    if bool(certfile) != bool(keyfile):
+        raise ValueError(
+            f"TLS needs both a certfile and a keyfile, got certfile={certfile!r} keyfile={keyfile!r}"
+        )
+    tls_context(certfile, keyfile)  # fail now, not after the workers started
     shutdown = shutdown or trio.Event()
+    signals = _Signals(shutdown) if handle_signals else None
 
     hosts_setting = use_allowed_hosts(allowed_hosts) if allowed_hosts is not None else None
 
@@ -203,7 +207,8 @@ async def serve(
                 stack.enter_context(use_user_loader(user_loader))
             if hosts_setting is not None:
                 stack.enter_context(hosts_setting)
-            await run_servers()
+            with signals.hard_stop if signals else contextlib.nullcontext():
+                await run_servers()
 
     async def run_servers() -> None:
         assert isinstance(layer, BaseChannelLayer)
@@ -212,8 +217,8 @@ async def serve(
         workers_shutdown = trio.Event()
         with use_layer(layer):
             async with open_service_nursery() as outer:
-                if handle_signals:
-                    outer.start_soon(_watch_signals, shutdown)
+                if signals:
+                    outer.start_soon(signals.watch)
                 async with trio.open_nursery() as worker_nursery:
                     started: list[Worker] = []
                     for _ in range(n_workers):
@@ -241,20 +246,20 @@ async def serve(
                             server = InterfaceServer(layer, config)
                             await outer.start(server.run_reply_poller)
                             await outer.start(server.run_membership_watcher)
-                            if bind:
+                            if sockets:
                                 urls = await listeners.start(
                                     partial(
                                         serve_interface,
                                         server,
-                                        bind,
+                                        sockets,
                                         certfile=certfile,
                                         keyfile=keyfile,
                                         shutdown=shutdown,
                                     )
                                 )
-                            for ws in ws_bind:
-                                ws_urls += await listeners.start(
-                                    partial(_serve_websocket_only, server, ws, shutdown)
+                            if ws_sockets:
+                                ws_urls = await listeners.start(
+                                    partial(serve_websocket_listener, server, ws_sockets, shutdown=shutdown)
                                 )
                         task_status.started(
                             ServerInfo(
@@ -270,8 +275,18 @@ async def serve(
                     workers_shutdown.set()
                 outer.cancel_scope.cancel()
 
-    if _is_open(layer):
-        await run()
-    else:
-        async with layer:
+    # Bind before anything starts, so a bad address fails at once, before anything said it is
+    # listening; the listeners own the sockets from then on (closing one twice is harmless).
+    bound = await bind_sockets([*bind, *ws_bind]) if interface else []
+    sockets, ws_sockets = bound[: len(bind)], bound[len(bind) :]
+    try:
+        if _is_open(layer):
             await run()
+        else:
+            async with layer:
+                await run()
+    finally:
+        for sock in bound:
+            sock.close()
+    if signals and signals.forced_by == signal.SIGINT:
+        raise KeyboardInterrupt

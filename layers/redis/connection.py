@@ -58,6 +58,14 @@ class RedisAddress:
             options = parse_url(url)
         except ValueError as exc:
             raise ValueError(f"Redis URL {url!r} is invalid: {exc}") from None
+        from urllib.parse import urlsplit
+
+        database = urlsplit(url).path.strip("/")
+        if not url.lower().startswith("unix:") and database and not database.isdigit():
+            # redis-py's parse_url silently falls back to database 0 here.
+            raise ValueError(
+                f"Redis URL {url!r} is invalid: the database {database!r} must be a number, like /0"
+            )
         return cls(
             host=options.get("host") or "localhost",
             port=int(options.get("port") or 6379),

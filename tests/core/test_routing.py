@@ -50,6 +50,18 @@ def test_positional_groups_are_rejected_at_definition() -> None:
     route("http.request", consumer_a, path=r"^/(?:[a-z]+)/$")  # non-capturing is fine
 
 
+def test_a_bad_regex_is_a_value_error_naming_the_route_and_the_pattern() -> None:
+    """A filter that does not compile: ValueError naming the route, the filter and the pattern."""
+    with pytest.raises(ValueError) as bad:
+        route("http.request", consumer_a, path=r"^/rooms/(?P<room>[a-z+/$")
+    assert str(bad.value).startswith(
+        "route('http.request', tests.core.test_routing.consumer_a): filter path='^/rooms/(?P<room>[a-z+/$' "
+        "is not a valid regular expression: unterminated character set"
+    )
+    with pytest.raises(ValueError, match=r"^include\('x.y'\): filter path='\(' is not a valid"):
+        include("x.y", path="(")
+
+
 def test_first_match_wins() -> None:
     """Routes resolve in list order."""
     router = Router([route("x", consumer_a), route("x", consumer_b)], defaults=False)

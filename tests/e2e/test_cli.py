@@ -79,7 +79,7 @@ async def test_settings_module_like_the_seed() -> None:
     [
         (
             ["run", "myproject.nowhere.routing"],
-            "routing 'myproject.nowhere.routing': routing 'myproject.nowhere.routing' could not be imported",
+            "routing 'myproject.nowhere.routing' could not be imported: No module named 'myproject'",
         ),
         (
             ["run", "--settings", "nowhere_settings"],

@@ -635,7 +635,7 @@ async def test_handler_error_closes_only_that_connection_with_1011(nursery: trio
     layer = InMemoryChannelLayer()
     server = FaultyServer(layer)
     nursery.start_soon(server.run_reply_poller)
-    urls = await nursery.start(partial(serve_websocket_listener, server, "127.0.0.1", 0))
+    urls = await nursery.start(partial(serve_websocket_listener, server, ["127.0.0.1:0"]))
 
     async def accept_all() -> None:
         while True:
