@@ -1,6 +1,8 @@
 """Channel layers: named FIFO queues plus groups, in memory or in Redis.
 
-This package knows nothing of interface servers or routing.
+This package knows nothing of interface servers or routing. The contract and its pure rules
+are :mod:`layers.base`; :mod:`layers.concurrency` holds the structured-concurrency helpers
+other packages share.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from .base import (
     ChannelLayerError,
     LayerStatistics,
     MessageTooLarge,
+    decode_message,
+    encode_message,
     non_local_name,
+    retry_when_full,
     validate_channel_name,
     validate_group_name,
     validate_message,
@@ -32,8 +37,11 @@ __all__ = [
     "InMemoryChannelLayer",
     "LayerStatistics",
     "MessageTooLarge",
+    "decode_message",
+    "encode_message",
     "from_url",
     "non_local_name",
+    "retry_when_full",
     "validate_channel_name",
     "validate_group_name",
     "validate_message",

@@ -48,9 +48,11 @@ __all__ = [
     "encode_message",
     "non_local_name",
     "parse_delay_message",
+    "retry_when_full",
     "validate_channel_name",
     "validate_group_name",
     "validate_message",
+    "validate_receive_channels",
 ]
 
 #: Key layers use internally to carry the full name of a process-specific channel.
@@ -161,37 +163,37 @@ def _path(parent: str, key: object) -> str:
 _SCALARS: Final = frozenset({str, bytes, bool, float, type(None)})
 
 
-def _valid(value: object) -> bool:
+def _valid(value: Any) -> bool:
     # The fast check: no paths built while everything is fine.
     kind = type(value)
     if kind in _SCALARS:
         return True
     if kind is int:
-        return _INT64_MIN <= value <= _INT64_MAX  # type: ignore[operator]
+        return _INT64_MIN <= value <= _INT64_MAX
     if kind is dict:
-        return all(type(key) is str and _valid(item) for key, item in value.items())  # type: ignore[attr-defined]
+        return all(type(key) is str and _valid(item) for key, item in value.items())
     if kind is list or kind is tuple:
-        return all(_valid(item) for item in value)  # type: ignore[attr-defined]
+        return all(_valid(item) for item in value)
     return False
 
 
-def _check_value(value: object, path: str) -> None:
+def _check_value(value: Any, path: str) -> None:
     # The slow walk, only for an invalid message: finds the first bad value and names its path.
     kind = type(value)
     if kind in _SCALARS:
         return
     if kind is int:
-        if not _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+        if not _INT64_MIN <= value <= _INT64_MAX:
             raise ValueError(f"{path} is invalid: {value!r} does not fit in a signed 64-bit integer")
         return
     if kind is dict:
-        for key, item in value.items():  # type: ignore[attr-defined]
+        for key, item in value.items():
             if type(key) is not str:
                 raise TypeError(f"{path} is invalid: dict keys must be str, got {type(key).__name__} {key!r}")
             _check_value(item, _path(path, key))
         return
     if kind is list or kind is tuple:
-        for index, item in enumerate(value):  # type: ignore[arg-type]
+        for index, item in enumerate(value):
             _check_value(item, _path(path, index))
         return
     raise TypeError(
@@ -530,8 +532,3 @@ async def retry_when_full(send: Callable[[], Awaitable[None]], timeout: float) -
             return
         except ChannelFull:
             pass
-
-
-def current_time() -> float:
-    """Trio's clock, so ``MockClock`` drives expiry in tests."""
-    return trio.current_time()

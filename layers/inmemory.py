@@ -32,7 +32,6 @@ import attrs
 import outcome
 import trio
 
-from ._concurrency import open_service_nursery
 from .base import (
     BaseChannelLayer,
     ChannelFull,
@@ -44,6 +43,7 @@ from .base import (
     validate_group_name,
     validate_receive_channels,
 )
+from .concurrency import open_service_nursery
 
 __all__ = ["InMemoryChannelLayer"]
 

@@ -27,7 +27,7 @@ import trio
 import layers
 from interface import InterfaceConfig, InterfaceServer, serve_interface, serve_websocket_listener
 from layers import BaseChannelLayer, InMemoryChannelLayer
-from layers._concurrency import open_service_nursery
+from layers.concurrency import open_service_nursery
 
 from .auth import UserLoader, use_user_loader
 from .channel import use_layer

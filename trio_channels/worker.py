@@ -32,8 +32,8 @@ import attrs
 import trio
 
 from layers import BaseChannelLayer
-from layers._concurrency import leaves
 from layers.base import retry_when_full, validate_channel_name
+from layers.concurrency import leaves
 
 from .channel import Channel, Message, Outbox, _current_outbox, use_layer
 from .exceptions import ConsumeLater, DenyConnection

@@ -41,7 +41,6 @@ import trio
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from .._concurrency import open_service_nursery
 from ..base import (
     BaseChannelLayer,
     ChannelFull,
@@ -53,6 +52,7 @@ from ..base import (
     validate_group_name,
     validate_receive_channels,
 )
+from ..concurrency import open_service_nursery
 from . import scripts
 from .connection import ConnectionPool, RedisAddress
 
@@ -469,19 +469,19 @@ class RedisChannelLayer(BaseChannelLayer):
     async def group_add(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
-        pool = self._pools_for_group(group)
+        pool = self._group_pool(group)
         await _GROUP_ADD(
             pool, self._group_keys(group), [channel, self.get_capacity(channel), self.group_expiry]
         )
 
-    def _pools_for_group(self, group: str) -> ConnectionPool:
+    def _group_pool(self, group: str) -> ConnectionPool:
         self._require_open()
         return self._pools[consistent_hash(group, len(self.hosts))]
 
     async def group_discard(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
-        pool = self._pools_for_group(group)
+        pool = self._group_pool(group)
         zset, caps = self._group_keys(group)
         connection = await pool.shared()
         await connection.execute_many([("ZREM", zset, channel), ("HDEL", caps, channel)])
@@ -489,7 +489,7 @@ class RedisChannelLayer(BaseChannelLayer):
     async def group_channels(self, group: str) -> list[str]:
         validate_group_name(group)
         members = await _GROUP_MEMBERS(
-            self._pools_for_group(group), self._group_keys(group), [self.group_expiry]
+            self._group_pool(group), self._group_keys(group), [self.group_expiry]
         )
         return [member.decode() for member in members]
 
@@ -498,7 +498,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def send_group_encoded(self, group: str, data: bytes) -> None:
         validate_group_name(group)
-        pool = self._pools_for_group(group)
+        pool = self._group_pool(group)
         sealed = self._seal(data)
         if len(self.hosts) == 1:
             # One round trip: read the members, evict the gone, push one item per list.
@@ -536,7 +536,7 @@ class RedisChannelLayer(BaseChannelLayer):
         evicted = [member.decode() for member in result[1:]]
         if evicted:
             zset, caps = self._group_keys(group)
-            connection = await self._pools_for_group(group).shared()
+            connection = await self._group_pool(group).shared()
             await connection.execute_many([("ZREM", zset, *evicted), ("HDEL", caps, *evicted)])
 
     # -- housekeeping ----------------------------------------------------------------------
