@@ -10,6 +10,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
+from ._backend import query_options
 from .base import (
     DEFAULT_MAX_MESSAGE_SIZE,
     BaseChannelLayer,
@@ -47,23 +48,6 @@ __all__ = [
     "validate_message",
 ]
 
-_NUMBER_OPTIONS = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int}
-
-
-def _query_options(query: str, url: str) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        convert = _NUMBER_OPTIONS.get(key)
-        if convert is None:
-            continue
-        try:
-            options[key] = convert(value)
-        except ValueError:
-            raise ValueError(
-                f"layer URL {url!r} is invalid: option {key}={value!r} must be a number"
-            ) from None
-    return options
-
 
 def from_url(url: str, **options: Any) -> BaseChannelLayer:
     """Build a channel layer from a URL; keyword *options* override those in the query string.
@@ -81,7 +65,7 @@ def from_url(url: str, **options: Any) -> BaseChannelLayer:
     if scheme == "memory":
         if parts.netloc or parts.path not in ("", "/"):
             raise ValueError(f"layer URL {url!r} is invalid: write it as 'memory://' (no host or path)")
-        return InMemoryChannelLayer(**{**_query_options(parts.query, url), **options})
+        return InMemoryChannelLayer(**{**query_options(url, parts.query), **options})
     if scheme in ("redis", "rediss", "unix"):
         try:
             from .redis import RedisChannelLayer

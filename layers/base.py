@@ -1,8 +1,8 @@
 """The channel layer contract every backend shares.
 
-Everything here is pure: name rules, message rules, the capacity map and the encoding that
-gives copy-on-send and the size limit. Backends (:mod:`layers.inmemory`, :mod:`layers.redis`)
-are thin Trio shells around these pieces, so the rules cannot drift between them.
+Everything here is pure: name rules, message rules, the capacity map and the encoding that gives copy-on-send and the size limit. Backends (:mod:`layers.inmemory`,
+:mod:`layers.redis`) are thin Trio shells around these pieces and the receive machinery they
+share (:mod:`layers._backend`), so the rules cannot drift between them.
 
 Name rules (ASGI 1.0, reference §2.2):
 
@@ -414,6 +414,15 @@ class BaseChannelLayer(abc.ABC):
         or not, never half-sent.
         """
 
+    @abc.abstractmethod
+    async def send_nowait(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
+        """:meth:`send` without yielding to other tasks, like Trio's ``send_nowait``.
+
+        A send never waits for room (a full channel raises :exc:`ChannelFull` at once), so
+        the twins differ only in scheduling: in memory this one is no checkpoint at all; a
+        backend that must talk to a server still awaits that round trip.
+        """
+
     async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None:
         """Send a message already made by :func:`encode_message` (validated, copied, sized).
 
@@ -426,7 +435,6 @@ class BaseChannelLayer(abc.ABC):
         """:meth:`send_group` for a message already made by :func:`encode_message`."""
         await self.send_group(group, decode_message(data))
 
-    @abc.abstractmethod
     async def receive(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
         """Wait for the next message on any of *channels*; return ``(channel, message)``.
 
@@ -434,12 +442,22 @@ class BaseChannelLayer(abc.ABC):
         returns the full name. Time limits come from the caller's cancel scope; a cancelled
         receive loses no message.
         """
+        channel, message, _ = await self.receive_with_deadline(channels)
+        return channel, message
 
     @abc.abstractmethod
     async def receive_with_deadline(self, channels: Sequence[str]) -> tuple[str, dict[str, Any], float]:
         """Like :meth:`receive`, plus the message's expiry as a ``trio.current_time()`` deadline.
 
         Workers run each consumer under a cancel scope with this deadline.
+        """
+
+    @abc.abstractmethod
+    async def receive_nowait(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        """The next message already waiting on any of *channels*, like :meth:`receive`;
+        raise :exc:`trio.WouldBlock` at once if there is none.
+
+        In memory this is no checkpoint at all; on Redis it is one non-blocking pop.
         """
 
     @abc.abstractmethod
@@ -468,7 +486,12 @@ class BaseChannelLayer(abc.ABC):
 
     @abc.abstractmethod
     async def statistics(self, channel: str | None = None) -> LayerStatistics:
-        """Counters for *channel*, or for the whole layer."""
+        """Counters for *channel*, or for the whole layer.
+
+        Asynchronous in the contract because a shared layer keeps its counters on its server
+        (one or more round trips). Where the state is local and pure, it answers
+        synchronously as well: ``InMemoryChannelLayer.state.statistics(now)``.
+        """
 
     # -- ASGI-1 spellings ---------------------------------------------------------------
 

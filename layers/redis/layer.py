@@ -9,9 +9,10 @@ round trip). A group is a sorted set of members scored by add time, plus a hash 
 member's capacity; a group send pushes one item per list, so the members a process holds get
 **one** item that the process fans out locally.
 
-Receiving mirrors the in-memory layer: a receiver parks on its channel names, and one
-*poller* task per (server, set of lists) runs ``BLPOP`` on a dedicated connection **only
-while** someone here is waiting, handing each item to a parked receiver. An item nobody is
+Receiving shares the in-memory layer's machinery (:mod:`layers._backend`): a receiver parks
+on its channel names, and one *poller* task per (server, set of lists) runs ``BLPOP`` on a
+dedicated connection **only while** someone here is waiting, handing each item to a parked
+receiver. An item nobody is
 waiting for any more (the receiver was cancelled meanwhile) goes back to the head of its
 list, so a cancelled receive loses nothing and a busy worker hoards nothing; items for this
 process's own prefix stay in a local queue instead, since only this process reads them.
@@ -36,21 +37,18 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import attrs
-import outcome
 import trio
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, RedisError
 
+from .._backend import Delivery, ParkingLayer, fair_order, query_options, single_reader_names
 from ..base import (
-    BaseChannelLayer,
     ChannelFull,
     LayerStatistics,
     decode_message,
     non_local_name,
-    parse_delay_message,
     validate_channel_name,
     validate_group_name,
-    validate_receive_channels,
 )
 from ..concurrency import open_service_nursery
 from . import scripts
@@ -62,7 +60,6 @@ log = logging.getLogger("layers.redis")
 
 #: How long one BLPOP waits before the poller checks whether anyone still waits.
 BLOCK_SECONDS = 1
-_Delivery = tuple[str, dict[str, Any], float]
 
 
 def consistent_hash(name: str, ring: int) -> int:
@@ -88,6 +85,15 @@ class _Script:
             return await pool.execute("EVAL", self.source, len(keys), *keys, *args)
 
 
+async def _command(pool: ConnectionPool, *args: Any) -> Any:
+    return await pool.execute(*args)
+
+
+async def _commands(pool: ConnectionPool, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    connection = await pool.shared()
+    return await connection.execute_many(commands)
+
+
 _SEND = _Script(scripts.SEND)
 _GROUP_ADD = _Script(scripts.GROUP_ADD)
 _GROUP_MEMBERS = _Script(scripts.GROUP_MEMBERS)
@@ -97,12 +103,6 @@ _DELAY_DUE = _Script(scripts.DELAY_DUE)
 _LIST_STATS = _Script(scripts.LIST_STATS)
 _GROUP_PUSH = _Script(scripts.GROUP_PUSH)
 _POP_MANY = _Script(scripts.POP_MANY)
-
-
-@attrs.define(eq=False, slots=True)
-class _Waiter:
-    task: trio.lowlevel.Task
-    names: list[str]
 
 
 def _fernet(keys: Sequence[str | bytes] | None) -> Any:
@@ -142,7 +142,7 @@ def _hosts(value: Any) -> list[RedisAddress]:
 
 
 @attrs.define(eq=False, kw_only=True)
-class RedisChannelLayer(BaseChannelLayer):
+class RedisChannelLayer(ParkingLayer):
     """A channel layer on one or more Redis servers (several = sharded).
 
     ``hosts`` takes URLs (``redis://``, ``rediss://``, ``unix://``) or ``(host, port)``
@@ -158,8 +158,7 @@ class RedisChannelLayer(BaseChannelLayer):
     _crypter: Any = attrs.field(init=False, default=None, repr=False)
     _pools: list[ConnectionPool] = attrs.field(factory=list, init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False, repr=False)
-    _waiters: dict[str, dict[_Waiter, None]] = attrs.field(factory=dict, init=False, repr=False)
-    _local: dict[str, deque[_Delivery]] = attrs.field(factory=dict, init=False, repr=False)
+    _local: dict[str, deque[Delivery]] = attrs.field(factory=dict, init=False, repr=False)
     _pollers: set[tuple[int, frozenset[str]]] = attrs.field(factory=set, init=False, repr=False)
     _delay_wakeup: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
 
@@ -172,23 +171,11 @@ class RedisChannelLayer(BaseChannelLayer):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisChannelLayer:
         """``redis://host:6379/0`` (several hosts: comma-separated URLs) plus query options
-        ``expiry``, ``group_expiry``, ``capacity``, ``prefix``."""
-        from urllib.parse import parse_qsl, urlsplit
+        ``expiry``, ``group_expiry``, ``capacity``, ``max_message_size``, ``prefix``."""
+        from urllib.parse import urlsplit
 
         hosts = [part.strip() for part in url.split(",") if part.strip()]
-        query = dict(parse_qsl(urlsplit(hosts[-1]).query))
-        numbers = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int}
-        parsed: dict[str, Any] = {}
-        for key, convert in numbers.items():
-            if key in query:
-                try:
-                    parsed[key] = convert(query[key])
-                except ValueError:
-                    raise ValueError(
-                        f"layer URL {url!r} is invalid: {key}={query[key]!r} must be a number"
-                    ) from None
-        if "prefix" in query:
-            parsed["prefix"] = query["prefix"]
+        parsed = query_options(url, urlsplit(hosts[-1]).query, text=("prefix",))
         return cls(hosts=hosts, **{**parsed, **options})
 
     # -- lifetime --------------------------------------------------------------------------
@@ -239,11 +226,6 @@ class RedisChannelLayer(BaseChannelLayer):
         return bytes(self._crypter.decrypt(data, ttl=int(self.expiry) + 10))
 
     # -- sending ---------------------------------------------------------------------------
-
-    async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
-        if channel == "asgi.delay":
-            channel, message, delay = parse_delay_message(message)
-        await self.send_encoded(channel, self._encode(message), delay=delay)
 
     async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None:
         validate_channel_name(channel)
@@ -306,33 +288,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- receiving -------------------------------------------------------------------------
 
-    async def receive(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
-        channel, message, _ = await self.receive_with_deadline(channels)
-        return channel, message
-
-    async def receive_with_deadline(self, channels: Sequence[str]) -> _Delivery:
-        names = validate_receive_channels(channels)
-        self._require_open()
-        await trio.lowlevel.checkpoint_if_cancelled()
-        found = self._take_local(names)
-        if found is not None:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return found
-        waiter = _Waiter(trio.lowlevel.current_task(), names)
-        for name in names:
-            self._waiters.setdefault(name, {})[waiter] = None
-        self._ensure_pollers(names)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._unpark(waiter)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        result: _Delivery = await trio.lowlevel.wait_task_rescheduled(abort)
-        return result
-
-    def _take_local(self, names: list[str]) -> _Delivery | None:
-        if len(names) > 1:
-            names = random.sample(names, len(names))
+    def _take(self, names: list[str]) -> Delivery | None:
         now = trio.current_time()
         for name in names:
             queue = self._local.get(name)
@@ -344,14 +300,24 @@ class RedisChannelLayer(BaseChannelLayer):
                     return delivery
         return None
 
-    def _unpark(self, waiter: _Waiter) -> None:
-        for name in waiter.names:
-            parked = self._waiters[name]
-            del parked[waiter]
-            if not parked:
-                del self._waiters[name]
+    async def _fetch_nowait(self, names: list[str]) -> Delivery | None:
+        by_shard: dict[int, list[str]] = {}
+        for name in names:
+            by_shard.setdefault(self._shard(name), []).append(name)
+        for shard in fair_order(list(by_shard)):
+            pool = self._pools[shard]
+            lists = {self._list_key(name): name for name in by_shard[shard]}
+            while flat := await _POP_MANY(pool, fair_order(list(lists)), [1]):
+                name = lists[flat[0].decode()]
+                deliveries = self._unpack(name, flat[1])
+                if deliveries:  # else it expired or could not be read: pop the next
+                    leftovers = self._hand_out(name, deliveries[1:])
+                    if leftovers:  # the rest of a fan-out item: only this process reads it
+                        self._local.setdefault(name, deque()).extend(leftovers)
+                    return deliveries[0]
+        return None
 
-    def _ensure_pollers(self, names: list[str]) -> None:
+    def _will_park(self, names: list[str]) -> None:
         by_shard: dict[int, list[str]] = {}
         for name in names:
             by_shard.setdefault(self._shard(name), []).append(name)
@@ -366,16 +332,17 @@ class RedisChannelLayer(BaseChannelLayer):
         shard, names = key
         pool = self._pools[shard]
         lists = {self._list_key(name): name for name in names}
+        keys = tuple(names)
         # Only this process reads its own prefix, so take all that is queued there at once.
         own_prefix = any(name.endswith("!") for name in names)
         backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         failures = 0
         try:
-            while any(name in self._waiters for name in names):
+            while self._receivers.count(keys):
                 try:
                     async with pool.dedicated() as connection:
                         while True:
-                            waiting = len({w for name in names for w in self._waiters.get(name, ())})
+                            waiting = self._receivers.count(keys)
                             if not waiting:
                                 break
                             order = random.sample(list(lists), len(lists))
@@ -410,17 +377,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def _dispatch(self, pool: ConnectionPool, list_key: bytes, name: str, item: bytes) -> None:
         deliveries = self._unpack(name, item)
-        if not deliveries:
-            return
-        leftovers = []
-        for delivery in deliveries:
-            waiters = self._waiters.get(name)
-            if waiters:
-                waiter = next(iter(waiters))
-                self._unpark(waiter)
-                trio.lowlevel.reschedule(waiter.task, outcome.Value(delivery))
-            else:
-                leftovers.append(delivery)
+        leftovers = self._hand_out(name, deliveries)
         if not leftovers:
             return
         if name.endswith("!") or len(deliveries) > 1:
@@ -431,7 +388,18 @@ class RedisChannelLayer(BaseChannelLayer):
             with trio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
                 await pool.execute("LPUSH", list_key, item)
 
-    def _unpack(self, name: str, item: bytes) -> list[_Delivery]:
+    def _hand_out(self, name: str, deliveries: list[Delivery]) -> list[Delivery]:
+        """Give each delivery from list *name* to a parked receiver; return those nobody took."""
+        leftovers = []
+        for delivery in deliveries:
+            waiter = self._receivers.claim(delivery[0], name)
+            if waiter is None:
+                leftovers.append(delivery)
+            else:
+                waiter.wake(delivery)
+        return leftovers
+
+    def _unpack(self, name: str, item: bytes) -> list[Delivery]:
         expires, kind, field, data = item.split(b"|", 3)
         remaining = int(expires) / 1000 - time.time()
         if remaining <= 0:
@@ -450,16 +418,10 @@ class RedisChannelLayer(BaseChannelLayer):
     # -- channels --------------------------------------------------------------------------
 
     async def new_channel(self, pattern: str) -> str:
-        if not isinstance(pattern, str) or not pattern.endswith("?"):
-            raise TypeError(
-                f"new_channel pattern {pattern!r} is invalid: it must be a str ending in '?' "
-                "(process-specific '!' names are made by their process, not the layer)"
-            )
-        validate_channel_name(pattern + "x")
-        while True:
-            name = pattern + secrets.token_urlsafe(9)
-            if not await self._pool(name).execute("EXISTS", self._list_key(name)):
-                return name
+        for name in single_reader_names(pattern):  # endless: ends at an unused name
+            if not await _command(self._pool(name), "EXISTS", self._list_key(name)):
+                break
+        return name
 
     # -- groups ----------------------------------------------------------------------------
 
@@ -481,20 +443,13 @@ class RedisChannelLayer(BaseChannelLayer):
     async def group_discard(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
-        pool = self._group_pool(group)
         zset, caps = self._group_keys(group)
-        connection = await pool.shared()
-        await connection.execute_many([("ZREM", zset, channel), ("HDEL", caps, channel)])
+        await _commands(self._group_pool(group), [("ZREM", zset, channel), ("HDEL", caps, channel)])
 
     async def group_channels(self, group: str) -> list[str]:
         validate_group_name(group)
-        members = await _GROUP_MEMBERS(
-            self._group_pool(group), self._group_keys(group), [self.group_expiry]
-        )
+        members = await _GROUP_MEMBERS(self._group_pool(group), self._group_keys(group), [self.group_expiry])
         return [member.decode() for member in members]
-
-    async def send_group(self, group: str, message: dict[str, Any]) -> None:
-        await self.send_group_encoded(group, self._encode(message))
 
     async def send_group_encoded(self, group: str, data: bytes) -> None:
         validate_group_name(group)
@@ -536,8 +491,7 @@ class RedisChannelLayer(BaseChannelLayer):
         evicted = [member.decode() for member in result[1:]]
         if evicted:
             zset, caps = self._group_keys(group)
-            connection = await self._group_pool(group).shared()
-            await connection.execute_many([("ZREM", zset, *evicted), ("HDEL", caps, *evicted)])
+            await _commands(self._group_pool(group), [("ZREM", zset, *evicted), ("HDEL", caps, *evicted)])
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -547,9 +501,11 @@ class RedisChannelLayer(BaseChannelLayer):
         for pool in self._pools:
             cursor = b"0"
             while True:
-                cursor, keys = await pool.execute("SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", 1000)
+                cursor, keys = await _command(
+                    pool, "SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", 1000
+                )
                 if keys:
-                    await pool.execute("DEL", *keys)
+                    await _command(pool, "DEL", *keys)
                 if cursor in (b"0", 0, "0"):
                     break
 
@@ -558,8 +514,8 @@ class RedisChannelLayer(BaseChannelLayer):
         if channel is not None:
             name = non_local_name(validate_channel_name(channel))
             pool = self._pool(name)
-            counters = await pool.execute(
-                "HMGET", self._stats_key(name), "messages_count", "channel_full_count"
+            counters = await _command(
+                pool, "HMGET", self._stats_key(name), "messages_count", "channel_full_count"
             )
             length, age = await _LIST_STATS(pool, [self._list_key(name)], [self.expiry])
             return LayerStatistics(
@@ -572,15 +528,15 @@ class RedisChannelLayer(BaseChannelLayer):
         messages = full = pending = 0
         max_age = 0.0
         for pool in self._pools:
-            counters = await pool.execute(
-                "HMGET", self._stats_key("#global#"), "messages_count", "channel_full_count"
+            counters = await _command(
+                pool, "HMGET", self._stats_key("#global#"), "messages_count", "channel_full_count"
             )
             messages += int(counters[0] or 0)
             full += int(counters[1] or 0)
             cursor = b"0"
             while True:
-                cursor, keys = await pool.execute(
-                    "SCAN", cursor, "MATCH", f"{self.prefix}:c:*", "COUNT", 1000
+                cursor, keys = await _command(
+                    pool, "SCAN", cursor, "MATCH", f"{self.prefix}:c:*", "COUNT", 1000
                 )
                 for key in keys:
                     length, age = await _LIST_STATS(pool, [key], [self.expiry])

@@ -588,3 +588,84 @@ async def test_receive_with_deadline(layer: BaseChannelLayer, layer_clock: Any) 
         channel, message, deadline = await layer.receive_with_deadline(["deadline"])
     assert (channel, message) == ("deadline", {"value": 1})
     assert deadline == pytest.approx(sent_at + EXPIRY, abs=0.2)
+
+
+# ------------------------------------------------------------------ the twins
+
+
+async def test_receive_nowait(layer: BaseChannelLayer) -> None:
+    """receive_nowait returns what is waiting, in order and with full names, else raises
+    WouldBlock at once."""
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_nowait(["nowait", "nowait.p!"])
+    await layer.send("nowait", {"n": 1})
+    await layer.send("nowait.p!a", {"n": 2})
+    await layer.send("nowait.p!b", {"n": 3})
+    assert await layer.receive_nowait(["nowait"]) == ("nowait", {"n": 1})
+    assert await layer.receive_nowait(["nowait.p!"]) == ("nowait.p!a", {"n": 2})
+    assert await layer.receive_nowait(["nowait.p!"]) == ("nowait.p!b", {"n": 3})
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_nowait(["nowait", "nowait.p!"])
+
+
+async def test_receive_nowait_on_several_channels(layer: BaseChannelLayer) -> None:
+    """receive_nowait on several channels (on several shards) finds each one's messages."""
+    names = [f"nowait-many-{index}" for index in range(6)]
+    for index, name in enumerate(names):
+        await layer.send(name, {"n": index})
+    got = [await layer.receive_nowait(names) for _ in names]
+    assert sorted(got) == sorted((name, {"n": index}) for index, name in enumerate(names))
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_nowait(names)
+
+
+async def test_receive_nowait_fan_out(layer: BaseChannelLayer) -> None:
+    """Each member's copy of a group send to one process comes out of receive_nowait."""
+    members = [f"nwg!c{index}" for index in range(CAPACITY)]
+    for member in members:
+        await layer.group_add("nwg", member)
+    await layer.send_group("nwg", {"value": "hi"})
+    got = [await layer.receive_nowait(["nwg!"]) for _ in members]
+    assert sorted(got) == [(member, {"value": "hi"}) for member in sorted(members)]
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_nowait(["nwg!"])
+
+
+async def test_receive_nowait_skips_expired(layer: BaseChannelLayer, layer_clock: Any) -> None:
+    """An expired message is not returned by receive_nowait."""
+    await layer.send("nowait-old", {"n": 1})
+    await trio.sleep(EXPIRY + 0.5)
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_nowait(["nowait-old"])
+
+
+async def test_receive_nowait_checks_names(layer: BaseChannelLayer) -> None:
+    """receive_nowait applies receive's name rules."""
+    with pytest.raises(TypeError, match=r"'spr_test!c'.*'spr_test!'"):
+        await layer.receive_nowait(["spr_test!c"])
+    with pytest.raises(TypeError, match="a list of names"):
+        await layer.receive_nowait("plain")
+
+
+async def test_send_nowait(layer: BaseChannelLayer) -> None:
+    """send_nowait sends like send: to a parked receiver or in order, ChannelFull at capacity,
+    a TypeError for a bad name."""
+    results: list[tuple[str, dict[str, Any]]] = []
+
+    async def receiver() -> None:
+        results.append(await layer.receive(["snw-wait"]))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            await trio.sleep(0.05)
+            await layer.send_nowait("snw-wait", {"value": 1})
+    assert results == [("snw-wait", {"value": 1})]
+    for index in range(CAPACITY):
+        await layer.send_nowait("snw", {"n": index})
+    with pytest.raises(ChannelFull, match="'snw' is full"):
+        await layer.send_nowait("snw", {"n": CAPACITY})
+    with pytest.raises(TypeError, match="only ASCII letters"):
+        await layer.send_nowait("bad name", {})
+    received = [(await receive_now(layer, ["snw"]))[1]["n"] for _ in range(CAPACITY)]
+    assert received == list(range(CAPACITY))
