@@ -10,7 +10,10 @@ this state to queue it only when nobody waits (:meth:`InMemoryState.put`).
 
 Each channel, by its non-local name, has a FIFO of ``(deadline, full_name, encoded_message)``
 entries, so every ``prefix!local`` channel shares its prefix's FIFO (one receive on the prefix
-sees them in sending order) and its capacity.
+sees them in sending order). Capacity is still per channel: a prefix's queue counts its
+entries per full name (a count leaves the table when it drops to zero, so the table is never
+larger than what is waiting), and a send is refused when *its* channel holds ``capacity``
+messages. Memory is bounded by ``capacity`` per channel and by ``expiry``.
 
 Expiry is the deadline on each entry. Expired entries are dropped when met (by a take, by a
 full channel making room, by the owner's periodic :meth:`InMemoryState.sweep`); a channel that
@@ -37,6 +40,9 @@ Entry = tuple[float, str, bytes]
 @attrs.define(eq=False, slots=True)
 class _Queue:
     capacity: int
+    # Waiting entries per full channel name, for a process prefix's queue (None otherwise:
+    # there the queue is the channel and its length is the count).
+    per_channel: dict[str, int] | None
     entries: deque[Entry] = attrs.field(factory=deque)
     messages_count: int = 0
     channel_full_count: int = 0
@@ -66,18 +72,22 @@ class InMemoryState:
     def _queue(self, key: str) -> _Queue:
         queue = self.queues.get(key)
         if queue is None:
-            queue = self.queues[key] = _Queue(self.capacities.get(key))
+            per_channel: dict[str, int] | None = {} if key.endswith("!") else None
+            queue = self.queues[key] = _Queue(self.capacities.get(key), per_channel)
         return queue
 
     def put(self, key: str, channel: str, data: bytes, now: float) -> None:
         """Queue *data* for *channel* (whose non-local name is *key*) until ``now + expiry``.
 
-        Raises :exc:`ChannelFull` (and counts it) if *key*'s queue holds ``capacity`` live messages.
+        Raises :exc:`ChannelFull` (and counts it) if *channel* holds ``capacity`` live messages.
         """
         queue = self.queues.get(key) or self._queue(key)
-        if len(queue.entries) >= queue.capacity:
+        per_channel = queue.per_channel
+        waiting = len(queue.entries) if per_channel is None else per_channel.get(channel, 0)
+        if waiting >= queue.capacity:
             self._purge(queue, now)
-            if len(queue.entries) >= queue.capacity:
+            waiting = len(queue.entries) if per_channel is None else per_channel.get(channel, 0)
+            if waiting >= queue.capacity:
                 queue.channel_full_count += 1
                 self._channel_full_count += 1
                 raise ChannelFull(
@@ -85,6 +95,8 @@ class InMemoryState:
                     "the message was not sent"
                 )
         queue.entries.append((now + self.expiry, channel, data))
+        if per_channel is not None:
+            per_channel[channel] = waiting + 1
         queue.messages_count += 1
         self._messages_count += 1
 
@@ -103,6 +115,8 @@ class InMemoryState:
             entries = queue.entries
             while entries:
                 entry = entries.popleft()
+                if queue.per_channel is not None:
+                    self._uncount(queue.per_channel, entry[1])
                 if entry[0] > now:
                     if not entries and "?" in key:
                         del self.queues[key]
@@ -114,12 +128,23 @@ class InMemoryState:
         """Whether a queue exists for *name* (so a fresh single-reader name must not be it)."""
         return name in self.queues
 
+    @staticmethod
+    def _uncount(per_channel: dict[str, int], channel: str) -> None:
+        left = per_channel[channel] - 1
+        if left:
+            per_channel[channel] = left
+        else:
+            del per_channel[channel]
+
     # -- expiry ----------------------------------------------------------------------------
 
     def _purge(self, queue: _Queue, now: float) -> None:
         entries = queue.entries
         while entries and entries[0][0] <= now:
-            self._expired(entries.popleft()[1])
+            channel = entries.popleft()[1]
+            if queue.per_channel is not None:
+                self._uncount(queue.per_channel, channel)
+            self._expired(channel)
 
     def _expired(self, channel: str) -> None:
         # A channel whose message expired unread is presumed gone: it leaves its groups.

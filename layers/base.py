@@ -272,8 +272,8 @@ class CapacityMap:
     """Per-channel capacity: the first matching pattern of *channel_capacity* wins.
 
     String keys are globs (``fnmatch``), compiled regexes are used as they are. A
-    process-specific channel is looked up by its prefix (``prefix!``), so all channels under one
-    prefix share one capacity.
+    process-specific channel is looked up by its prefix (``prefix!``), so every channel under
+    one prefix gets the same capacity; each still counts on its own.
     """
 
     default: int

@@ -8,6 +8,10 @@ that finds nothing parks (:mod:`layers._backend`); a sender offers its message t
 receiver first and hands it over without queueing, else the state queues it. One timer task
 delivers delayed messages and sweeps expired ones: it sleeps until the state's next deadline
 and is woken, not polled, when earlier work arrives.
+
+Capacity is per channel, also under a process prefix (``interface.abc!x`` and
+``interface.abc!y`` each hold ``capacity`` messages, in one FIFO that a receive on
+``interface.abc!`` reads in sending order).
 """
 
 from __future__ import annotations

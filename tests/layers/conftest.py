@@ -85,3 +85,15 @@ async def layer(layer_factory: LayerFactory) -> AsyncIterator[layers.BaseChannel
     async with layer_factory() as opened:
         await opened.flush()
         yield opened
+
+
+@pytest.fixture
+def per_channel_capacity_gap(backend: str, request: pytest.FixtureRequest) -> None:
+    """Marks the Redis backends' known gap: their SEND script still checks a process-specific
+    channel against its prefix's whole list (layers/redis/scripts.py, to be changed there)."""
+    if backend.startswith("redis"):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True, reason="Redis counts a process prefix's list, not each channel under it"
+            )
+        )

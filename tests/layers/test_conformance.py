@@ -17,6 +17,7 @@ import trio.testing
 from hypothesis import strategies as st
 
 from layers import BaseChannelLayer, ChannelFull, MessageTooLarge
+from trio_channels.server import DEFAULT_CHANNEL_CAPACITY
 
 from ..helpers import assert_nothing, receive_now
 from .conftest import CAPACITY, EXPIRY, GROUP_EXPIRY, VIRTUAL_TIME, LayerFactory
@@ -165,12 +166,20 @@ async def test_capacity(layer: BaseChannelLayer) -> None:
         await layer.send("cap_test", {"n": CAPACITY})
 
 
-async def test_capacity_process(layer: BaseChannelLayer) -> None:
-    """Capacity is shared by every channel under one process prefix."""
+async def test_capacity_process(layer: BaseChannelLayer, per_channel_capacity_gap: None) -> None:
+    """Each channel under a process prefix has a capacity of its own (issue 12: a prefix used
+    to share one among all its channels, so one busy connection starved the others)."""
     for index in range(CAPACITY):
-        await layer.send(f"capp!{index}", {"n": index})
-    with pytest.raises(ChannelFull):
-        await layer.send("capp!final", {"n": "final"})
+        await layer.send("capp!busy", {"n": index})
+    with pytest.raises(ChannelFull, match="'capp!busy' is full"):
+        await layer.send("capp!busy", {"n": CAPACITY})
+    for index in range(CAPACITY):
+        await layer.send(f"capp!other{index}", {"n": index})
+    received = [await receive_now(layer, ["capp!"]) for _ in range(2 * CAPACITY)]
+    assert received == [("capp!busy", {"n": n}) for n in range(CAPACITY)] + [
+        (f"capp!other{n}", {"n": n}) for n in range(CAPACITY)
+    ]
+    await layer.send("capp!busy", {"n": "room again"})
 
 
 async def test_capacity_group(layer: BaseChannelLayer) -> None:
@@ -467,17 +476,18 @@ async def test_default_size_limit_is_one_mebibyte(layer: BaseChannelLayer) -> No
 
 
 async def test_channel_capacity_globs(layer_factory: LayerFactory) -> None:
-    """channel_capacity patterns apply per channel; process prefixes share theirs."""
+    """channel_capacity patterns apply per channel; a process-specific channel is looked up by
+    its prefix."""
     async with layer_factory(channel_capacity={"http.request": 2, "interface.*!": 3}) as layer:
         await layer.flush()
         for _ in range(2):
             await layer.send("http.request", {})
         with pytest.raises(ChannelFull):
             await layer.send("http.request", {})
-        for index in range(3):
-            await layer.send(f"interface.p1!c{index}", {})
+        for _ in range(3):
+            await layer.send("interface.p1!c0", {})
         with pytest.raises(ChannelFull):
-            await layer.send("interface.p1!other", {})
+            await layer.send("interface.p1!c0", {})
         for index in range(CAPACITY):
             await layer.send("elsewhere", {"n": index})
         with pytest.raises(ChannelFull):
@@ -588,6 +598,32 @@ async def test_receive_with_deadline(layer: BaseChannelLayer, layer_clock: Any) 
         channel, message, deadline = await layer.receive_with_deadline(["deadline"])
     assert (channel, message) == ("deadline", {"value": 1})
     assert deadline == pytest.approx(sent_at + EXPIRY, abs=0.2)
+
+
+# ------------------------------------------------------------------ a fan-out burst
+
+
+async def test_fan_out_burst_loses_nothing(layer_factory: LayerFactory) -> None:
+    """Regression (issue 12): 200 members of one process each get all of 200 group sends made
+    at once, at serve()'s default capacities (in memory a process prefix shared one capacity
+    of 10,000, so 30,000 of these 40,000 deliveries were lost)."""
+    async with layer_factory(
+        expiry=60, group_expiry=600, capacity=100, channel_capacity=DEFAULT_CHANNEL_CAPACITY
+    ) as layer:
+        await layer.flush()
+        members = [f"interface.burst!m{index}" for index in range(200)]
+        for member in members:
+            await layer.group_add("burst", member)
+        for n in range(200):
+            await layer.send_group("burst", {"n": n})
+        got: dict[str, list[int]] = {member: [] for member in members}
+        with trio.fail_after(60):
+            for _ in range(200 * 200):
+                channel, message = await layer.receive(["interface.burst!"])
+                got[channel].append(message["n"])
+        assert all(numbers == list(range(200)) for numbers in got.values())
+        with pytest.raises(trio.WouldBlock):
+            await layer.receive_nowait(["interface.burst!"])
 
 
 # ------------------------------------------------------------------ the twins

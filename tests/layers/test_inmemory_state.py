@@ -29,14 +29,32 @@ def test_fifo_with_full_names_under_a_prefix() -> None:
     assert [_take(state, "p!", 3) for _ in range(4)] == [("p!a", b"1"), ("p!b", b"2"), ("p!a", b"3"), None]
 
 
-def test_capacity_of_a_prefix() -> None:
-    """The channels under a process prefix share its capacity."""
+def test_capacity_is_per_channel_under_a_prefix() -> None:
+    """Each process-specific channel holds `capacity` messages; its neighbours are unaffected."""
     state = _state(capacity=2)
     state.put("p!", "p!a", b"", now=0)
+    state.put("p!", "p!a", b"", now=0)
+    with pytest.raises(ChannelFull, match="channel 'p!a' is full"):
+        state.put("p!", "p!a", b"", now=0)
     state.put("p!", "p!b", b"", now=0)
-    with pytest.raises(ChannelFull, match="channel 'p!c' is full"):
-        state.put("p!", "p!c", b"", now=0)
+    state.put("p!", "p!b", b"", now=0)
+    assert state.take(["p!"], now=1) is not None  # one of p!a's
+    state.put("p!", "p!a", b"", now=1)  # room again
     assert state.statistics(now=1).channel_full_count == 1
+
+
+def test_per_channel_counts_leave_no_trace() -> None:
+    """The per-channel counts hold only channels with messages waiting (bounded memory)."""
+    state = _state(capacity=1000)
+    for index in range(500):
+        state.put("p!", f"p!c{index}", b"", now=0)
+    assert len(state.queues["p!"].per_channel or {}) == 500
+    while state.take(["p!"], now=1) is not None:
+        pass
+    for index in range(500):
+        state.put("p!", f"p!d{index}", b"", now=2)
+    state.sweep(now=20)  # all expired
+    assert state.queues["p!"].per_channel == {}
 
 
 def test_ordinary_channel_capacity_and_patterns() -> None:
