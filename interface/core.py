@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from layers import BaseChannelLayer, ChannelFull
+from layers import BaseChannelLayer, ChannelFull, ChannelLayerUnavailable
 from layers.base import retry_when_full
 
 from . import protocol
@@ -159,7 +159,7 @@ class InterfaceServer:
         while True:
             try:
                 channel, message = await self.layer.receive([self.prefix])
-            except Exception as exc:
+            except ChannelLayerUnavailable as exc:
                 failures += 1
                 pause = min(5.0, 0.05 * 2**failures)
                 log.warning(
@@ -258,7 +258,7 @@ class InterfaceServer:
             await respond.simple(503, b"Request queue full.")
             _log_access(info.client, request_line, 503, "-")
             return
-        except Exception as exc:
+        except ChannelLayerUnavailable as exc:
             log.warning("could not send http.request (%s: %s); answered 503", type(exc).__name__, exc)
             await respond.simple(503, b"Service unavailable: the channel layer is down.")
             _log_access(info.client, request_line, 503, "-")
@@ -267,7 +267,7 @@ class InterfaceServer:
             status, size = await self._relay_response(reply_channel, replies, respond, body_channel, rest)
         finally:
             with trio.move_on_after(1, shield=True):
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(ChannelFull, ChannelLayerUnavailable):
                     await self.layer.send(
                         "http.disconnect", {"reply_channel": reply_channel, "path": info.path}
                     )
@@ -356,7 +356,7 @@ class InterfaceServer:
                 await transport.reject(503, b"Connection queue at capacity.")
                 _log_access(info.client, f"WSREJECT {info.path}", 503, "-")
                 return
-            except Exception as exc:
+            except ChannelLayerUnavailable as exc:
                 log.warning(
                     "could not send websocket.connect (%s: %s); denied with 503", type(exc).__name__, exc
                 )
@@ -438,7 +438,7 @@ class InterfaceServer:
                     result["muted"] = True
                     await close(1013)
                     break
-                except Exception as exc:
+                except ChannelLayerUnavailable as exc:
                     log.warning(
                         "dropped a WebSocket frame: channel layer error (%s: %s)", type(exc).__name__, exc
                     )
@@ -480,7 +480,7 @@ class InterfaceServer:
         with trio.move_on_after(1, shield=True):
             try:
                 await self.layer.send("websocket.disconnect", ws.disconnect_message(code))
-            except Exception as exc:  # full or down: disconnects are dropped, as the spec says
+            except (ChannelFull, ChannelLayerUnavailable) as exc:  # dropped, as the spec says
                 log.debug("dropped websocket.disconnect for %s (%s)", ws.reply_channel, exc)
 
 

@@ -168,7 +168,7 @@ class _TrioWebSocketTransport:
         try:
             message: str | bytes = await self.connection.get_message()
         except trio_websocket.ConnectionClosed as closed:
-            raise WebSocketClosed(closed.reason.code if closed.reason else 1006) from None
+            raise WebSocketClosed(int(closed.reason.code) if closed.reason else 1006) from None
         return message
 
     async def send(self, data: str | bytes) -> None:

@@ -1,6 +1,7 @@
 """The channel layer contract every backend shares.
 
-Everything here is pure: name rules, message rules, the capacity map and the encoding that gives copy-on-send and the size limit. Backends (:mod:`layers.inmemory`,
+Everything here is pure: name rules, message rules, the capacity map, the errors and the
+encoding that gives copy-on-send and the size limit. Backends (:mod:`layers.inmemory`,
 :mod:`layers.redis`) are thin Trio shells around these pieces and the receive machinery they
 share (:mod:`layers._backend`), so the rules cannot drift between them.
 
@@ -42,6 +43,7 @@ __all__ = [
     "CapacityMap",
     "ChannelFull",
     "ChannelLayerError",
+    "ChannelLayerUnavailable",
     "LayerStatistics",
     "MessageTooLarge",
     "decode_message",
@@ -84,6 +86,16 @@ class ChannelFull(ChannelLayerError):
 
 class MessageTooLarge(ChannelLayerError, ValueError):
     """The encoded message is larger than the layer's ``max_message_size``."""
+
+
+class ChannelLayerUnavailable(ChannelLayerError):
+    """The layer cannot reach its backing service (a Redis server down, unreachable, loading,
+    read-only or out of memory); the operation may or may not have taken effect.
+
+    Worth retrying later: interface servers answer 503, workers back off and retry. Every
+    other exception from a layer is a bug or bad input and is not retried. The cause is
+    chained (``__cause__``). The in-memory layer never raises it.
+    """
 
 
 # --------------------------------------------------------------------------- names
@@ -359,6 +371,7 @@ class BaseChannelLayer(abc.ABC):
 
     ChannelFull: ClassVar[type[ChannelFull]] = ChannelFull
     MessageTooLarge: ClassVar[type[MessageTooLarge]] = MessageTooLarge
+    ChannelLayerUnavailable: ClassVar[type[ChannelLayerUnavailable]] = ChannelLayerUnavailable
     extensions: ClassVar[tuple[str, ...]] = ()
 
     expiry: float = attrs.field(default=60, validator=_positive)
@@ -409,9 +422,9 @@ class BaseChannelLayer(abc.ABC):
     async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
         """Send *message* to *channel*; with ``delay`` (seconds) deliver it that much later.
 
-        Raises :exc:`ChannelFull`, :exc:`MessageTooLarge`, and :exc:`TypeError` /
-        :exc:`ValueError` for a bad name or message. If cancelled, the message was either sent
-        or not, never half-sent.
+        Raises :exc:`ChannelFull`, :exc:`MessageTooLarge`, :exc:`TypeError` /
+        :exc:`ValueError` for a bad name or message, and :exc:`ChannelLayerUnavailable`. If
+        cancelled, the message was either sent or not, never half-sent.
         """
 
     @abc.abstractmethod
@@ -440,7 +453,8 @@ class BaseChannelLayer(abc.ABC):
 
         A process-specific prefix (``"name!"``) receives from every channel under it and
         returns the full name. Time limits come from the caller's cancel scope; a cancelled
-        receive loses no message.
+        receive loses no message. While a server-backed layer's server is down, a receive
+        waits (the layer retries) rather than raising.
         """
         channel, message, _ = await self.receive_with_deadline(channels)
         return channel, message
@@ -457,7 +471,8 @@ class BaseChannelLayer(abc.ABC):
         """The next message already waiting on any of *channels*, like :meth:`receive`;
         raise :exc:`trio.WouldBlock` at once if there is none.
 
-        In memory this is no checkpoint at all; on Redis it is one non-blocking pop.
+        In memory this is no checkpoint at all; on Redis it is one non-blocking pop. Raises
+        :exc:`ChannelLayerUnavailable` if the backing service cannot be reached.
         """
 
     @abc.abstractmethod

@@ -11,7 +11,8 @@ and is woken, not polled, when earlier work arrives.
 
 Capacity is per channel, also under a process prefix (``interface.abc!x`` and
 ``interface.abc!y`` each hold ``capacity`` messages, in one FIFO that a receive on
-``interface.abc!`` reads in sending order).
+``interface.abc!`` reads in sending order). The layer lives and dies with its process, so it
+never raises :exc:`~layers.ChannelLayerUnavailable`.
 """
 
 from __future__ import annotations

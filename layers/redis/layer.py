@@ -19,6 +19,11 @@ process's own prefix stay in a local queue instead, since only this process read
 
 Several hosts shard by consistent hashing on the channel's non-local name (so a process
 prefix and everything under it live on one server) and on the group name.
+
+Errors: a server that cannot be reached, or answers that it cannot serve now (loading,
+read-only, out of memory, busy), becomes :exc:`~layers.ChannelLayerUnavailable` in one place,
+:class:`_MapErrors`; any other error is a bug and propagates as it is. Pollers and the delayed
+mover retry the unavailable with backoff and let bugs through.
 """
 
 from __future__ import annotations
@@ -34,16 +39,28 @@ import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from types import TracebackType
+from typing import Any, Final
 
 import attrs
 import trio
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TimeoutError,
+    TryAgainError,
+)
 
 from .._backend import Delivery, ParkingLayer, fair_order, query_options, single_reader_names
 from ..base import (
     ChannelFull,
+    ChannelLayerUnavailable,
     LayerStatistics,
     decode_message,
     non_local_name,
@@ -60,6 +77,58 @@ log = logging.getLogger("layers.redis")
 
 #: How long one BLPOP waits before the poller checks whether anyone still waits.
 BLOCK_SECONDS = 1
+
+#: What "Redis cannot serve us now" looks like: socket trouble (redis-py's ConnectionError and
+#: TimeoutError, as connection.py raises them; OSError should one slip through) and the error
+#: replies of a server that is loading, read-only after a failover, out of memory or down...
+_UNAVAILABLE: Final = (
+    ConnectionError,
+    TimeoutError,
+    OSError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+)
+#: ...and the error replies redis-py has no class for that mean the same.
+_UNAVAILABLE_REPLIES: Final = ("BUSY ", "MISCONF ", "NOREPLICAS ")
+
+
+class _MapErrors:
+    """``with _MapErrors(address):`` (or ``async with``, beside another async context
+    manager): the one place Redis failures become ChannelLayerUnavailable.
+
+    After httpcore's ``map_exceptions``; a class rather than a generator because it wraps
+    every command.
+    """
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: RedisAddress) -> None:
+        self.address = address
+
+    def __enter__(self) -> None:
+        pass
+
+    async def __aenter__(self) -> None:
+        pass
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(kind, exc, tb)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, _UNAVAILABLE) or (
+            isinstance(exc, ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
+        ):
+            raise ChannelLayerUnavailable(
+                f"Redis at {self.address} is unavailable: {exc or type(exc).__name__}"
+            ) from exc
 
 
 def consistent_hash(name: str, ring: int) -> int:
@@ -79,19 +148,22 @@ class _Script:
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def __call__(self, pool: ConnectionPool, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await pool.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await pool.execute("EVAL", self.source, len(keys), *keys, *args)
+        with _MapErrors(pool.address):
+            try:
+                return await pool.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await pool.execute("EVAL", self.source, len(keys), *keys, *args)
 
 
 async def _command(pool: ConnectionPool, *args: Any) -> Any:
-    return await pool.execute(*args)
+    with _MapErrors(pool.address):
+        return await pool.execute(*args)
 
 
 async def _commands(pool: ConnectionPool, commands: Sequence[Sequence[Any]]) -> list[Any]:
-    connection = await pool.shared()
-    return await connection.execute_many(commands)
+    with _MapErrors(pool.address):
+        connection = await pool.shared()
+        return await connection.execute_many(commands)
 
 
 _SEND = _Script(scripts.SEND)
@@ -269,10 +341,10 @@ class RedisChannelLayer(ParkingLayer):
                     [f"{self.prefix}:c:", f"{self.prefix}:s:", self.expiry],
                 )
                 failures = 0
-            except (RedisError, OSError) as exc:
+            except ChannelLayerUnavailable as exc:
                 failures += 1
                 if failures == 1:
-                    log.warning("delayed-message mover for %s: %s; retrying", pool.address, exc)
+                    log.warning("delayed-message mover for %s: %s; retrying", pool.address, exc.__cause__)
                 await trio.sleep(backoff.compute(failures))
                 continue
             if dropped:
@@ -340,7 +412,7 @@ class RedisChannelLayer(ParkingLayer):
         try:
             while self._receivers.count(keys):
                 try:
-                    async with pool.dedicated() as connection:
+                    async with _MapErrors(pool.address), pool.dedicated() as connection:
                         while True:
                             waiting = self._receivers.count(keys)
                             if not waiting:
@@ -365,11 +437,13 @@ class RedisChannelLayer(ParkingLayer):
                                 failures = 0
                             if popped is not None:
                                 await self._dispatch(pool, popped[0], lists[popped[0].decode()], popped[1])
-                except (RedisError, OSError) as exc:
+                except ChannelLayerUnavailable as exc:
                     failures += 1
                     if failures == 1:
                         log.warning(
-                            "receiving from Redis at %s failed (%s); retrying with backoff", pool.address, exc
+                            "receiving from Redis at %s failed (%s); retrying with backoff",
+                            pool.address,
+                            exc.__cause__,
                         )
                     await trio.sleep(backoff.compute(failures))
         finally:

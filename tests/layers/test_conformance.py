@@ -16,11 +16,17 @@ import trio
 import trio.testing
 from hypothesis import strategies as st
 
-from layers import BaseChannelLayer, ChannelFull, MessageTooLarge
+from layers import (
+    BaseChannelLayer,
+    ChannelFull,
+    ChannelLayerError,
+    ChannelLayerUnavailable,
+    MessageTooLarge,
+)
 from trio_channels.server import DEFAULT_CHANNEL_CAPACITY
 
 from ..helpers import assert_nothing, receive_now
-from .conftest import CAPACITY, EXPIRY, GROUP_EXPIRY, VIRTUAL_TIME, LayerFactory
+from .conftest import CAPACITY, EXPIRY, GROUP_EXPIRY, VIRTUAL_TIME, LayerFactory, Outage
 
 # ------------------------------------------------------------------ asgiref's 18 cases
 
@@ -195,7 +201,9 @@ async def test_exceptions(layer: BaseChannelLayer) -> None:
     """The layer carries its exception classes as attributes."""
     assert layer.MessageTooLarge is MessageTooLarge
     assert layer.ChannelFull is ChannelFull
+    assert layer.ChannelLayerUnavailable is ChannelLayerUnavailable
     assert issubclass(layer.MessageTooLarge, Exception)
+    assert issubclass(ChannelLayerUnavailable, ChannelLayerError)
 
 
 async def test_message_alteration_after_send(layer: BaseChannelLayer) -> None:
@@ -705,3 +713,51 @@ async def test_send_nowait(layer: BaseChannelLayer) -> None:
         await layer.send_nowait("bad name", {})
     received = [(await receive_now(layer, ["snw"]))[1]["n"] for _ in range(CAPACITY)]
     assert received == list(range(CAPACITY))
+
+
+# ------------------------------------------------------------------ losing the server
+
+
+async def test_unavailable(outage: Outage) -> None:
+    """With its server gone, every operation that needs it raises ChannelLayerUnavailable
+    naming the server; a parked receive just waits, and the same layer works again once the
+    server is back. The in-memory layer has no server to lose and never raises it."""
+    async with outage.factory(expiry=60, group_expiry=600) as layer:
+        await layer.flush()
+        await layer.group_add("down-group", "down-member")
+        await layer.send("down-queued", {"n": 0})
+        got: list[tuple[str, dict[str, Any]]] = []
+
+        async def receiver() -> None:
+            got.append(await layer.receive(["down-after"]))
+
+        calls = {
+            "send": lambda: layer.send("down", {}),
+            "send_nowait": lambda: layer.send_nowait("down", {}),
+            "delayed send": lambda: layer.send("down", {}, delay=5),
+            "send_group": lambda: layer.send_group("down-group", {}),
+            "group_add": lambda: layer.group_add("down-group", "other"),
+            "group_discard": lambda: layer.group_discard("down-group", "other"),
+            "group_channels": lambda: layer.group_channels("down-group"),
+            "new_channel": lambda: layer.new_channel("down?"),
+            "receive_nowait": lambda: layer.receive_nowait(["down-queued"]),
+            "statistics": lambda: layer.statistics(),
+            "channel statistics": lambda: layer.statistics("down"),
+            "flush": lambda: layer.flush(),
+        }
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receiver)
+                await trio.sleep(0.1)  # parked (on Redis, its poller waits in BLPOP)
+                outage.stop()
+                for what, call in calls.items():
+                    if not outage.servers:
+                        await call()
+                        continue
+                    with pytest.raises(ChannelLayerUnavailable, match=r"Redis at \S+ is unavailable") as info:
+                        await call()
+                    assert info.value.__cause__ is not None, what
+                assert got == []
+                outage.start()
+                await layer.send("down-after", {"n": 1})
+        assert got == [("down-after", {"n": 1})]
