@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from layers import BaseChannelLayer, ChannelFull
+from layers import BaseChannelLayer, ChannelFull, ChannelLayerUnavailable, MessageTooLarge
 from layers.base import retry_when_full
 
 from . import protocol
@@ -266,7 +266,7 @@ class InterfaceServer:
         while True:
             try:
                 channel, message = await self.layer.receive([self.prefix])
-            except Exception as exc:
+            except ChannelLayerUnavailable as exc:
                 failures += 1
                 pause = min(5.0, 0.05 * 2**failures)
                 log.warning(
@@ -406,7 +406,7 @@ class InterfaceServer:
             await respond.simple(503, b"Request queue full.")
             _log_access(info.client, request_line, 503, "-")
             return
-        except Exception as exc:
+        except ChannelLayerUnavailable as exc:
             log.warning("could not send http.request (%s: %s); answered 503", type(exc).__name__, exc)
             await respond.simple(503, b"Service unavailable: the channel layer is down.")
             _log_access(info.client, request_line, 503, "-")
@@ -421,7 +421,10 @@ class InterfaceServer:
                     await self.layer.send(
                         "http.disconnect", {"reply_channel": reply_channel, "path": info.path}
                     )
-                except Exception as exc:  # full or down: dropped, as the spec says, but not silently
+                except (
+                    ChannelFull,
+                    ChannelLayerUnavailable,
+                ) as exc:  # dropped, as the spec says, not silently
                     reason = type(exc).__name__
                     self._http_warning(
                         "http.disconnect", f"dropped the http.disconnect of {request_line!r} ({reason})"
@@ -545,7 +548,7 @@ class InterfaceServer:
             failure = "too large"
         except ClientDisconnected:
             failure = "disconnected"
-        except Exception as exc:  # full for a minute (the consumer does not read), or the layer is down
+        except (trio.TooSlowError, ChannelLayerUnavailable) as exc:  # full for a minute (not read), or down
             log.warning(
                 "could not deliver the request body of %s (%s: %s); abandoned the request",
                 reply_channel,
@@ -560,7 +563,7 @@ class InterfaceServer:
                 ),
                 1,
             )
-        except Exception as exc:
+        except (trio.TooSlowError, ChannelLayerUnavailable) as exc:
             log.warning(
                 "could not tell the consumer of %s that its request body is %s (%s: %s)",
                 reply_channel,
@@ -612,7 +615,7 @@ class InterfaceServer:
                 await transport.reject(503, b"Connection queue at capacity.")
                 _log_access(info.client, f"WSREJECT {info.path}", 503, "-")
                 return
-            except Exception as exc:
+            except ChannelLayerUnavailable as exc:
                 log.warning(
                     "could not send websocket.connect (%s: %s); denied with 503", type(exc).__name__, exc
                 )
@@ -704,7 +707,7 @@ class InterfaceServer:
                     result["muted"] = True
                     await close(1013)
                     break
-                except Exception as exc:
+                except (ChannelLayerUnavailable, MessageTooLarge) as exc:
                     connection.drops.dropped("frame", f"channel layer error: {type(exc).__name__}: {exc}")
             cancel.cancel()
 
@@ -762,7 +765,7 @@ class InterfaceServer:
             try:
                 await retry_when_full(partial(self.layer.send, "websocket.disconnect", message), math.inf)
                 return
-            except Exception as exc:
+            except ChannelLayerUnavailable as exc:
                 reason = f"channel layer error: {type(exc).__name__}: {exc}"
         self._drops(ws.reply_channel).dropped(
             "websocket.disconnect", f"path {ws.path}, code {message['code']}: {reason}"

@@ -1,6 +1,8 @@
 """Channel layers: named FIFO queues plus groups, in memory or in Redis.
 
-This package knows nothing of interface servers or routing.
+This package knows nothing of interface servers or routing. The contract and its pure rules
+are :mod:`layers.base`; :mod:`layers.concurrency` holds the structured-concurrency helpers
+other packages share.
 """
 
 from __future__ import annotations
@@ -8,16 +10,21 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
+from ._backend import query_options
 from .base import (
     DEFAULT_MAX_MESSAGE_SIZE,
     BaseChannelLayer,
     CapacityMap,
     ChannelFull,
     ChannelLayerError,
+    ChannelLayerUnavailable,
     LayerStatistics,
     MembershipLost,
     MessageTooLarge,
+    decode_message,
+    encode_message,
     non_local_name,
+    retry_when_full,
     validate_channel_name,
     validate_group_name,
     validate_message,
@@ -30,35 +37,20 @@ __all__ = [
     "CapacityMap",
     "ChannelFull",
     "ChannelLayerError",
+    "ChannelLayerUnavailable",
     "InMemoryChannelLayer",
     "LayerStatistics",
     "MembershipLost",
     "MessageTooLarge",
+    "decode_message",
+    "encode_message",
     "from_url",
     "non_local_name",
+    "retry_when_full",
     "validate_channel_name",
     "validate_group_name",
     "validate_message",
 ]
-
-_NUMBER_OPTIONS = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int}
-
-
-def _query_options(query: str, url: str) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        convert = _NUMBER_OPTIONS.get(key)
-        if convert is None:
-            raise ValueError(
-                f"layer URL {url!r} is invalid: unknown option {key!r}; use {', '.join(_NUMBER_OPTIONS)}"
-            )
-        try:
-            options[key] = convert(value)
-        except ValueError:
-            raise ValueError(
-                f"layer URL {url!r} is invalid: option {key}={value!r} must be a number"
-            ) from None
-    return options
 
 
 def from_url(url: str, **options: Any) -> BaseChannelLayer:
@@ -77,7 +69,7 @@ def from_url(url: str, **options: Any) -> BaseChannelLayer:
     if scheme == "memory":
         if parts.netloc or parts.path not in ("", "/"):
             raise ValueError(f"layer URL {url!r} is invalid: write it as 'memory://' (no host or path)")
-        return InMemoryChannelLayer(**{**_query_options(parts.query, url), **options})
+        return InMemoryChannelLayer(**{**query_options(url, parts.query, strict=True), **options})
     if scheme in ("redis", "rediss", "unix"):
         try:
             from .redis import RedisChannelLayer

@@ -1,8 +1,9 @@
 """The channel layer contract every backend shares.
 
-Everything here is pure: name rules, message rules, the capacity map and the encoding that
-gives copy-on-send and the size limit. Backends (:mod:`layers.inmemory`, :mod:`layers.redis`)
-are thin Trio shells around these pieces, so the rules cannot drift between them.
+Everything here is pure: name rules, message rules, the capacity map, the errors and the
+encoding that gives copy-on-send and the size limit. Backends (:mod:`layers.inmemory`,
+:mod:`layers.redis`) are thin Trio shells around these pieces and the receive machinery they
+share (:mod:`layers._backend`), so the rules cannot drift between them.
 
 Name rules (ASGI 1.0, reference §2.2):
 
@@ -45,6 +46,7 @@ __all__ = [
     "CapacityMap",
     "ChannelFull",
     "ChannelLayerError",
+    "ChannelLayerUnavailable",
     "LayerStatistics",
     "MembershipLost",
     "MessageTooLarge",
@@ -52,9 +54,11 @@ __all__ = [
     "encode_message",
     "non_local_name",
     "parse_delay_message",
+    "retry_when_full",
     "validate_channel_name",
     "validate_group_name",
     "validate_message",
+    "validate_receive_channels",
 ]
 
 #: Key layers use internally to carry the full name of a process-specific channel.
@@ -86,6 +90,16 @@ class ChannelFull(ChannelLayerError):
 
 class MessageTooLarge(ChannelLayerError, ValueError):
     """The encoded message is larger than the layer's ``max_message_size``."""
+
+
+class ChannelLayerUnavailable(ChannelLayerError):
+    """The layer cannot reach its backing service (a Redis server down, unreachable, loading,
+    read-only or out of memory); the operation may or may not have taken effect.
+
+    Worth retrying later: interface servers answer 503, workers back off and retry. Every
+    other exception from a layer is a bug or bad input and is not retried. The cause is
+    chained (``__cause__``). The in-memory layer never raises it.
+    """
 
 
 # --------------------------------------------------------------------------- names
@@ -165,37 +179,37 @@ def _path(parent: str, key: object) -> str:
 _SCALARS: Final = frozenset({str, bytes, bool, float, type(None)})
 
 
-def _valid(value: object) -> bool:
+def _valid(value: Any) -> bool:
     # The fast check: no paths built while everything is fine.
     kind = type(value)
     if kind in _SCALARS:
         return True
     if kind is int:
-        return _INT64_MIN <= value <= _INT64_MAX  # type: ignore[operator]
+        return _INT64_MIN <= value <= _INT64_MAX
     if kind is dict:
-        return all(type(key) is str and _valid(item) for key, item in value.items())  # type: ignore[attr-defined]
+        return all(type(key) is str and _valid(item) for key, item in value.items())
     if kind is list or kind is tuple:
-        return all(_valid(item) for item in value)  # type: ignore[attr-defined]
+        return all(_valid(item) for item in value)
     return False
 
 
-def _check_value(value: object, path: str) -> None:
+def _check_value(value: Any, path: str) -> None:
     # The slow walk, only for an invalid message: finds the first bad value and names its path.
     kind = type(value)
     if kind in _SCALARS:
         return
     if kind is int:
-        if not _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+        if not _INT64_MIN <= value <= _INT64_MAX:
             raise ValueError(f"{path} is invalid: {value!r} does not fit in a signed 64-bit integer")
         return
     if kind is dict:
-        for key, item in value.items():  # type: ignore[attr-defined]
+        for key, item in value.items():
             if type(key) is not str:
                 raise TypeError(f"{path} is invalid: dict keys must be str, got {type(key).__name__} {key!r}")
             _check_value(item, _path(path, key))
         return
     if kind is list or kind is tuple:
-        for index, item in enumerate(value):  # type: ignore[arg-type]
+        for index, item in enumerate(value):
             _check_value(item, _path(path, index))
         return
     # Subclasses (an IntEnum close code, an OrderedDict) are refused too, not converted: a
@@ -279,8 +293,8 @@ class CapacityMap:
     """Per-channel capacity: the first matching pattern of *channel_capacity* wins.
 
     String keys are globs (``fnmatch``), compiled regexes are used as they are. A
-    process-specific channel is looked up by its prefix (``prefix!``), so all channels under one
-    prefix share one capacity.
+    process-specific channel is looked up by its prefix (``prefix!``), so every channel under
+    one prefix gets the same capacity; each still counts on its own.
     """
 
     default: int
@@ -381,6 +395,7 @@ class BaseChannelLayer(abc.ABC):
 
     ChannelFull: ClassVar[type[ChannelFull]] = ChannelFull
     MessageTooLarge: ClassVar[type[MessageTooLarge]] = MessageTooLarge
+    ChannelLayerUnavailable: ClassVar[type[ChannelLayerUnavailable]] = ChannelLayerUnavailable
     extensions: ClassVar[tuple[str, ...]] = ()
 
     expiry: float = attrs.field(default=60, validator=_positive)
@@ -463,9 +478,18 @@ class BaseChannelLayer(abc.ABC):
     async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
         """Send *message* to *channel*; with ``delay`` (seconds) deliver it that much later.
 
-        Raises :exc:`ChannelFull`, :exc:`MessageTooLarge`, and :exc:`TypeError` /
-        :exc:`ValueError` for a bad name or message. If cancelled, the message was either sent
-        or not, never half-sent.
+        Raises :exc:`ChannelFull`, :exc:`MessageTooLarge`, :exc:`TypeError` /
+        :exc:`ValueError` for a bad name or message, and :exc:`ChannelLayerUnavailable`. If
+        cancelled, the message was either sent or not, never half-sent.
+        """
+
+    @abc.abstractmethod
+    async def send_nowait(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
+        """:meth:`send` without yielding to other tasks, like Trio's ``send_nowait``.
+
+        A send never waits for room (a full channel raises :exc:`ChannelFull` at once), so
+        the twins differ only in scheduling: in memory this one is no checkpoint at all; a
+        backend that must talk to a server still awaits that round trip.
         """
 
     async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None:
@@ -480,20 +504,31 @@ class BaseChannelLayer(abc.ABC):
         """:meth:`send_group` for a message already made by :func:`encode_message`."""
         await self.send_group(group, decode_message(data))
 
-    @abc.abstractmethod
     async def receive(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
         """Wait for the next message on any of *channels*; return ``(channel, message)``.
 
         A process-specific prefix (``"name!"``) receives from every channel under it and
         returns the full name. Time limits come from the caller's cancel scope; a cancelled
-        receive loses no message.
+        receive loses no message. While a server-backed layer's server is down, a receive
+        waits (the layer retries) rather than raising.
         """
+        channel, message, _ = await self.receive_with_deadline(channels)
+        return channel, message
 
     @abc.abstractmethod
     async def receive_with_deadline(self, channels: Sequence[str]) -> tuple[str, dict[str, Any], float]:
         """Like :meth:`receive`, plus the message's expiry as a ``trio.current_time()`` deadline.
 
         Workers run each consumer under a cancel scope with this deadline.
+        """
+
+    @abc.abstractmethod
+    async def receive_nowait(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        """The next message already waiting on any of *channels*, like :meth:`receive`;
+        raise :exc:`trio.WouldBlock` at once if there is none.
+
+        In memory this is no checkpoint at all; on Redis it is one non-blocking pop. Raises
+        :exc:`ChannelLayerUnavailable` if the backing service cannot be reached.
         """
 
     @abc.abstractmethod
@@ -522,7 +557,12 @@ class BaseChannelLayer(abc.ABC):
 
     @abc.abstractmethod
     async def statistics(self, channel: str | None = None) -> LayerStatistics:
-        """Counters for *channel*, or for the whole layer."""
+        """Counters for *channel*, or for the whole layer.
+
+        Asynchronous in the contract because a shared layer keeps its counters on its server
+        (one or more round trips). Where the state is local and pure, it answers
+        synchronously as well: ``InMemoryChannelLayer.state.statistics(now)``.
+        """
 
     def shared_store_address(self) -> tuple[RedisAddress, str] | None:
         """A Redis server and key prefix that every process on this layer shares, or ``None``.
@@ -594,8 +634,3 @@ async def retry_when_full(send: Callable[[], Awaitable[None]], timeout: float) -
             return
         except ChannelFull:
             pass
-
-
-def current_time() -> float:
-    """Trio's clock, so ``MockClock`` drives expiry in tests."""
-    return trio.current_time()

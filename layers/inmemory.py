@@ -2,39 +2,34 @@
 
 Theory of operation
 -------------------
-Each channel (by its non-local name, so every ``prefix!local`` channel shares the ``prefix!``
-queue) has a FIFO of ``(deadline, full_name, encoded_message)`` entries. A receiver that
-finds nothing parks its task on every channel it asked for; a sender that finds a parked
-receiver hands the message straight to it (``trio.lowlevel.reschedule``) instead of queueing.
-Once handed over, the message belongs to that receiver even if it is cancelled a moment
-later, and a receiver cancelled while parked is simply unparked, so a cancelled receive never
-loses a message.
+All the state (queues, groups, delayed messages, expiry, statistics) is the pure
+:class:`~layers._inmemory_state.InMemoryState`; this module is its thin Trio shell. A receiver
+that finds nothing parks (:mod:`layers._backend`); a sender offers its message to a parked
+receiver first and hands it over without queueing, else the state queues it. One timer task
+delivers delayed messages and sweeps expired ones: it sleeps until the state's next deadline
+and is woken, not polled, when earlier work arrives.
 
-Expiry is a deadline on each entry, read from ``trio.current_time()`` (``MockClock`` drives it
-in tests). Expired entries are skipped by receivers and swept by one timer task, which also
-delivers delayed messages; the timer sleeps until the next deadline and is woken, not polled,
-when new work arrives. A channel that loses a message to expiry leaves every group it was in.
+Capacity is per channel, also under a process prefix (``interface.abc!x`` and
+``interface.abc!y`` each hold ``capacity`` messages, in one FIFO that a receive on
+``interface.abc!`` reads in sending order). The layer lives and dies with its process, so it
+never raises :exc:`~layers.ChannelLayerUnavailable`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 import math
-import random
-import secrets
-from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 import outcome
 import trio
 
-from ._concurrency import open_service_nursery
+from ._backend import Delivery, ParkingLayer, single_reader_names
+from ._inmemory_state import InMemoryState
 from .base import (
-    BaseChannelLayer,
     ChannelFull,
     LayerStatistics,
     decode_message,
@@ -42,32 +37,16 @@ from .base import (
     parse_delay_message,
     validate_channel_name,
     validate_group_name,
-    validate_receive_channels,
 )
+from .concurrency import open_service_nursery
 
 __all__ = ["InMemoryChannelLayer"]
 
 log = logging.getLogger("layers.inmemory")
 
-_Entry = tuple[float, str, bytes]  # (deadline, full channel name, encoded message)
-
-
-@attrs.define(eq=False, slots=True)
-class _Queue:
-    capacity: int
-    entries: deque[_Entry] = attrs.field(factory=deque)
-    messages_count: int = 0
-    channel_full_count: int = 0
-
-
-@attrs.define(eq=False, slots=True)
-class _Waiter:
-    task: trio.lowlevel.Task
-    names: list[str]
-
 
 @attrs.define(eq=False, kw_only=True)
-class InMemoryChannelLayer(BaseChannelLayer):
+class InMemoryChannelLayer(ParkingLayer):
     """A channel layer living in this process's memory.
 
     Use it as ``async with InMemoryChannelLayer() as layer:``; entering starts the timer task
@@ -78,18 +57,21 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     extensions = ("groups", "flush", "statistics", "delay")
 
-    _queues: dict[str, _Queue] = attrs.field(factory=dict, init=False, repr=False)
-    _waiters: dict[str, dict[_Waiter, None]] = attrs.field(factory=dict, init=False, repr=False)
-    _groups: dict[str, dict[str, float]] = attrs.field(factory=dict, init=False, repr=False)
-    _memberships: dict[str, set[str]] = attrs.field(factory=dict, init=False, repr=False)
-    _delayed: list[tuple[float, int, str, bytes]] = attrs.field(factory=list, init=False, repr=False)
-    _delayed_seq: int = attrs.field(default=0, init=False, repr=False)
-    _messages_count: int = attrs.field(default=0, init=False, repr=False)
-    _channel_full_count: int = attrs.field(default=0, init=False, repr=False)
-    _sends: int = attrs.field(default=0, init=False, repr=False)
+    _state: InMemoryState = attrs.field(init=False, repr=False)
     _timer_running: bool = attrs.field(default=False, init=False, repr=False)
     _timer_deadline: float = attrs.field(default=math.inf, init=False, repr=False)
     _timer_wakeup: trio.Event | None = attrs.field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._state = InMemoryState(
+            expiry=self.expiry, group_expiry=self.group_expiry, capacities=self._capacities
+        )
+
+    @property
+    def state(self) -> InMemoryState:
+        """The layer's pure state; its synchronous ``statistics(now)`` needs no checkpoint."""
+        return self._state
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -108,11 +90,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
         try:
             while True:
                 now = trio.current_time()
-                self._deliver_due(now)
-                deadline = self._sweep(now)
-                if self._delayed:
-                    deadline = min(deadline, self._delayed[0][0])
-                self._timer_deadline = deadline
+                for channel, data in self._state.pop_due(now):
+                    try:
+                        self._deliver(channel, data, now)
+                    except ChannelFull:
+                        log.warning("dropped a delayed message: channel %r is full", channel)
+                self._timer_deadline = deadline = self._state.sweep(now)
                 self._timer_wakeup = wakeup = trio.Event()
                 with trio.move_on_at(deadline):
                     await wakeup.wait()
@@ -134,17 +117,14 @@ class InMemoryChannelLayer(BaseChannelLayer):
         so even a tight loop of sends lets other tasks run.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        self.send_nowait(channel, message, delay=delay)
+        self._send(channel, message, delay)
         await self._maybe_yield()
 
-    async def _maybe_yield(self) -> None:
-        # Sends, and receives that find a message waiting, never block: yield every 16th time.
-        self._sends += 1
-        if not self._sends & 15:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+    async def send_nowait(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
+        """See :meth:`layers.BaseChannelLayer.send_nowait`: here no checkpoint at all."""
+        self._send(channel, message, delay)
 
-    def send_nowait(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
-        """Like :meth:`~layers.BaseChannelLayer.send`, without a checkpoint (the in-memory layer never blocks)."""
+    def _send(self, channel: str, message: dict[str, Any], delay: float) -> None:
         if channel == "asgi.delay":
             channel, message, delay = parse_delay_message(message)
         validate_channel_name(channel)
@@ -172,152 +152,38 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 "'async with InMemoryChannelLayer() as layer:'"
             )
         due = trio.current_time() + delay
-        self._delayed_seq += 1
-        heapq.heappush(self._delayed, (due, self._delayed_seq, channel, data))
+        self._state.schedule(channel, data, due)
         if due < self._timer_deadline:
             self._wake_timer()
 
-    def _deliver_due(self, now: float) -> None:
-        delayed = self._delayed
-        while delayed and delayed[0][0] <= now:
-            _, _, channel, data = heapq.heappop(delayed)
-            try:
-                self._deliver(channel, data, now)
-            except ChannelFull:
-                log.warning("dropped a delayed message: channel %r is full", channel)
-
-    def _queue(self, key: str) -> _Queue:
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = _Queue(self.get_capacity(key))
-        return queue
-
     def _deliver(self, channel: str, data: bytes, now: float) -> None:
         key = non_local_name(channel)
-        waiters = self._waiters.get(key)
-        if waiters:
-            waiter = next(iter(waiters))
-            self._unpark(waiter)
-            if "?" not in key:  # single-reader channels are too many to keep counters for
-                self._queue(key).messages_count += 1
-            self._messages_count += 1
-            message = decode_message(data)
-            trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, message, now + self.expiry)))
+        waiter = self._receivers.claim(channel, key)
+        if waiter is not None:
+            self._state.count_handed_over(key)
+            # waiter.wake(), inlined: this is the hot path
+            trio.lowlevel.reschedule(
+                waiter.task, outcome.Value((channel, decode_message(data), now + self.expiry))
+            )
             return
-        queue = self._queue(key)
-        entries = queue.entries
-        if len(entries) >= queue.capacity:
-            self._purge(entries, now)
-            if len(entries) >= queue.capacity:
-                queue.channel_full_count += 1
-                self._channel_full_count += 1
-                raise ChannelFull(
-                    f"channel {channel!r} is full ({queue.capacity} messages waiting); "
-                    "the message was not sent"
-                )
-        entries.append((now + self.expiry, channel, data))
-        queue.messages_count += 1
-        self._messages_count += 1
+        self._state.put(key, channel, data, now)
         if self._timer_deadline == math.inf:
             self._wake_timer()
 
     # -- receiving -------------------------------------------------------------------------
 
-    async def receive(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
-        channel, message, _ = await self.receive_with_deadline(channels)
-        return channel, message
-
-    async def receive_with_deadline(self, channels: Sequence[str]) -> tuple[str, dict[str, Any], float]:
-        names = validate_receive_channels(channels)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        found = self._take(names)
-        if found is not None:
-            await self._maybe_yield()
-            return found
-        waiter = _Waiter(trio.lowlevel.current_task(), names)
-        for name in names:
-            self._waiters.setdefault(name, {})[waiter] = None
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._unpark(waiter)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        result: tuple[str, dict[str, Any], float] = await trio.lowlevel.wait_task_rescheduled(abort)
-        return result
-
-    def receive_nowait(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
-        """Like :meth:`~layers.BaseChannelLayer.receive`, but raise :exc:`trio.WouldBlock` if nothing is waiting."""
-        found = self._take(validate_receive_channels(channels))
-        if found is None:
-            raise trio.WouldBlock
-        return found[0], found[1]
-
-    def _take(self, names: list[str]) -> tuple[str, dict[str, Any], float] | None:
-        if len(names) > 1:
-            names = random.sample(names, len(names))  # fairness: no channel starves another
-        now = trio.current_time()
-        for key in names:
-            queue = self._queues.get(key)
-            if queue is None:
-                continue
-            entries = queue.entries
-            while entries:
-                deadline, channel, data = entries.popleft()
-                if deadline > now:
-                    if not entries and "?" in key:
-                        del self._queues[key]
-                    return channel, decode_message(data), deadline
-                self._expired(channel)
-        return None
-
-    def _unpark(self, waiter: _Waiter) -> None:
-        for name in waiter.names:
-            parked = self._waiters[name]
-            del parked[waiter]
-            if not parked:
-                del self._waiters[name]
-
-    # -- expiry ----------------------------------------------------------------------------
-
-    def _purge(self, entries: deque[_Entry], now: float) -> None:
-        while entries and entries[0][0] <= now:
-            self._expired(entries.popleft()[1])
-
-    def _expired(self, channel: str) -> None:
-        # A channel whose message expired unread is presumed gone: it leaves its groups.
-        for group in self._memberships.pop(channel, ()):
-            members = self._groups.get(group)
-            if members is not None:
-                members.pop(channel, None)
-                if not members:
-                    del self._groups[group]
-
-    def _sweep(self, now: float) -> float:
-        """Drop expired messages everywhere; return the earliest remaining deadline."""
-        earliest = math.inf
-        for key, queue in list(self._queues.items()):
-            entries = queue.entries
-            self._purge(entries, now)
-            if entries:
-                earliest = min(earliest, entries[0][0])
-            elif "?" in key:
-                del self._queues[key]
-        return earliest
+    def _take(self, names: list[str]) -> Delivery | None:
+        entry = self._state.take(names, trio.current_time())
+        if entry is None:
+            return None
+        deadline, channel, data = entry
+        return channel, decode_message(data), deadline
 
     # -- channels --------------------------------------------------------------------------
 
     async def new_channel(self, pattern: str) -> str:
         await trio.lowlevel.checkpoint()
-        if not isinstance(pattern, str) or not pattern.endswith("?"):
-            raise TypeError(
-                f"new_channel pattern {pattern!r} is invalid: it must be a str ending in '?' "
-                "(process-specific '!' names are made by their process, not the layer)"
-            )
-        validate_channel_name(pattern + "x")
-        while True:
-            name = pattern + secrets.token_urlsafe(9)
-            if name not in self._queues:
-                return name
+        return next(name for name in single_reader_names(pattern) if not self._state.has_channel(name))
 
     # -- groups ----------------------------------------------------------------------------
 
@@ -325,53 +191,24 @@ class InMemoryChannelLayer(BaseChannelLayer):
         await trio.lowlevel.checkpoint()
         validate_group_name(group)
         validate_channel_name(channel)
-        self._groups.setdefault(group, {})[channel] = trio.current_time()
-        self._memberships.setdefault(channel, set()).add(group)
+        self._state.group_add(group, channel, trio.current_time())
 
     async def group_discard(self, group: str, channel: str) -> None:
         await trio.lowlevel.checkpoint()
         validate_group_name(group)
         validate_channel_name(channel)
-        self._remove_member(group, channel)
-
-    def _remove_member(self, group: str, channel: str) -> None:
-        members = self._groups.get(group)
-        if members is not None and members.pop(channel, None) is not None and not members:
-            del self._groups[group]
-        groups = self._memberships.get(channel)
-        if groups is not None:
-            groups.discard(group)
-            if not groups:
-                del self._memberships[channel]
-
-    def _live_members(self, group: str, now: float) -> list[str]:
-        members = self._groups.get(group)
-        if not members:
-            return []
-        cutoff = now - self.group_expiry
-        stale = [channel for channel, added in members.items() if added <= cutoff]
-        for channel in stale:
-            self._remove_member(group, channel)
-        return list(self._groups.get(group, ()))
+        self._state.group_discard(group, channel)
 
     async def group_channels(self, group: str) -> list[str]:
         await trio.lowlevel.checkpoint()
         validate_group_name(group)
-        return self._live_members(group, trio.current_time())
-
-    async def send_group(self, group: str, message: dict[str, Any]) -> None:
-        await self.send_group_encoded(group, self._encode(message))
+        return self._state.group_members(group, trio.current_time())
 
     async def send_group_encoded(self, group: str, data: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         validate_group_name(group)
         now = trio.current_time()
-        for channel in self._live_members(group, now):
-            queue = self._queues.get(non_local_name(channel))
-            if queue is not None and queue.entries:
-                self._purge(queue.entries, now)
-                if channel not in self._memberships:
-                    continue  # its messages expired unread: it was evicted
+        for channel in self._state.group_targets(group, now):
             try:
                 self._deliver(channel, data, now)
             except ChannelFull:
@@ -382,39 +219,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     async def flush(self) -> None:
         await trio.lowlevel.checkpoint()
-        self._queues.clear()
-        self._groups.clear()
-        self._memberships.clear()
-        self._delayed.clear()
+        self._state.flush()
 
     async def statistics(self, channel: str | None = None) -> LayerStatistics:
         await trio.lowlevel.checkpoint()
-        now = trio.current_time()
         if channel is not None:
-            key = non_local_name(validate_channel_name(channel))
-            queue = self._queues.get(key)
-            queues = [] if queue is None else [queue]
-        else:
-            queues = list(self._queues.values())
-        pending = 0
-        max_age = 0.0
-        for queue in queues:
-            self._purge(queue.entries, now)
-            pending += len(queue.entries)
-            if queue.entries:
-                max_age = max(max_age, now - (queue.entries[0][0] - self.expiry))
-        if channel is not None:
-            return LayerStatistics(
-                channel=channel,
-                messages_count=queues[0].messages_count if queues else 0,
-                messages_pending=pending,
-                messages_max_age=max_age,
-                channel_full_count=queues[0].channel_full_count if queues else 0,
-            )
-        return LayerStatistics(
-            channel=None,
-            messages_count=self._messages_count,
-            messages_pending=pending,
-            messages_max_age=max_age,
-            channel_full_count=self._channel_full_count,
-        )
+            validate_channel_name(channel)
+        return self._state.statistics(trio.current_time(), channel)

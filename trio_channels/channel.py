@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import attrs
 import trio
 
-from layers import BaseChannelLayer
+from layers import BaseChannelLayer, ChannelLayerUnavailable
 from layers.base import (
     decode_message,
     encode_message,
@@ -185,6 +185,9 @@ class Outbox:
                     len(pending) - index,
                     item.name,
                 )
+                return
+            except ChannelLayerUnavailable as exc:
+                log.error("gave up delivering %d buffered message(s): %s", len(pending) - index, exc)
                 return
 
 

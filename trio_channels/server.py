@@ -30,7 +30,7 @@ from interface import BindError, InterfaceConfig, InterfaceServer, serve_interfa
 from interface.asgi import tls_context
 from interface.listeners import bind_sockets
 from layers import BaseChannelLayer, InMemoryChannelLayer
-from layers._concurrency import open_service_nursery
+from layers.concurrency import open_service_nursery
 
 from .auth import UserLoader, use_user_loader
 from .channel import use_layer

@@ -54,7 +54,8 @@ class Client:
     ) -> None:
         self.router = routing if isinstance(routing, Router) else Router(routing)
         self.layer = layer or InMemoryChannelLayer(capacity=1000)
-        self.reply_channel = reply_channel or f"test.client!{secrets.token_urlsafe(9)}"
+        # A prefix of its own, so clients sharing a layer never take each other's replies.
+        self.reply_channel = reply_channel or f"test.client.{secrets.token_urlsafe(9)}!c"
 
     async def send(self, channel: str, content: dict[str, Any] | None = None) -> None:
         """Put a message on *channel* (with this client's reply channel unless it has one)."""
@@ -66,12 +67,13 @@ class Client:
 
         Returns False (or fails, with *fail_on_none*) if nothing was waiting or nothing matched.
         """
-        with trio.move_on_after(0.05):
-            _, content = await self.layer.receive([channel])
-            return await self._run(channel, content, fail_on_none)
-        if fail_on_none:
-            raise AssertionError(f"no message was waiting on {channel!r}")
-        return False
+        try:
+            _, content = await self.layer.receive_nowait([channel])
+        except trio.WouldBlock:
+            if fail_on_none:
+                raise AssertionError(f"no message was waiting on {channel!r}") from None
+            return False
+        return await self._run(channel, content, fail_on_none)
 
     async def _run(self, channel: str, content: dict[str, Any], fail_on_none: bool) -> bool:
         message = Message(content, Channel(channel, layer=self.layer), self.layer)
@@ -94,11 +96,16 @@ class Client:
         await self.consume(channel)
 
     async def receive(self) -> dict[str, Any] | None:
-        """The next message sent to this client's reply channel, or ``None``."""
-        with trio.move_on_after(0.05):
-            _, message = await self.layer.receive([self.reply_channel.split("!")[0] + "!"])
-            return message
-        return None
+        """The next message sent to this client's reply channel, or ``None`` if none is waiting.
+
+        Consumers run to the end (buffered sends flushed) before a client call returns, so
+        what is not waiting now was not sent.
+        """
+        try:
+            _, message = await self.layer.receive_nowait([self.reply_channel.split("!")[0] + "!"])
+        except trio.WouldBlock:
+            return None
+        return message
 
     async def assert_nothing_pending(self) -> None:
         """Fail if a reply is waiting for this client."""

@@ -35,9 +35,9 @@ import attrs
 import trio
 
 from interface.protocol import HttpResponseProtocol
-from layers import BaseChannelLayer
-from layers._concurrency import leaves
+from layers import BaseChannelLayer, ChannelLayerUnavailable
 from layers.base import retry_when_full, validate_channel_name
+from layers.concurrency import leaves
 
 from .channel import Channel, Message, Outbox, use_layer, use_outbox
 from .exceptions import ConsumeLater, DenyConnection, RequestAborted
@@ -160,7 +160,7 @@ class Worker:
                 self._pulling.add(pulling)
                 try:
                     channel, content, deadline = await self.layer.receive_with_deadline(self.channels)
-                except Exception as exc:
+                except ChannelLayerUnavailable as exc:
                     await self._layer_trouble(exc)
                     continue
                 finally:
@@ -176,7 +176,7 @@ class Worker:
             finally:
                 self._running -= 1
 
-    async def _layer_trouble(self, exc: Exception) -> None:
+    async def _layer_trouble(self, exc: ChannelLayerUnavailable) -> None:
         self._failures += 1
         pause = min(5.0, 0.05 * 2 ** min(self._failures, 10))
         if self._failures == 1 or self._failures % 50 == 0:
@@ -257,6 +257,8 @@ class Worker:
             await retry_when_full(partial(self.layer.send, channel, message.content), 0.5)
         except trio.TooSlowError:
             log.warning("dropped a ConsumeLater message: channel %r stayed full", channel)
+        except ChannelLayerUnavailable as exc:
+            log.warning("dropped a ConsumeLater message for %r: %s", channel, exc)
         else:
             self._counts["requeued"] += 1
 

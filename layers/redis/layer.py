@@ -9,9 +9,10 @@ round trip). A group is a sorted set of members scored by add time, plus a hash 
 member's capacity; a group send pushes one item per list, so the members a process holds get
 **one** item that the process fans out locally.
 
-Receiving mirrors the in-memory layer: a receiver parks on its channel names, and one
-*poller* task per (server, set of lists) runs ``BLPOP`` on a dedicated connection **only
-while** someone here is waiting, handing each item to a parked receiver. An item nobody is
+Receiving shares the in-memory layer's machinery (:mod:`layers._backend`): a receiver parks
+on its channel names, and one *poller* task per (server, set of lists) runs ``BLPOP`` on a
+dedicated connection **only while** someone here is waiting, handing each item to a parked
+receiver. An item nobody is
 waiting for any more (the receiver was cancelled meanwhile) goes back to the head of its
 list, so a cancelled receive loses nothing and a busy worker hoards nothing; items for this
 process's own prefix stay in a local queue instead, since only this process reads them.
@@ -25,6 +26,11 @@ connect stores there (``SET NX``). Per shard, the layer remembers both. A server
 back with another ``run_id`` and the same epoch restarted with its data (persistence); one
 whose epoch is gone or different lost everything it held: the layer logs a WARNING and
 reports a :class:`~layers.base.MembershipLost` through ``membership_lost``.
+
+Errors: a server that cannot be reached, or answers that it cannot serve now (loading,
+read-only, out of memory, busy), becomes :exc:`~layers.ChannelLayerUnavailable` in one place,
+:class:`_MapErrors`; any other error is a bug and propagates as it is. Pollers and the delayed
+mover retry the unavailable with backoff and let bugs through.
 """
 
 from __future__ import annotations
@@ -40,27 +46,36 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
-from typing import Any
+from types import TracebackType
+from typing import Any, Final
 
 import attrs
-import outcome
 import trio
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TimeoutError,
+    TryAgainError,
+)
 
-from .._concurrency import open_service_nursery
+from .._backend import Delivery, ParkingLayer, fair_order, query_options, single_reader_names
 from ..base import (
-    BaseChannelLayer,
     ChannelFull,
+    ChannelLayerUnavailable,
     LayerStatistics,
     MembershipLost,
     decode_message,
     non_local_name,
-    parse_delay_message,
     validate_channel_name,
     validate_group_name,
-    validate_receive_channels,
 )
+from ..concurrency import open_service_nursery
 from . import scripts
 from .connection import ConnectionPool, RedisAddress, RedisConnection
 
@@ -70,7 +85,58 @@ log = logging.getLogger("layers.redis")
 
 #: How long one BLPOP waits before the poller checks whether anyone still waits.
 BLOCK_SECONDS = 1
-_Delivery = tuple[str, dict[str, Any], float]
+
+#: What "Redis cannot serve us now" looks like: socket trouble (redis-py's ConnectionError and
+#: TimeoutError, as connection.py raises them; OSError should one slip through) and the error
+#: replies of a server that is loading, read-only after a failover, out of memory or down...
+_UNAVAILABLE: Final = (
+    ConnectionError,
+    TimeoutError,
+    OSError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+)
+#: ...and the error replies redis-py has no class for that mean the same.
+_UNAVAILABLE_REPLIES: Final = ("BUSY ", "MISCONF ", "NOREPLICAS ")
+
+
+class _MapErrors:
+    """``with _MapErrors(address):`` (or ``async with``, beside another async context
+    manager): the one place Redis failures become ChannelLayerUnavailable.
+
+    After httpcore's ``map_exceptions``; a class rather than a generator because it wraps
+    every command.
+    """
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: RedisAddress) -> None:
+        self.address = address
+
+    def __enter__(self) -> None:
+        pass
+
+    async def __aenter__(self) -> None:
+        pass
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(kind, exc, tb)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, _UNAVAILABLE) or (
+            isinstance(exc, ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
+        ):
+            raise ChannelLayerUnavailable(
+                f"Redis at {self.address} is unavailable: {exc or type(exc).__name__}"
+            ) from exc
 
 
 def _expires_ms(item: bytes) -> int:
@@ -95,10 +161,22 @@ class _Script:
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def __call__(self, pool: ConnectionPool, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await pool.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await pool.execute("EVAL", self.source, len(keys), *keys, *args)
+        with _MapErrors(pool.address):
+            try:
+                return await pool.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await pool.execute("EVAL", self.source, len(keys), *keys, *args)
+
+
+async def _command(pool: ConnectionPool, *args: Any) -> Any:
+    with _MapErrors(pool.address):
+        return await pool.execute(*args)
+
+
+async def _commands(pool: ConnectionPool, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    with _MapErrors(pool.address):
+        connection = await pool.shared()
+        return await connection.execute_many(commands)
 
 
 _SEND = _Script(scripts.SEND)
@@ -128,12 +206,6 @@ def _run_id(info: Any) -> str | None:
         if line.startswith("run_id:"):
             return line[len("run_id:") :].strip()
     return None
-
-
-@attrs.define(eq=False, slots=True)
-class _Waiter:
-    task: trio.lowlevel.Task
-    names: list[str]
 
 
 def _fernet(keys: Sequence[str | bytes] | None) -> Any:
@@ -173,7 +245,7 @@ def _hosts(value: Any) -> list[RedisAddress]:
 
 
 @attrs.define(eq=False, kw_only=True)
-class RedisChannelLayer(BaseChannelLayer):
+class RedisChannelLayer(ParkingLayer):
     """A channel layer on one or more Redis servers (several = sharded).
 
     ``hosts`` takes URLs (``redis://``, ``rediss://``, ``unix://``) or ``(host, port)``
@@ -189,8 +261,7 @@ class RedisChannelLayer(BaseChannelLayer):
     _crypter: Any = attrs.field(init=False, default=None, repr=False)
     _pools: list[ConnectionPool] = attrs.field(factory=list, init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False, repr=False)
-    _waiters: dict[str, dict[_Waiter, None]] = attrs.field(factory=dict, init=False, repr=False)
-    _local: dict[str, deque[_Delivery]] = attrs.field(factory=dict, init=False, repr=False)
+    _local: dict[str, deque[Delivery]] = attrs.field(factory=dict, init=False, repr=False)
     _pollers: set[tuple[int, frozenset[str]]] = attrs.field(factory=set, init=False, repr=False)
     _delay_wakeup: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
     _servers: list[_ServerIdentity] = attrs.field(factory=list, init=False, repr=False)
@@ -204,23 +275,11 @@ class RedisChannelLayer(BaseChannelLayer):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisChannelLayer:
         """``redis://host:6379/0`` (several hosts: comma-separated URLs) plus query options
-        ``expiry``, ``group_expiry``, ``capacity``, ``prefix``."""
-        from urllib.parse import parse_qsl, urlsplit
+        ``expiry``, ``group_expiry``, ``capacity``, ``max_message_size``, ``prefix``."""
+        from urllib.parse import urlsplit
 
         hosts = [part.strip() for part in url.split(",") if part.strip()]
-        query = dict(parse_qsl(urlsplit(hosts[-1]).query))
-        numbers = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int}
-        parsed: dict[str, Any] = {}
-        for key, convert in numbers.items():
-            if key in query:
-                try:
-                    parsed[key] = convert(query[key])
-                except ValueError:
-                    raise ValueError(
-                        f"layer URL {url!r} is invalid: {key}={query[key]!r} must be a number"
-                    ) from None
-        if "prefix" in query:
-            parsed["prefix"] = query["prefix"]
+        parsed = query_options(url, urlsplit(hosts[-1]).query, text=("prefix",))
         return cls(hosts=hosts, **{**parsed, **options})
 
     def shared_store_address(self) -> tuple[RedisAddress, str]:
@@ -312,11 +371,6 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
-        if channel == "asgi.delay":
-            channel, message, delay = parse_delay_message(message)
-        await self.send_encoded(channel, self._encode(message), delay=delay)
-
     async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None:
         validate_channel_name(channel)
         name = non_local_name(channel)
@@ -359,10 +413,10 @@ class RedisChannelLayer(BaseChannelLayer):
                     [f"{self.prefix}:c:", f"{self.prefix}:s:", self.expiry],
                 )
                 failures = 0
-            except (RedisError, OSError) as exc:
+            except ChannelLayerUnavailable as exc:
                 failures += 1
                 if failures == 1:
-                    log.warning("delayed-message mover for %s: %s; retrying", pool.address, exc)
+                    log.warning("delayed-message mover for %s: %s; retrying", pool.address, exc.__cause__)
                 await trio.sleep(backoff.compute(failures))
                 continue
             if dropped:
@@ -378,33 +432,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- receiving -------------------------------------------------------------------------
 
-    async def receive(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
-        channel, message, _ = await self.receive_with_deadline(channels)
-        return channel, message
-
-    async def receive_with_deadline(self, channels: Sequence[str]) -> _Delivery:
-        names = validate_receive_channels(channels)
-        self._require_open()
-        await trio.lowlevel.checkpoint_if_cancelled()
-        found = self._take_local(names)
-        if found is not None:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return found
-        waiter = _Waiter(trio.lowlevel.current_task(), names)
-        for name in names:
-            self._waiters.setdefault(name, {})[waiter] = None
-        self._ensure_pollers(names)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._unpark(waiter)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        result: _Delivery = await trio.lowlevel.wait_task_rescheduled(abort)
-        return result
-
-    def _take_local(self, names: list[str]) -> _Delivery | None:
-        if len(names) > 1:
-            names = random.sample(names, len(names))
+    def _take(self, names: list[str]) -> Delivery | None:
         now = trio.current_time()
         for name in names:
             queue = self._local.get(name)
@@ -416,14 +444,25 @@ class RedisChannelLayer(BaseChannelLayer):
                     return delivery
         return None
 
-    def _unpark(self, waiter: _Waiter) -> None:
-        for name in waiter.names:
-            parked = self._waiters[name]
-            del parked[waiter]
-            if not parked:
-                del self._waiters[name]
+    async def _fetch_nowait(self, names: list[str]) -> Delivery | None:
+        by_shard: dict[int, list[str]] = {}
+        for name in names:
+            by_shard.setdefault(self._shard(name), []).append(name)
+        for shard in fair_order(list(by_shard)):
+            pool = self._pools[shard]
+            lists = {self._list_key(name): name for name in by_shard[shard]}
+            while flat := await _POP_MANY(pool, fair_order(list(lists)), [1]):
+                list_key, ttl, item = flat[:3]
+                name = lists[list_key.decode()]
+                deliveries = self._unpack(name, item, ttl)
+                if deliveries:  # else it expired or could not be read: pop the next
+                    leftovers = self._hand_out(name, deliveries[1:])
+                    if leftovers:  # the rest of a fan-out item: only this process reads it
+                        self._local.setdefault(name, deque()).extend(leftovers)
+                    return deliveries[0]
+        return None
 
-    def _ensure_pollers(self, names: list[str]) -> None:
+    def _will_park(self, names: list[str]) -> None:
         by_shard: dict[int, list[str]] = {}
         for name in names:
             by_shard.setdefault(self._shard(name), []).append(name)
@@ -438,16 +477,17 @@ class RedisChannelLayer(BaseChannelLayer):
         shard, names = key
         pool = self._pools[shard]
         lists = {self._list_key(name): name for name in names}
+        keys = tuple(names)
         # Only this process reads its own prefix, so take all that is queued there at once.
         own_prefix = any(name.endswith("!") for name in names)
         backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         failures = 0
         try:
-            while any(name in self._waiters for name in names):
+            while self._receivers.count(keys):
                 try:
-                    async with pool.dedicated() as connection:
+                    async with _MapErrors(pool.address), pool.dedicated() as connection:
                         while True:
-                            waiting = len({w for name in names for w in self._waiters.get(name, ())})
+                            waiting = self._receivers.count(keys)
                             if not waiting:
                                 break
                             order = random.sample(list(lists), len(lists))
@@ -478,11 +518,13 @@ class RedisChannelLayer(BaseChannelLayer):
                                 list_key, item = popped
                                 ttl = _expires_ms(item) - (int(now[0]) * 1000 + int(now[1]) // 1000)
                                 await self._dispatch(pool, list_key, lists[list_key.decode()], item, ttl)
-                except (RedisError, OSError) as exc:
+                except ChannelLayerUnavailable as exc:
                     failures += 1
                     if failures == 1:
                         log.warning(
-                            "receiving from Redis at %s failed (%s); retrying with backoff", pool.address, exc
+                            "receiving from Redis at %s failed (%s); retrying with backoff",
+                            pool.address,
+                            exc.__cause__,
                         )
                     await trio.sleep(backoff.compute(failures))
         finally:
@@ -492,17 +534,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self, pool: ConnectionPool, list_key: bytes, name: str, item: bytes, ttl_ms: int
     ) -> None:
         deliveries = self._unpack(name, item, ttl_ms)
-        if not deliveries:
-            return
-        leftovers = []
-        for delivery in deliveries:
-            waiters = self._waiters.get(name)
-            if waiters:
-                waiter = next(iter(waiters))
-                self._unpark(waiter)
-                trio.lowlevel.reschedule(waiter.task, outcome.Value(delivery))
-            else:
-                leftovers.append(delivery)
+        leftovers = self._hand_out(name, deliveries)
         if not leftovers:
             return
         if name.endswith("!") or len(deliveries) > 1:
@@ -513,7 +545,18 @@ class RedisChannelLayer(BaseChannelLayer):
             with trio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
                 await pool.execute("LPUSH", list_key, item)
 
-    def _unpack(self, name: str, item: bytes, ttl_ms: int) -> list[_Delivery]:
+    def _hand_out(self, name: str, deliveries: list[Delivery]) -> list[Delivery]:
+        """Give each delivery from list *name* to a parked receiver; return those nobody took."""
+        leftovers = []
+        for delivery in deliveries:
+            waiter = self._receivers.claim(delivery[0], name)
+            if waiter is None:
+                leftovers.append(delivery)
+            else:
+                waiter.wake(delivery)
+        return leftovers
+
+    def _unpack(self, name: str, item: bytes, ttl_ms: int) -> list[Delivery]:
         """The deliveries in *item*, which has *ttl_ms* left to live by Redis's clock (never
         this host's: the deadline is that much from now on Trio's clock)."""
         if ttl_ms <= 0:
@@ -533,16 +576,10 @@ class RedisChannelLayer(BaseChannelLayer):
     # -- channels --------------------------------------------------------------------------
 
     async def new_channel(self, pattern: str) -> str:
-        if not isinstance(pattern, str) or not pattern.endswith("?"):
-            raise TypeError(
-                f"new_channel pattern {pattern!r} is invalid: it must be a str ending in '?' "
-                "(process-specific '!' names are made by their process, not the layer)"
-            )
-        validate_channel_name(pattern + "x")
-        while True:
-            name = pattern + secrets.token_urlsafe(9)
-            if not await self._pool(name).execute("EXISTS", self._list_key(name)):
-                return name
+        for name in single_reader_names(pattern):  # endless: ends at an unused name
+            if not await _command(self._pool(name), "EXISTS", self._list_key(name)):
+                break
+        return name
 
     # -- groups ----------------------------------------------------------------------------
 
@@ -552,36 +589,29 @@ class RedisChannelLayer(BaseChannelLayer):
     async def group_add(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
-        pool = self._pools_for_group(group)
+        pool = self._group_pool(group)
         await _GROUP_ADD(
             pool, self._group_keys(group), [channel, self.get_capacity(channel), self.group_expiry]
         )
 
-    def _pools_for_group(self, group: str) -> ConnectionPool:
+    def _group_pool(self, group: str) -> ConnectionPool:
         self._require_open()
         return self._pools[consistent_hash(group, len(self.hosts))]
 
     async def group_discard(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
-        pool = self._pools_for_group(group)
         zset, caps = self._group_keys(group)
-        connection = await pool.shared()
-        await connection.execute_many([("ZREM", zset, channel), ("HDEL", caps, channel)])
+        await _commands(self._group_pool(group), [("ZREM", zset, channel), ("HDEL", caps, channel)])
 
     async def group_channels(self, group: str) -> list[str]:
         validate_group_name(group)
-        members = await _GROUP_MEMBERS(
-            self._pools_for_group(group), self._group_keys(group), [self.group_expiry]
-        )
+        members = await _GROUP_MEMBERS(self._group_pool(group), self._group_keys(group), [self.group_expiry])
         return [member.decode() for member in members]
-
-    async def send_group(self, group: str, message: dict[str, Any]) -> None:
-        await self.send_group_encoded(group, self._encode(message))
 
     async def send_group_encoded(self, group: str, data: bytes) -> None:
         validate_group_name(group)
-        pool = self._pools_for_group(group)
+        pool = self._group_pool(group)
         sealed = self._seal(data)
         if len(self.hosts) == 1:
             # One round trip: read the members, evict the gone, push one item per list.
@@ -619,8 +649,7 @@ class RedisChannelLayer(BaseChannelLayer):
         evicted = [member.decode() for member in result[1:]]
         if evicted:
             zset, caps = self._group_keys(group)
-            connection = await self._pools_for_group(group).shared()
-            await connection.execute_many([("ZREM", zset, *evicted), ("HDEL", caps, *evicted)])
+            await _commands(self._group_pool(group), [("ZREM", zset, *evicted), ("HDEL", caps, *evicted)])
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -631,10 +660,12 @@ class RedisChannelLayer(BaseChannelLayer):
             cursor = b"0"
             epoch = f"{self.prefix}:epoch".encode()  # kept: a flush is no loss to report later
             while True:
-                cursor, keys = await pool.execute("SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", 1000)
+                cursor, keys = await _command(
+                    pool, "SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", 1000
+                )
                 keys = [key for key in keys if key != epoch]
                 if keys:
-                    await pool.execute("DEL", *keys)
+                    await _command(pool, "DEL", *keys)
                 if cursor in (b"0", 0, "0"):
                     break
 
@@ -643,8 +674,8 @@ class RedisChannelLayer(BaseChannelLayer):
         if channel is not None:
             name = non_local_name(validate_channel_name(channel))
             pool = self._pool(name)
-            counters = await pool.execute(
-                "HMGET", self._stats_key(name), "messages_count", "channel_full_count"
+            counters = await _command(
+                pool, "HMGET", self._stats_key(name), "messages_count", "channel_full_count"
             )
             length, age = await _LIST_STATS(pool, [self._list_key(name)], [self.expiry])
             return LayerStatistics(
@@ -657,15 +688,15 @@ class RedisChannelLayer(BaseChannelLayer):
         messages = full = pending = 0
         max_age = 0.0
         for pool in self._pools:
-            counters = await pool.execute(
-                "HMGET", self._stats_key("#global#"), "messages_count", "channel_full_count"
+            counters = await _command(
+                pool, "HMGET", self._stats_key("#global#"), "messages_count", "channel_full_count"
             )
             messages += int(counters[0] or 0)
             full += int(counters[1] or 0)
             cursor = b"0"
             while True:
-                cursor, keys = await pool.execute(
-                    "SCAN", cursor, "MATCH", f"{self.prefix}:c:*", "COUNT", 1000
+                cursor, keys = await _command(
+                    pool, "SCAN", cursor, "MATCH", f"{self.prefix}:c:*", "COUNT", 1000
                 )
                 for key in keys:
                     length, age = await _LIST_STATS(pool, [key], [self.expiry])

@@ -12,7 +12,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from layers import InMemoryChannelLayer
+from layers import ChannelLayerUnavailable, InMemoryChannelLayer
 from trio_channels import (
     Channel,
     ConsumeLater,
@@ -387,15 +387,19 @@ async def test_full_channel_at_flush_is_logged(
 
 
 class FlakyLayer(InMemoryChannelLayer):
-    """The in-memory layer with the worker's first receives failing, like a Redis that is down."""
+    """The in-memory layer with the worker's first receives failing, like a Redis that is down
+    (or, with *bug*, failing the way a bug in a layer does)."""
 
     failures: int = 3
+    bug: bool = False
 
     async def receive_with_deadline(self, channels: Any) -> tuple[str, dict[str, Any], float]:
         if self.failures and "work" in channels:
             self.failures -= 1
             await trio.lowlevel.checkpoint()
-            raise ConnectionError("layer is down")
+            if self.bug:
+                raise KeyError("a bug in the layer")
+            raise ChannelLayerUnavailable("layer is down")
         return await super().receive_with_deadline(channels)
 
 
@@ -415,8 +419,23 @@ async def test_layer_errors_are_retried(
             assert await receive_now(layer, ["out"], timeout=10) == ("out", {"ok": True})
             nursery.cancel_scope.cancel()
     # Logged once (not once per consumer task or per retry), then the recovery.
-    assert caplog.text.count("channel layer error (ConnectionError: layer is down)") == 1
+    assert caplog.text.count("channel layer error (ChannelLayerUnavailable: layer is down)") == 1
     assert "channel layer is back after 3 failed receive(s)" in caplog.text
+
+
+async def test_a_bug_in_the_layer_is_not_retried(autojump: trio.testing.MockClock) -> None:
+    """Regression: an error other than ChannelLayerUnavailable from the layer stops the worker
+    (it used to be retried forever, with a warning every 50 failures)."""
+
+    async def consumer(message: Message) -> None:
+        pass
+
+    layer = FlakyLayer()
+    layer.bug = True
+    async with layer:
+        bug = pytest.RaisesExc(KeyError, match="a bug in the layer")
+        with trio.fail_after(60), pytest.RaisesGroup(bug, allow_unwrapped=True, flatten_subgroups=True):
+            await run_worker(layer, [route("work", consumer)], concurrency=1)
 
 
 async def test_graceful_shutdown(autojump: trio.testing.MockClock, layer: InMemoryChannelLayer) -> None:

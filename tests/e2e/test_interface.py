@@ -430,6 +430,20 @@ async def test_both_listeners_emit_identical_streams(start_server: StartServer) 
     assert main[3][1] == {"path": "/room/", "order": 3, "code": 4002}
 
 
+async def test_a_standard_close_code_reaches_the_application(start_server: StartServer) -> None:
+    """Regression: a client closing with a standard code (1000, which trio-websocket reports
+    as an enum) gets its websocket.disconnect, with the code as a plain int, on both listeners
+    (the enum failed message validation and the disconnect was dropped, logged at DEBUG)."""
+    seen, routing = recorder(["websocket.disconnect"], replies={"accept": True})
+    info = await start_server(routing, ws_bind=["127.0.0.1:0"])
+    for url in (ws_url(info.url, "/a/"), info.ws_urls[0] + "/b/"):
+        async with open_websocket_url(url) as ws:
+            await ws.aclose(1000)
+    await seen.wait_for(2)
+    codes = [message["code"] for _, message in seen]
+    assert codes == [1000, 1000] and all(type(code) is int for code in codes)
+
+
 async def test_ws_only_listener_refuses_plain_http(start_server: StartServer) -> None:
     """A WebSocket-only listener answers plain HTTP with 426."""
     _, routing = recorder([])

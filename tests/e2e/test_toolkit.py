@@ -6,10 +6,12 @@ import json
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from examples.authentication.users import load_user
 from layers import InMemoryChannelLayer
-from trio_channels import route_class
+from trio_channels import Message, route, route_class
 from trio_channels.auth import use_user_loader
 from trio_channels.security import set_allowed_hosts
 from trio_channels.server import ServerInfo
@@ -54,6 +56,31 @@ async def test_rooms_in_process() -> None:
         assert await two.receive_text() == "hello abc"
         assert await one.receive_text() == "hello abc"
         await other.assert_nothing_pending()
+
+
+async def test_clients_sharing_a_layer_keep_their_replies() -> None:
+    """Regression: a test client receives only its own replies (all clients shared one process
+    prefix, so one client's receive could take another's reply)."""
+
+    async def echo_path(message: Message) -> None:
+        await message.reply_channel.send({"text": message["path"]})  # type: ignore[union-attr]
+
+    routing = [route("websocket.connect", echo_path)]
+    layer = InMemoryChannelLayer()
+    one, two = WebsocketClient(routing, layer), WebsocketClient(routing, layer)
+    await one.send_and_consume("websocket.connect", {"path": "/one/"})
+    await two.send_and_consume("websocket.connect", {"path": "/two/"})
+    assert await two.receive_text() == "/two/"
+    assert await one.receive_text() == "/one/"
+
+
+async def test_client_receive_does_not_wait(autojump: trio.testing.MockClock) -> None:
+    """A client knows at once that no reply is waiting: no timeout, the clock stands still."""
+    client = WebsocketClient([route_class(Mux)])
+    before = trio.current_time()
+    assert await client.receive() is None
+    assert not await client.consume("websocket.receive", fail_on_none=False)
+    assert trio.current_time() == before
 
 
 async def test_routing_include_in_process() -> None:

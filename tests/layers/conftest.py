@@ -9,9 +9,10 @@ their own clock (Redis) get ``None`` and wait in real time.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import attrs
 import pytest
 import trio.testing
 
@@ -35,22 +36,25 @@ def _memory_factory(request: pytest.FixtureRequest) -> LayerFactory:
     return make
 
 
+def _redis_layers(servers: list[RedisServer]) -> LayerFactory:
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+
+    def make(**overrides: Any) -> layers.BaseChannelLayer:
+        options: dict[str, Any] = {
+            "hosts": [server.url for server in servers],
+            "prefix": prefix,
+            "expiry": EXPIRY,
+            "group_expiry": GROUP_EXPIRY,
+            "capacity": CAPACITY,
+        }
+        return RedisChannelLayer(**{**options, **overrides})
+
+    return make
+
+
 def _redis_factory(shards: int) -> Callable[[pytest.FixtureRequest], LayerFactory]:
     def factory(request: pytest.FixtureRequest) -> LayerFactory:
-        servers: list[RedisServer] = request.getfixturevalue("redis_servers")[:shards]
-        prefix = f"t{uuid.uuid4().hex[:12]}"
-
-        def make(**overrides: Any) -> layers.BaseChannelLayer:
-            options: dict[str, Any] = {
-                "hosts": [server.url for server in servers],
-                "prefix": prefix,
-                "expiry": EXPIRY,
-                "group_expiry": GROUP_EXPIRY,
-                "capacity": CAPACITY,
-            }
-            return RedisChannelLayer(**{**options, **overrides})
-
-        return make
+        return _redis_layers(request.getfixturevalue("redis_servers")[:shards])
 
     return factory
 
@@ -61,6 +65,8 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest], LayerFactory]] = {
     "redis-3-shards": _redis_factory(3),
 }
 VIRTUAL_TIME = {"memory"}
+#: How many servers of its own each backend needs for an outage (none: it has no server to lose).
+SERVERS = {"memory": 0, "redis": 1, "redis-3-shards": 3}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -85,3 +91,42 @@ async def layer(layer_factory: LayerFactory) -> AsyncIterator[layers.BaseChannel
     async with layer_factory() as opened:
         await opened.flush()
         yield opened
+
+
+@attrs.define
+class Outage:
+    """Layers of the current backend on servers of this test's own, which it may stop and start."""
+
+    factory: LayerFactory
+    servers: list[RedisServer]
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+
+
+@pytest.fixture
+def outage(backend: str, request: pytest.FixtureRequest) -> Iterator[Outage]:
+    """For tests that take the backend's servers away (the in-memory layer has none)."""
+    servers = [RedisServer().start() for _ in range(SERVERS[backend])]
+    try:
+        yield Outage(_redis_layers(servers) if servers else _memory_factory(request), servers)
+    finally:
+        for server in servers:
+            server.cleanup()
+
+
+@pytest.fixture
+def per_channel_capacity_gap(backend: str, request: pytest.FixtureRequest) -> None:
+    """Marks the Redis backends' known gap: their SEND script still checks a process-specific
+    channel against its prefix's whole list (layers/redis/scripts.py, to be changed there)."""
+    if backend.startswith("redis"):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True, reason="Redis counts a process prefix's list, not each channel under it"
+            )
+        )

@@ -49,7 +49,7 @@ def test_non_local_name() -> None:
 def test_get_capacity_globs_regexes_and_order() -> None:
     """reference §2.5: first matching pattern wins, globs and regexes, default otherwise.
 
-    A process-specific channel is matched by its prefix (the queue its capacity is shared in),
+    A process-specific channel is matched by its prefix (each channel under it still counts alone),
     so a regex for one ends at '!'.
     """
     capacities = CapacityMap.build(

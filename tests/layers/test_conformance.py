@@ -16,10 +16,17 @@ import trio
 import trio.testing
 from hypothesis import strategies as st
 
-from layers import BaseChannelLayer, ChannelFull, MessageTooLarge
+from layers import (
+    BaseChannelLayer,
+    ChannelFull,
+    ChannelLayerError,
+    ChannelLayerUnavailable,
+    MessageTooLarge,
+)
+from trio_channels.server import DEFAULT_CHANNEL_CAPACITY
 
 from ..helpers import assert_nothing, receive_now
-from .conftest import CAPACITY, EXPIRY, GROUP_EXPIRY, VIRTUAL_TIME, LayerFactory
+from .conftest import CAPACITY, EXPIRY, GROUP_EXPIRY, VIRTUAL_TIME, LayerFactory, Outage
 
 # ------------------------------------------------------------------ asgiref's 18 cases
 
@@ -165,12 +172,20 @@ async def test_capacity(layer: BaseChannelLayer) -> None:
         await layer.send("cap_test", {"n": CAPACITY})
 
 
-async def test_capacity_process(layer: BaseChannelLayer) -> None:
-    """Capacity is shared by every channel under one process prefix."""
+async def test_capacity_process(layer: BaseChannelLayer, per_channel_capacity_gap: None) -> None:
+    """Each channel under a process prefix has a capacity of its own (issue 12: a prefix used
+    to share one among all its channels, so one busy connection starved the others)."""
     for index in range(CAPACITY):
-        await layer.send(f"capp!{index}", {"n": index})
-    with pytest.raises(ChannelFull):
-        await layer.send("capp!final", {"n": "final"})
+        await layer.send("capp!busy", {"n": index})
+    with pytest.raises(ChannelFull, match="'capp!busy' is full"):
+        await layer.send("capp!busy", {"n": CAPACITY})
+    for index in range(CAPACITY):
+        await layer.send(f"capp!other{index}", {"n": index})
+    received = [await receive_now(layer, ["capp!"]) for _ in range(2 * CAPACITY)]
+    assert received == [("capp!busy", {"n": n}) for n in range(CAPACITY)] + [
+        (f"capp!other{n}", {"n": n}) for n in range(CAPACITY)
+    ]
+    await layer.send("capp!busy", {"n": "room again"})
 
 
 async def test_capacity_group(layer: BaseChannelLayer) -> None:
@@ -186,7 +201,9 @@ async def test_exceptions(layer: BaseChannelLayer) -> None:
     """The layer carries its exception classes as attributes."""
     assert layer.MessageTooLarge is MessageTooLarge
     assert layer.ChannelFull is ChannelFull
+    assert layer.ChannelLayerUnavailable is ChannelLayerUnavailable
     assert issubclass(layer.MessageTooLarge, Exception)
+    assert issubclass(ChannelLayerUnavailable, ChannelLayerError)
 
 
 async def test_message_alteration_after_send(layer: BaseChannelLayer) -> None:
@@ -467,17 +484,18 @@ async def test_default_size_limit_is_one_mebibyte(layer: BaseChannelLayer) -> No
 
 
 async def test_channel_capacity_globs(layer_factory: LayerFactory) -> None:
-    """channel_capacity patterns apply per channel; process prefixes share theirs."""
+    """channel_capacity patterns apply per channel; a process-specific channel is looked up by
+    its prefix."""
     async with layer_factory(channel_capacity={"http.request": 2, "interface.*!": 3}) as layer:
         await layer.flush()
         for _ in range(2):
             await layer.send("http.request", {})
         with pytest.raises(ChannelFull):
             await layer.send("http.request", {})
-        for index in range(3):
-            await layer.send(f"interface.p1!c{index}", {})
+        for _ in range(3):
+            await layer.send("interface.p1!c0", {})
         with pytest.raises(ChannelFull):
-            await layer.send("interface.p1!other", {})
+            await layer.send("interface.p1!c0", {})
         for index in range(CAPACITY):
             await layer.send("elsewhere", {"n": index})
         with pytest.raises(ChannelFull):
@@ -588,3 +606,158 @@ async def test_receive_with_deadline(layer: BaseChannelLayer, layer_clock: Any) 
         channel, message, deadline = await layer.receive_with_deadline(["deadline"])
     assert (channel, message) == ("deadline", {"value": 1})
     assert deadline == pytest.approx(sent_at + EXPIRY, abs=0.2)
+
+
+# ------------------------------------------------------------------ a fan-out burst
+
+
+async def test_fan_out_burst_loses_nothing(layer_factory: LayerFactory) -> None:
+    """Regression (issue 12): 200 members of one process each get all of 200 group sends made
+    at once, at serve()'s default capacities (in memory a process prefix shared one capacity
+    of 10,000, so 30,000 of these 40,000 deliveries were lost)."""
+    async with layer_factory(
+        expiry=60, group_expiry=600, capacity=100, channel_capacity=DEFAULT_CHANNEL_CAPACITY
+    ) as layer:
+        await layer.flush()
+        members = [f"interface.burst!m{index}" for index in range(200)]
+        for member in members:
+            await layer.group_add("burst", member)
+        for n in range(200):
+            await layer.send_group("burst", {"n": n})
+        got: dict[str, list[int]] = {member: [] for member in members}
+        with trio.fail_after(60):
+            for _ in range(200 * 200):
+                channel, message = await layer.receive(["interface.burst!"])
+                got[channel].append(message["n"])
+        assert all(numbers == list(range(200)) for numbers in got.values())
+        with pytest.raises(trio.WouldBlock):
+            await layer.receive_nowait(["interface.burst!"])
+
+
+# ------------------------------------------------------------------ the twins
+
+
+async def test_receive_nowait(layer: BaseChannelLayer) -> None:
+    """receive_nowait returns what is waiting, in order and with full names, else raises
+    WouldBlock at once."""
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_nowait(["nowait", "nowait.p!"])
+    await layer.send("nowait", {"n": 1})
+    await layer.send("nowait.p!a", {"n": 2})
+    await layer.send("nowait.p!b", {"n": 3})
+    assert await layer.receive_nowait(["nowait"]) == ("nowait", {"n": 1})
+    assert await layer.receive_nowait(["nowait.p!"]) == ("nowait.p!a", {"n": 2})
+    assert await layer.receive_nowait(["nowait.p!"]) == ("nowait.p!b", {"n": 3})
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_nowait(["nowait", "nowait.p!"])
+
+
+async def test_receive_nowait_on_several_channels(layer: BaseChannelLayer) -> None:
+    """receive_nowait on several channels (on several shards) finds each one's messages."""
+    names = [f"nowait-many-{index}" for index in range(6)]
+    for index, name in enumerate(names):
+        await layer.send(name, {"n": index})
+    got = [await layer.receive_nowait(names) for _ in names]
+    assert sorted(got) == sorted((name, {"n": index}) for index, name in enumerate(names))
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_nowait(names)
+
+
+async def test_receive_nowait_fan_out(layer: BaseChannelLayer) -> None:
+    """Each member's copy of a group send to one process comes out of receive_nowait."""
+    members = [f"nwg!c{index}" for index in range(CAPACITY)]
+    for member in members:
+        await layer.group_add("nwg", member)
+    await layer.send_group("nwg", {"value": "hi"})
+    got = [await layer.receive_nowait(["nwg!"]) for _ in members]
+    assert sorted(got) == [(member, {"value": "hi"}) for member in sorted(members)]
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_nowait(["nwg!"])
+
+
+async def test_receive_nowait_skips_expired(layer: BaseChannelLayer, layer_clock: Any) -> None:
+    """An expired message is not returned by receive_nowait."""
+    await layer.send("nowait-old", {"n": 1})
+    await trio.sleep(EXPIRY + 0.5)
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_nowait(["nowait-old"])
+
+
+async def test_receive_nowait_checks_names(layer: BaseChannelLayer) -> None:
+    """receive_nowait applies receive's name rules."""
+    with pytest.raises(TypeError, match=r"'spr_test!c'.*'spr_test!'"):
+        await layer.receive_nowait(["spr_test!c"])
+    with pytest.raises(TypeError, match="a list of names"):
+        await layer.receive_nowait("plain")
+
+
+async def test_send_nowait(layer: BaseChannelLayer) -> None:
+    """send_nowait sends like send: to a parked receiver or in order, ChannelFull at capacity,
+    a TypeError for a bad name."""
+    results: list[tuple[str, dict[str, Any]]] = []
+
+    async def receiver() -> None:
+        results.append(await layer.receive(["snw-wait"]))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            await trio.sleep(0.05)
+            await layer.send_nowait("snw-wait", {"value": 1})
+    assert results == [("snw-wait", {"value": 1})]
+    for index in range(CAPACITY):
+        await layer.send_nowait("snw", {"n": index})
+    with pytest.raises(ChannelFull, match="'snw' is full"):
+        await layer.send_nowait("snw", {"n": CAPACITY})
+    with pytest.raises(TypeError, match="only ASCII letters"):
+        await layer.send_nowait("bad name", {})
+    received = [(await receive_now(layer, ["snw"]))[1]["n"] for _ in range(CAPACITY)]
+    assert received == list(range(CAPACITY))
+
+
+# ------------------------------------------------------------------ losing the server
+
+
+async def test_unavailable(outage: Outage) -> None:
+    """With its server gone, every operation that needs it raises ChannelLayerUnavailable
+    naming the server; a parked receive just waits, and the same layer works again once the
+    server is back. The in-memory layer has no server to lose and never raises it."""
+    async with outage.factory(expiry=60, group_expiry=600) as layer:
+        await layer.flush()
+        await layer.group_add("down-group", "down-member")
+        await layer.send("down-queued", {"n": 0})
+        got: list[tuple[str, dict[str, Any]]] = []
+
+        async def receiver() -> None:
+            got.append(await layer.receive(["down-after"]))
+
+        calls = {
+            "send": lambda: layer.send("down", {}),
+            "send_nowait": lambda: layer.send_nowait("down", {}),
+            "delayed send": lambda: layer.send("down", {}, delay=5),
+            "send_group": lambda: layer.send_group("down-group", {}),
+            "group_add": lambda: layer.group_add("down-group", "other"),
+            "group_discard": lambda: layer.group_discard("down-group", "other"),
+            "group_channels": lambda: layer.group_channels("down-group"),
+            "new_channel": lambda: layer.new_channel("down?"),
+            "receive_nowait": lambda: layer.receive_nowait(["down-queued"]),
+            "statistics": lambda: layer.statistics(),
+            "channel statistics": lambda: layer.statistics("down"),
+            "flush": lambda: layer.flush(),
+        }
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receiver)
+                await trio.sleep(0.1)  # parked (on Redis, its poller waits in BLPOP)
+                outage.stop()
+                for what, call in calls.items():
+                    if not outage.servers:
+                        await call()
+                        continue
+                    with pytest.raises(ChannelLayerUnavailable, match=r"Redis at \S+ is unavailable") as info:
+                        await call()
+                    assert info.value.__cause__ is not None, what
+                assert got == []
+                outage.start()
+                await layer.send("down-after", {"n": 1})
+        assert got == [("down-after", {"n": 1})]

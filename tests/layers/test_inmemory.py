@@ -26,16 +26,19 @@ async def test_timer_sleeps_when_idle(autojump: trio.testing.MockClock) -> None:
     async with InMemoryChannelLayer() as layer:
         await trio.sleep(86400)
         await layer.send("x", {})
-        assert layer.receive_nowait(["x"]) == ("x", {})
+        assert await layer.receive_nowait(["x"]) == ("x", {})
 
 
-async def test_receive_nowait_twin() -> None:
-    """receive_nowait returns a waiting message or raises WouldBlock."""
+async def test_twins_are_no_checkpoints() -> None:
+    """In memory, send_nowait and receive_nowait never yield, even when cancelled."""
     layer = InMemoryChannelLayer()
-    with pytest.raises(trio.WouldBlock):
-        layer.receive_nowait(["nothing"])
-    layer.send_nowait("something", {"a": 1})
-    assert layer.receive_nowait(["something"]) == ("something", {"a": 1})
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with trio.testing.assert_no_checkpoints():
+            await layer.send_nowait("something", {"a": 1})
+            assert await layer.receive_nowait(["something"]) == ("something", {"a": 1})
+            with pytest.raises(trio.WouldBlock):
+                await layer.receive_nowait(["something"])
 
 
 async def test_delay_needs_an_open_layer() -> None:
@@ -65,7 +68,7 @@ async def test_single_reader_channels_leave_no_trace(autojump: trio.testing.Mock
             name = await layer.new_channel("body?")
             await layer.send(name, {})
             await layer.receive([name])
-        assert layer._queues == {}
+        assert layer.state.queues == {}
 
 
 async def test_retry_when_full(autojump: trio.testing.MockClock) -> None:
@@ -75,18 +78,18 @@ async def test_retry_when_full(autojump: trio.testing.MockClock) -> None:
     from layers.base import retry_when_full
 
     layer = InMemoryChannelLayer(capacity=1)
-    layer.send_nowait("busy", {"n": 0})
+    await layer.send_nowait("busy", {"n": 0})
 
     async def drain_later() -> None:
         await trio.sleep(0.3)
-        layer.receive_nowait(["busy"])
+        await layer.receive_nowait(["busy"])
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(drain_later)
         started = trio.current_time()
         await retry_when_full(partial(layer.send, "busy", {"n": 1}), timeout=5)
         assert 0.3 <= trio.current_time() - started < 0.6
-    assert layer.receive_nowait(["busy"]) == ("busy", {"n": 1})
-    layer.send_nowait("busy", {"n": 2})
+    assert await layer.receive_nowait(["busy"]) == ("busy", {"n": 1})
+    await layer.send_nowait("busy", {"n": 2})
     with pytest.raises(trio.TooSlowError, match=r"stayed full for 1\.0 s"):
         await retry_when_full(partial(layer.send, "busy", {"n": 3}), timeout=1)

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 import layers
+from layers import ChannelLayerUnavailable
 from layers.redis import RedisChannelLayer, consistent_hash
 from layers.redis.connection import ConnectionPool, RedisAddress
 
@@ -157,7 +157,7 @@ async def _reconnected(layer: RedisChannelLayer, group: str) -> list[str]:
         while True:
             try:
                 return await layer.group_channels(group)
-            except RedisConnectionError:
+            except ChannelLayerUnavailable:
                 await trio.sleep(0.05)
 
 
