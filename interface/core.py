@@ -72,9 +72,10 @@ class InterfaceConfig:
     reply_buffer: int = 1000
     #: Seconds a graceful shutdown waits for connections after closing them.
     grace_period: float = 10
-    #: How long a ``websocket.receive`` waits out a full channel (the client is held back by
-    #: TCP meanwhile) before the socket is closed with 1013.
-    receive_full_timeout: float = 2.0
+    #: How long a ``websocket.receive`` waits out a full channel before the socket is closed
+    #: with 1013. Meanwhile the connection reads nothing more, so TCP holds the client back:
+    #: a burst that workers drain in time loses nothing (a minute, the default expiry).
+    receive_full_timeout: float = 60.0
 
 
 #: A connection's first drop of each kind is logged at once; later ones are summed into at
