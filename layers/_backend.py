@@ -13,7 +13,23 @@ The table is keyed by names, not by queues: a receiver may park on a process pre
 (``interface.abc!``, which takes every channel under it) or on one full process-specific name
 (``interface.abc!xyz``, which takes only its own); :meth:`Receivers.claim` prefers the
 receiver of the full name. The public ``receive()`` only parks on prefixes (the ASGI rule);
-the full-name keys are there for in-process hand-off to one connection's own task.
+the full-name keys serve *own channels*.
+
+Own channels
+------------
+A process may hand each of its process-specific channels to one task of its own (an interface
+server: one per connection): :meth:`ParkingLayer.open_own` registers the full name, and
+:meth:`ParkingLayer.receive_own` / :meth:`ParkingLayer.receive_own_nowait` receive its messages
+in sending order, parking on the full name, so a message reaches that task straight from its
+sender (or the Redis poller) with no relay task in between. While no receiver is parked, the
+messages wait in a FIFO of the channel's own, bounded by the capacity given to ``open_own``
+(default: the channel's capacity); one that does not fit is refused (:exc:`ChannelFull` to a
+plain send, a miss for a group send) and reported to ``on_overflow``. The prefix of an own
+channel is *owned* from then on: its only reader said which of its channels live, so a message
+for one that is not open (any more) is dropped on arrival, as a reply poller drops replies for
+connections that are gone. :meth:`ParkingLayer.close_own` drops what is held and unregisters.
+Messages of an own channel are received only through ``receive_own``, never by a receive on
+the prefix.
 
 :class:`ParkingLayer` is the receive flow built on it: validate, take fairly from what this
 process holds (:meth:`ParkingLayer._take`), else park. The in-memory layer holds everything;
@@ -27,17 +43,24 @@ import abc
 import random
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
 import outcome
 import trio
 
-from .base import BaseChannelLayer, parse_delay_message, validate_channel_name, validate_receive_channels
+from .base import (
+    BaseChannelLayer,
+    non_local_name,
+    parse_delay_message,
+    validate_channel_name,
+    validate_receive_channels,
+)
 
 __all__ = [
     "Delivery",
+    "OwnChannel",
     "ParkingLayer",
     "Receivers",
     "Waiter",
@@ -58,6 +81,8 @@ class Waiter:
 
     task: trio.lowlevel.Task
     names: Sequence[str]
+    #: For a receiver parked on one own channel: that channel's prefix (counted per prefix).
+    prefix: str | None = None
 
     def wake(self, delivery: Delivery) -> None:
         """Hand *delivery* to the task (it must have been claimed, i.e. unparked, first)."""
@@ -69,6 +94,8 @@ class Receivers:
     """The parked receivers of one layer, by the names they wait on (first come, first served)."""
 
     _parked: dict[str, dict[Waiter, None]] = attrs.field(factory=dict)
+    # How many receivers wait on one own channel, per prefix (for the Redis poller of the prefix).
+    _under: dict[str, int] = attrs.field(factory=dict)
 
     def __contains__(self, name: str) -> bool:
         return name in self._parked
@@ -79,6 +106,10 @@ class Receivers:
         if len(names) == 1:
             return len(parked.get(names[0], ()))
         return len({waiter for name in names for waiter in parked.get(name, ())})
+
+    def count_under(self, prefix: str) -> int:
+        """How many receivers wait on own channels (full names) under *prefix*."""
+        return self._under.get(prefix, 0)
 
     def claim(self, channel: str, key: str) -> Waiter | None:
         """Unpark and return the receiver a message on *channel* goes to, or ``None``.
@@ -98,6 +129,16 @@ class Receivers:
         self._unpark(waiter)
         return waiter
 
+    def claim_own(self, channel: str) -> Waiter | None:
+        """Unpark and return the receiver parked on the full name *channel*, or ``None``
+        (a receiver parked on its prefix does not count: an own channel is never its)."""
+        waiters = self._parked.get(channel)
+        if not waiters:
+            return None
+        waiter = next(iter(waiters))
+        self._unpark(waiter)
+        return waiter
+
     def park(self, names: Sequence[str]) -> Awaitable[Delivery]:
         """Park this task on *names* now; awaiting the result waits until a sender hands it a
         delivery for one of them.
@@ -106,8 +147,15 @@ class Receivers:
         returned (it belongs to this task), never lost. (Not a coroutine itself, to save a
         frame on the hot path: the task parks when this is called.)
         """
-        waiter = Waiter(trio.lowlevel.current_task(), names)
-        for name in names:
+        return self._park(Waiter(trio.lowlevel.current_task(), names))
+
+    def park_own(self, channel: str, prefix: str) -> Awaitable[Delivery]:
+        """:meth:`park` on the one full name *channel* (under *prefix*), counted in :meth:`count_under`."""
+        self._under[prefix] = self._under.get(prefix, 0) + 1
+        return self._park(Waiter(trio.lowlevel.current_task(), (channel,), prefix))
+
+    def _park(self, waiter: Waiter) -> Awaitable[Delivery]:
+        for name in waiter.names:
             self._parked.setdefault(name, {})[waiter] = None
 
         def abort(_: object) -> trio.lowlevel.Abort:
@@ -123,6 +171,41 @@ class Receivers:
             del parked[waiter]
             if not parked:
                 del self._parked[name]
+        prefix = waiter.prefix
+        if prefix is not None:
+            left = self._under[prefix] - 1
+            if left:
+                self._under[prefix] = left
+            else:
+                del self._under[prefix]
+
+
+@attrs.define(eq=False, slots=True)
+class OwnChannel:
+    """The registration of one own channel (see "Own channels" above)."""
+
+    #: How many messages may wait for it.
+    capacity: int
+    #: Called with the channel's name for each message refused because it was full.
+    on_overflow: Callable[[str], None] | None = None
+    #: Messages refused so far.
+    refused: int = 0
+
+    def overflowed(self, channel: str) -> None:
+        self.refused += 1
+        if self.on_overflow is not None:
+            self.on_overflow(channel)
+
+
+def _own_channel_name(channel: object) -> str:
+    name = validate_channel_name(channel)
+    bang = name.find("!")
+    if bang < 0 or bang == len(name) - 1:
+        raise TypeError(
+            f"own channel {name!r} is invalid: it must be a full process-specific name, "
+            "like 'interface.abc!xyz' (a prefix, then '!', then the channel's own part)"
+        )
+    return name
 
 
 def fair_order(items: list[T]) -> list[T]:
@@ -141,6 +224,9 @@ class ParkingLayer(BaseChannelLayer):
 
     _receivers: Receivers = attrs.field(factory=Receivers, init=False, repr=False)
     _calls: int = attrs.field(default=0, init=False, repr=False)
+    #: Open own channels by full name, and the prefixes that have had one.
+    _owned: dict[str, OwnChannel] = attrs.field(factory=dict, init=False, repr=False)
+    _owned_prefixes: set[str] = attrs.field(factory=set, init=False, repr=False)
 
     def _require_open(self) -> None:
         """Raise :exc:`RuntimeError` if the layer must be entered first (default: it need not)."""
@@ -203,6 +289,91 @@ class ParkingLayer(BaseChannelLayer):
             if found is None:
                 raise trio.WouldBlock
         return found[0], found[1]
+
+    # -- own channels (see the module docstring) -----------------------------------------
+
+    def open_own(
+        self, channel: str, *, capacity: int | None = None, on_overflow: Callable[[str], None] | None = None
+    ) -> None:
+        """Register *channel*, a full process-specific name, as received by one task of this
+        process through :meth:`receive_own`.
+
+        At most *capacity* messages (default: the channel's capacity) wait for it; each one
+        refused because it is full calls ``on_overflow(channel)`` in the sender's task (it
+        must not block: note it, wake someone). Raises :exc:`TypeError` for a name that is
+        not a full process-specific one, :exc:`ValueError` if it is open already.
+        """
+        name = _own_channel_name(channel)
+        if name in self._owned:
+            raise ValueError(f"own channel {name!r} is already open")
+        if capacity is not None and (type(capacity) is not int or capacity < 1):
+            raise ValueError(f"own channel capacity must be an int >= 1, got {capacity!r}")
+        self._owned[name] = OwnChannel(self.get_capacity(name) if capacity is None else capacity, on_overflow)
+        self._owned_prefixes.add(non_local_name(name))
+
+    def close_own(self, channel: str) -> int:
+        """Unregister *channel* and drop what waits for it; return how many messages that was.
+
+        Later messages for it are dropped on arrival. Closing a channel that is not open does
+        nothing (returns 0).
+        """
+        if self._owned.pop(channel, None) is None:
+            return 0
+        return self._drop_own(channel)
+
+    def own_statistics(self, channel: str) -> OwnChannel | None:
+        """The registration of the open own channel *channel* (its ``refused`` count), or ``None``."""
+        return self._owned.get(channel)
+
+    async def receive_own(self, channel: str) -> dict[str, Any]:
+        """The next message of the own channel *channel*, in sending order; waits for one.
+
+        Cancellation loses nothing: a message handed over before the cancel is returned.
+        Raises :exc:`ValueError` if *channel* is not open (:meth:`open_own`).
+        """
+        self._check_own(channel)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        found = self._take([channel])
+        if found is not None:
+            await self._maybe_yield()
+            return found[1]
+        prefix = non_local_name(channel)
+        self._will_park([channel])
+        delivery = await self._receivers.park_own(channel, prefix)
+        return delivery[1]
+
+    async def receive_own_nowait(self, channel: str) -> dict[str, Any]:
+        """The next message waiting for the own channel *channel*; :exc:`trio.WouldBlock` if
+        there is none. No checkpoint in memory; on Redis at most one non-blocking pop."""
+        self._check_own(channel)
+        found = self._take([channel])
+        if found is None:
+            found = await self._fetch_own_nowait(channel)
+            if found is None:
+                raise trio.WouldBlock
+        return found[1]
+
+    def _check_own(self, channel: str) -> None:
+        if channel not in self._owned:
+            raise ValueError(f"own channel {channel!r} is not open: call open_own({channel!r}) first")
+        self._require_open()
+
+    def _own_target(self, channel: str, key: str) -> OwnChannel | bool:
+        """How a message for *channel* (non-local name *key*) is delivered: its
+        :class:`OwnChannel` if it is an open own channel (to its own receiver, else its own
+        FIFO), ``False`` to drop it (its prefix is owned but it is not open: its connection is
+        gone), ``True`` for the usual way (any receiver of the name or prefix, else the queue)."""
+        if channel is key or key not in self._owned_prefixes:
+            return True
+        return self._owned.get(channel) or False
+
+    def _drop_own(self, channel: str) -> int:
+        """Drop what this process holds for the own channel *channel*; return how many."""
+        return 0
+
+    async def _fetch_own_nowait(self, channel: str) -> Delivery | None:
+        """A delivery for the own channel *channel* from outside this process, without waiting."""
+        return None
 
 
 def single_reader_names(pattern: str) -> Iterator[str]:

@@ -15,6 +15,10 @@ entries per full name (a count leaves the table when it drops to zero, so the ta
 larger than what is waiting), and a send is refused when *its* channel holds ``capacity``
 messages. Memory is bounded by ``capacity`` per channel and by ``expiry``.
 
+An *own channel* (a process-specific channel that one task receives through ``receive_own``,
+see :mod:`layers._backend`) has a FIFO of its own in :attr:`InMemoryState.own`, by full name,
+bounded by the capacity its owner gave; it exists only while something waits in it.
+
 Expiry is the deadline on each entry. Expired entries are dropped when met (by a take, by a
 full channel making room, by the owner's periodic :meth:`InMemoryState.sweep`); a channel that
 loses a message to expiry is presumed gone and leaves every group it was in.
@@ -60,6 +64,8 @@ class InMemoryState:
     capacities: CapacityMap
     #: The queues by non-local name (read them, do not change them).
     queues: dict[str, _Queue] = attrs.field(factory=dict, init=False)
+    #: Own channels' FIFOs by full name, while something waits in them (read them only).
+    own: dict[str, deque[Entry]] = attrs.field(factory=dict, init=False)
     _groups: dict[str, dict[str, float]] = attrs.field(factory=dict, init=False)
     _memberships: dict[str, set[str]] = attrs.field(factory=dict, init=False)
     _delayed: list[tuple[float, int, str, bytes]] = attrs.field(factory=list, init=False)
@@ -124,6 +130,46 @@ class InMemoryState:
                 self._expired(entry[1])
         return None
 
+    # -- own channels ----------------------------------------------------------------------
+
+    def put_own(self, channel: str, data: bytes, now: float, capacity: int) -> None:
+        """Queue *data* in the own channel *channel*'s FIFO until ``now + expiry``.
+
+        Raises :exc:`ChannelFull` (and counts it) if *capacity* live messages wait there.
+        """
+        entries = self.own.get(channel)
+        if entries is None:
+            entries = self.own[channel] = deque()
+        elif len(entries) >= capacity:
+            _drop_expired(entries, now)
+            if len(entries) >= capacity:
+                self._channel_full_count += 1
+                raise ChannelFull(
+                    f"channel {channel!r} is full ({capacity} messages waiting); the message was not sent"
+                )
+        entries.append((now + self.expiry, channel, data))
+        self._messages_count += 1
+
+    def take_own(self, channel: str, now: float) -> Entry | None:
+        """Pop the first live entry of the own channel *channel*, if any."""
+        entries = self.own.get(channel)
+        if entries is None:
+            return None
+        found = None
+        while entries:
+            entry = entries.popleft()
+            if entry[0] > now:
+                found = entry
+                break
+        if not entries:
+            del self.own[channel]
+        return found
+
+    def drop_own(self, channel: str) -> int:
+        """Drop the own channel *channel*'s FIFO; return how many entries it held."""
+        entries = self.own.pop(channel, None)
+        return 0 if entries is None else len(entries)
+
     def has_channel(self, name: str) -> bool:
         """Whether a queue exists for *name* (so a fresh single-reader name must not be it)."""
         return name in self.queues
@@ -165,6 +211,12 @@ class InMemoryState:
                 earliest = min(earliest, queue.entries[0][0])
             elif "?" in key:
                 del self.queues[key]
+        for channel, entries in list(self.own.items()):
+            _drop_expired(entries, now)
+            if entries:
+                earliest = min(earliest, entries[0][0])
+            else:
+                del self.own[channel]
         return earliest
 
     # -- delayed messages ------------------------------------------------------------------
@@ -229,6 +281,7 @@ class InMemoryState:
     def flush(self) -> None:
         """Drop every message, group and delayed message (counters stay)."""
         self.queues.clear()
+        self.own.clear()
         self._groups.clear()
         self._memberships.clear()
         self._delayed.clear()
@@ -247,6 +300,13 @@ class InMemoryState:
             pending += len(queue.entries)
             if queue.entries:
                 max_age = max(max_age, now - (queue.entries[0][0] - self.expiry))
+        key = None if channel is None else non_local_name(channel)
+        for name, entries in self.own.items():
+            if key is None or non_local_name(name) == key:
+                _drop_expired(entries, now)
+                pending += len(entries)
+                if entries:
+                    max_age = max(max_age, now - (entries[0][0] - self.expiry))
         if channel is not None:
             return LayerStatistics(
                 channel=channel,
@@ -262,3 +322,9 @@ class InMemoryState:
             messages_max_age=max_age,
             channel_full_count=self._channel_full_count,
         )
+
+
+def _drop_expired(entries: deque[Entry], now: float) -> None:
+    # An own channel's expired messages go; the channel stays in its groups (it is open).
+    while entries and entries[0][0] <= now:
+        entries.popleft()

@@ -564,6 +564,29 @@ class BaseChannelLayer(abc.ABC):
         synchronously as well: ``InMemoryChannelLayer.state.statistics(now)``.
         """
 
+    # -- own channels (the "own" extension; see layers._backend) -------------------------
+
+    def open_own(
+        self, channel: str, *, capacity: int | None = None, on_overflow: Callable[[str], None] | None = None
+    ) -> None:
+        """Register the full process-specific name *channel* for :meth:`receive_own` (the
+        ``own`` extension). Layers without it raise :exc:`NotImplementedError`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no own channels (the 'own' extension): receive on the process prefix"
+        )
+
+    def close_own(self, channel: str) -> int:
+        """Unregister an own channel and drop what waits for it; return how many messages."""
+        raise NotImplementedError(f"{type(self).__name__} has no own channels (the 'own' extension)")
+
+    async def receive_own(self, channel: str) -> dict[str, Any]:
+        """The next message of the own channel *channel*, in sending order (the ``own`` extension)."""
+        raise NotImplementedError(f"{type(self).__name__} has no own channels (the 'own' extension)")
+
+    async def receive_own_nowait(self, channel: str) -> dict[str, Any]:
+        """The next message waiting for the own channel *channel*, else :exc:`trio.WouldBlock`."""
+        raise NotImplementedError(f"{type(self).__name__} has no own channels (the 'own' extension)")
+
     def shared_store_address(self) -> tuple[RedisAddress, str] | None:
         """A Redis server and key prefix that every process on this layer shares, or ``None``.
 

@@ -55,7 +55,7 @@ class InMemoryChannelLayer(ParkingLayer):
     sends need the timer.
     """
 
-    extensions = ("groups", "flush", "statistics", "delay")
+    extensions = ("groups", "flush", "statistics", "delay", "own")
 
     _state: InMemoryState = attrs.field(init=False, repr=False)
     _timer_running: bool = attrs.field(default=False, init=False, repr=False)
@@ -158,6 +158,9 @@ class InMemoryChannelLayer(ParkingLayer):
 
     def _deliver(self, channel: str, data: bytes, now: float) -> None:
         key = non_local_name(channel)
+        if channel is not key and key in self._owned_prefixes:
+            self._deliver_own(channel, key, data, now)
+            return
         waiter = self._receivers.claim(channel, key)
         if waiter is not None:
             self._state.count_handed_over(key)
@@ -170,14 +173,40 @@ class InMemoryChannelLayer(ParkingLayer):
         if self._timer_deadline == math.inf:
             self._wake_timer()
 
+    def _deliver_own(self, channel: str, key: str, data: bytes, now: float) -> None:
+        own = self._owned.get(channel)
+        if own is None:
+            return  # under an owned prefix but not open: its connection is gone
+        waiter = self._receivers.claim_own(channel)
+        if waiter is not None:
+            self._state.count_handed_over(key)
+            trio.lowlevel.reschedule(
+                waiter.task, outcome.Value((channel, decode_message(data), now + self.expiry))
+            )
+            return
+        try:
+            self._state.put_own(channel, data, now, own.capacity)
+        except ChannelFull:
+            own.overflowed(channel)
+            raise
+        if self._timer_deadline == math.inf:
+            self._wake_timer()
+
     # -- receiving -------------------------------------------------------------------------
 
     def _take(self, names: list[str]) -> Delivery | None:
-        entry = self._state.take(names, trio.current_time())
+        now = trio.current_time()
+        if len(names) == 1 and names[0] in self._owned:  # receive_own
+            entry = self._state.take_own(names[0], now)
+        else:
+            entry = self._state.take(names, now)
         if entry is None:
             return None
         deadline, channel, data = entry
         return channel, decode_message(data), deadline
+
+    def _drop_own(self, channel: str) -> int:
+        return self._state.drop_own(channel)
 
     # -- channels --------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from .._backend import Delivery, ParkingLayer, fair_order, query_options, single_reader_names
+from .._backend import Delivery, OwnChannel, ParkingLayer, fair_order, query_options, single_reader_names
 from ..base import (
     ChannelFull,
     ChannelLayerUnavailable,
@@ -253,7 +253,7 @@ class RedisChannelLayer(ParkingLayer):
     delayed-message mover in the layer's own nursery.
     """
 
-    extensions = ("groups", "flush", "statistics", "delay")
+    extensions = ("groups", "flush", "statistics", "delay", "own")
 
     hosts: list[RedisAddress] = attrs.field(factory=lambda: [RedisAddress()], converter=_hosts)
     prefix: str = "trio_channels"
@@ -455,16 +455,49 @@ class RedisChannelLayer(ParkingLayer):
                 list_key, ttl, item = flat[:3]
                 name = lists[list_key.decode()]
                 deliveries = self._unpack(name, item, ttl)
-                if deliveries:  # else it expired or could not be read: pop the next
+                if name in self._owned_prefixes:  # own channels' messages go to their own FIFOs
+                    usual: list[Delivery] = []
+                    for delivery in deliveries:
+                        if self._own_target(delivery[0], name) is True:
+                            usual.append(delivery)
+                        else:
+                            self._hand_out(name, [delivery])
+                    deliveries = usual
+                if deliveries:  # else it expired, could not be read or was not ours: pop the next
                     leftovers = self._hand_out(name, deliveries[1:])
                     if leftovers:  # the rest of a fan-out item: only this process reads it
                         self._local.setdefault(name, deque()).extend(leftovers)
                     return deliveries[0]
         return None
 
+    async def _fetch_own_nowait(self, channel: str) -> Delivery | None:
+        # One round trip: take what is queued for the channel's prefix and sort it out here.
+        name = non_local_name(channel)
+        pool = self._pools[self._shard(name)]
+        flat = await _POP_MANY(pool, [self._list_key(name)], [100])
+        for index in range(0, len(flat), 3):
+            _, ttl, item = flat[index : index + 3]
+            leftovers = self._hand_out(name, self._unpack(name, item, ttl))
+            if leftovers:
+                self._local.setdefault(name, deque()).extend(leftovers)
+        return self._take([channel])
+
+    def _drop_own(self, channel: str) -> int:
+        held = self._local.pop(channel, None)
+        return 0 if held is None else len(held)
+
+    def _waiting(self, names: Sequence[str]) -> int:
+        """Receivers waiting on *names*, and on own channels under those that are prefixes."""
+        waiting = self._receivers.count(names)
+        for name in names:
+            if name.endswith("!"):
+                waiting += self._receivers.count_under(name)
+        return waiting
+
     def _will_park(self, names: list[str]) -> None:
         by_shard: dict[int, list[str]] = {}
         for name in names:
+            name = non_local_name(name)  # an own channel is polled through its prefix's list
             by_shard.setdefault(self._shard(name), []).append(name)
         for shard, shard_names in by_shard.items():
             key = (shard, frozenset(shard_names))
@@ -483,11 +516,11 @@ class RedisChannelLayer(ParkingLayer):
         backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         failures = 0
         try:
-            while self._receivers.count(keys):
+            while self._waiting(keys):
                 try:
                     async with _MapErrors(pool.address), pool.dedicated() as connection:
                         while True:
-                            waiting = self._receivers.count(keys)
+                            waiting = self._waiting(keys)
                             if not waiting:
                                 break
                             order = random.sample(list(lists), len(lists))
@@ -546,15 +579,43 @@ class RedisChannelLayer(ParkingLayer):
                 await pool.execute("LPUSH", list_key, item)
 
     def _hand_out(self, name: str, deliveries: list[Delivery]) -> list[Delivery]:
-        """Give each delivery from list *name* to a parked receiver; return those nobody took."""
+        """Give each delivery from list *name* to a parked receiver; return those nobody took.
+
+        A delivery for an own channel goes to its own receiver or waits in its own FIFO here
+        (or is dropped: see "Own channels" in :mod:`layers._backend`); it is never returned.
+        """
         leftovers = []
+        owned = name in self._owned_prefixes
         for delivery in deliveries:
-            waiter = self._receivers.claim(delivery[0], name)
-            if waiter is None:
-                leftovers.append(delivery)
-            else:
-                waiter.wake(delivery)
+            target = self._own_target(delivery[0], name) if owned else True
+            if target is True:
+                waiter = self._receivers.claim(delivery[0], name)
+                if waiter is None:
+                    leftovers.append(delivery)
+                else:
+                    waiter.wake(delivery)
+            elif target is not False:
+                waiter = self._receivers.claim_own(delivery[0])
+                if waiter is None:
+                    self._keep_own(delivery, target)
+                else:
+                    waiter.wake(delivery)
         return leftovers
+
+    def _keep_own(self, delivery: Delivery, own: OwnChannel) -> None:
+        channel = delivery[0]
+        held = self._local.get(channel)
+        if held is None:
+            self._local[channel] = deque([delivery])
+            return
+        if len(held) >= own.capacity:
+            now = trio.current_time()
+            while held and held[0][2] <= now:
+                held.popleft()
+            if len(held) >= own.capacity:
+                own.overflowed(channel)
+                return
+        held.append(delivery)
 
     def _unpack(self, name: str, item: bytes, ttl_ms: int) -> list[Delivery]:
         """The deliveries in *item*, which has *ttl_ms* left to live by Redis's clock (never

@@ -130,3 +130,14 @@ def per_channel_capacity_gap(backend: str, request: pytest.FixtureRequest) -> No
                 strict=True, reason="Redis counts a process prefix's list, not each channel under it"
             )
         )
+
+
+@pytest.fixture
+def own_channel_locality_gap(backend: str, request: pytest.FixtureRequest) -> None:
+    """Marks the Redis backends' known gap: a send to this process's own channel goes through
+    Redis, and the channel's FIFO is checked only when the message comes back, so the sender
+    cannot be told it was full (in-process hand-off will close it: issue 12, locality)."""
+    if backend.startswith("redis"):
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="a send to an own channel goes through Redis first")
+        )
