@@ -322,6 +322,8 @@ class Router:
     """
 
     root: Include
+    #: The channels the application's own routes listen on (the default routes left out).
+    routed: frozenset[str]
 
     def __init__(
         self,
@@ -331,12 +333,14 @@ class Router:
         http_fallback: Consumer | None = None,
     ) -> None:
         entries = list(_as_routing_list(routing))
+        own = Include(list(entries))
         if defaults:
             from . import _defaults
 
             entries.extend(_defaults.default_routes(http_fallback))
         self.root = Include(entries)
         self.root.resolve()
+        self.routed = frozenset(own.channel_names())
 
     def channels(self) -> set[str]:
         """Every channel some route listens on: what a worker must receive from."""

@@ -38,7 +38,7 @@ from .http import ASGIApp, http_fallback
 from .routing import Router
 from .security import use_allowed_hosts
 from .stores import InMemorySessionStore, RedisSessionStore, SessionStore, use_session_store
-from .worker import Worker, run_worker
+from .worker import Worker, run_worker, select_channels
 
 __all__ = ["BindError", "ServerInfo", "serve"]
 
@@ -244,7 +244,14 @@ async def serve(
                         server = None
                         if interface:
                             server = InterfaceServer(layer, config)
-                            await outer.start(server.run_reply_poller)
+                            if isinstance(layer, InMemoryChannelLayer) and router is not None:
+                                # Every consumer is here: optional messages go only where a
+                                # route of the application's takes them (on a shared layer,
+                                # workers elsewhere may: everything is sent).
+                                server.consumed_channels = router.routed & frozenset(
+                                    select_channels(router.channels(), only_channels, exclude_channels)
+                                )
+                            await outer.start(server.run)
                             await outer.start(server.run_membership_watcher)
                             if sockets:
                                 urls = await listeners.start(
