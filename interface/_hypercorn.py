@@ -92,12 +92,12 @@ class Hypercorn:
         await self._context.terminated.set()
 
 
-#: What this module relies on: (object, the parameters it is called with).
-_EXPECTED: tuple[tuple[Any, tuple[str, ...]], ...] = (
-    (TCPServer.__init__, ("self", "app", "config", "context", "state", "stream")),
-    (WorkerContext.__init__, ("self", "max_requests")),
-    (Lifespan.__init__, ("self", "app", "config", "state")),
-    (ASGIWrapper.__init__, ("self", "app")),
+#: What this module relies on: (class, the parameters its constructor is called with).
+_EXPECTED: tuple[tuple[type, tuple[str, ...]], ...] = (
+    (TCPServer, ("self", "app", "config", "context", "state", "stream")),
+    (WorkerContext, ("self", "max_requests")),
+    (Lifespan, ("self", "app", "config", "state")),
+    (ASGIWrapper, ("self", "app")),
 )
 _COROUTINES: tuple[tuple[type, str], ...] = (
     (TCPServer, "run"),
@@ -110,10 +110,10 @@ _COROUTINES: tuple[tuple[type, str], ...] = (
 def check_hypercorn() -> None:
     """Raise :exc:`RuntimeError` naming what changed if Hypercorn's internals we use moved."""
     problems = []
-    for function, expected in _EXPECTED:
-        found = tuple(inspect.signature(function).parameters)
+    for owner, expected in _EXPECTED:
+        found = tuple(inspect.signature(vars(owner)["__init__"]).parameters)
         if found != expected:
-            problems.append(f"{function.__qualname__}{found} (expected {expected})")
+            problems.append(f"{owner.__qualname__}.__init__{found} (expected {expected})")
     for owner, name in _COROUTINES:
         if not inspect.iscoroutinefunction(getattr(owner, name, None)):
             problems.append(f"{owner.__qualname__}.{name} is no longer a coroutine function")

@@ -222,7 +222,10 @@ def test_routed_channels_leave_out_the_default_routes() -> None:
         pass
 
     router = Router(
-        [route("http.request", consumer), include([route(["websocket.receive", "chat"], consumer)], path="^/x")]
+        [
+            route("http.request", consumer),
+            include([route(["websocket.receive", "chat"], consumer)], path="^/x"),
+        ]
     )
     assert router.routed == {"http.request", "websocket.receive", "chat"}
     assert {"http.disconnect", "websocket.connect", "websocket.disconnect"} <= router.channels()

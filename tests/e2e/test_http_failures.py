@@ -353,7 +353,9 @@ async def test_dropped_http_disconnect_is_a_rate_limited_warning(
 
 
 @pytest.mark.parametrize("routed", [True, False])
-async def test_http_disconnect_only_where_something_consumes_it(start_server: StartServer, routed: bool) -> None:
+async def test_http_disconnect_only_where_something_consumes_it(
+    start_server: StartServer, routed: bool
+) -> None:
     """Issue 12: with every consumer in this process (the in-memory layer), http.disconnect is
     sent only if a route of the application's takes it, not to the default no-op."""
     disconnects: list[str] = []
