@@ -555,6 +555,8 @@ async def scenario_storm(url: str, probe: Probe, *, sockets: int, wait: float) -
             deadline = trio.current_time() + wait
             fired[0] = time.perf_counter()
             for client in clients:  # every frame on the wire before any task runs again
+                if client.closed is not None:  # closed before the storm (counted by its task)
+                    continue
                 if rest := client.send_now(client.encode("storm")):
                     leftovers[id(client)] = rest
             sent[0] = time.perf_counter() - fired[0]
