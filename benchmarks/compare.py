@@ -204,6 +204,28 @@ async def measure(
 
 # --- tables -------------------------------------------------------------------------------------
 
+RATES = {"echo": "messages_per_s", "http": "requests_per_s", "fanout": "deliveries_per_s",
+         "connects": "connects_per_s"}  # fmt: skip
+
+
+def derive(record: dict[str, Any]) -> dict[str, Any]:
+    """Add ``cpu_us_per_op``: server CPU microseconds per message, request, delivery or connect.
+
+    The cost per operation, which other load on the machine disturbs much less than the rate:
+    a server that gets half a core does half the rate at the same cost. On Redis the
+    redis-server's CPU counts too (it does part of the work).
+    """
+    cpu = record.get("server_cpu")
+    if cpu is None or "error" in record:
+        return record
+    cpu += record.get("redis_cpu") or 0.0
+    scenario = record.get("scenario")
+    if scenario in RATES and record.get(RATES[scenario]):
+        record["cpu_us_per_op"] = round(cpu / record[RATES[scenario]] * 1e6, 1)
+    elif scenario == "burst" and record.get("delivered"):
+        record["cpu_us_per_op"] = round(cpu * record["elapsed_s"] / record["delivered"] * 1e6, 1)
+    return record
+
 
 def _fmt(value: Any) -> str:
     if value is None:
@@ -240,15 +262,18 @@ def _ratio(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> 
 # (key, heading, how to aggregate, ratio against the baseline?)
 COLUMNS: dict[str, list[tuple[str, str, str, bool]]] = {
     "echo": [("messages_per_s", "messages/s", "median", True), ("p50_ms", "p50 ms", "median", False),
-             ("p99_ms", "p99 ms", "median", True), ("server_cpu", "server CPU", "median", False),
+             ("p99_ms", "p99 ms", "median", True), ("cpu_us_per_op", "CPU µs per message", "median", True),
+             ("server_cpu", "server CPU", "median", False),
              ("loadgen_cpu", "loadgen CPU", "median", False)],
-    "http": [("requests_per_s", "requests/s", "median", True), ("server_cpu", "server CPU", "median", False),
+    "http": [("requests_per_s", "requests/s", "median", True),
+             ("cpu_us_per_op", "CPU µs per request", "median", True), ("server_cpu", "server CPU", "median", False),
              ("loadgen_cpu", "loadgen CPU", "median", False)],
     "fanout": [("deliveries_per_s", "deliveries/s", "median", True), ("lost", "lost", "max", False),
+               ("cpu_us_per_op", "CPU µs per delivery", "median", True),
                ("server_cpu", "server CPU", "median", False), ("loadgen_cpu", "loadgen CPU", "median", False)],
     "burst": [("lost", "lost (worst)", "max", False), ("deliveries_per_s", "deliveries/s", "median", True),
               ("members_short", "members short (worst)", "max", False),
-              ("server_cpu", "server CPU", "median", False)],
+              ("cpu_us_per_op", "CPU µs per delivery", "median", True), ("server_cpu", "server CPU", "median", False)],
     "idle": [("kib_per_socket", "KiB per socket", "median", True),
              ("tasks_per_socket", "Trio tasks per socket", "median", False),
              ("rss_before_mib", "RSS before, MiB", "median", False),
@@ -256,7 +281,8 @@ COLUMNS: dict[str, list[tuple[str, str, str, bool]]] = {
              ("rss_after_close_mib", "RSS after close, MiB", "median", False),
              ("kept_after_close_kib_per_socket", "kept after close, KiB per socket", "median", False),
              ("open_s", "open all, s", "median", False)],
-    "connects": [("connects_per_s", "connects/s", "median", True), ("server_cpu", "server CPU", "median", False),
+    "connects": [("connects_per_s", "connects/s", "median", True),
+                 ("cpu_us_per_op", "CPU µs per connect", "median", True), ("server_cpu", "server CPU", "median", False),
                  ("loadgen_cpu", "loadgen CPU", "median", False)],
     "storm": [("closed_by_server", "closed by server (worst)", "max", False),
               ("answered", "answered (worst)", "min", False), ("unanswered", "unanswered (worst)", "max", False),
@@ -312,6 +338,12 @@ def tables(results: dict[tuple[str, str], list[dict[str, Any]]], args: argparse.
                 if ratio:
                     cells.extend(_ratio(runs, results[(scenario, base)], key) for base in baselines)
             out.append("| " + " | ".join(cells) + " |")
+        loads = [run["load_before"][0] for server in rows for run in results[(scenario, server.key)]
+                 if run.get("load_before")]  # fmt: skip
+        if loads:
+            out.append(
+                f"\nLoad average (1 min) at the start of these measurements: {min(loads):.2f}–{max(loads):.2f}."
+            )
         if scenario == "storm":
             codes = {
                 server.label: [run.get("close_codes") for run in results[(scenario, server.key)]]
@@ -329,9 +361,12 @@ def summary(
     rows = [
         ("echo", "messages_per_s", "median", f"WebSocket echo, {size['echo']['connections']} conns, msgs/s"),
         ("echo", "p99_ms", "median", "echo p99 round trip, ms"),
+        ("echo", "cpu_us_per_op", "median", "echo: server CPU µs per message"),
         ("http", "requests_per_s", "median", "HTTP `GET /hello`, req/s"),
+        ("http", "cpu_us_per_op", "median", "HTTP: server CPU µs per request"),
         ("fanout", "deliveries_per_s", "median",
          f"fan-out, {size['fanout']['members']} receivers, window {size['fanout']['window_size']}, deliveries/s"),
+        ("fanout", "cpu_us_per_op", "median", "fan-out: server CPU µs per delivery"),
         ("burst", "lost", "max", f"fan-out burst, {size['burst']['members']} × {size['burst']['messages']} = "
          f"{size['burst']['members'] * size['burst']['messages']:,} deliveries: lost (worst run)"),
         ("burst", "deliveries_per_s", "median", "burst deliveries/s"),
@@ -340,6 +375,7 @@ def summary(
         ("idle", "kept_after_close_kib_per_socket", "median",
          f"RSS kept {size['idle']['after']:g} s after they closed, KiB per socket"),
         ("connects", "connects_per_s", "median", "WebSocket connects/s"),
+        ("connects", "cpu_us_per_op", "median", "connects: server CPU µs per connect"),
         ("storm", "closed_by_server", "max",
          f"{size['storm']['sockets']:,} sockets each send one frame at once: closed by the server (worst run)"),
         ("storm", "answered", "min", "… frames answered (worst run)"),
@@ -375,7 +411,7 @@ async def main(args: argparse.Namespace) -> dict[tuple[str, str], list[dict[str,
             for server in order:
                 if scenario not in server.scenarios:
                     continue
-                record = await measure(args, server, scenario, number, logs)
+                record = derive(await measure(args, server, scenario, number, logs))
                 print(json.dumps(record), flush=True)
                 results.setdefault((scenario, server.key), []).append(record)
     return results
@@ -429,6 +465,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--logs", default=None, help="directory for the servers' stderr (default: a new temp dir)"
     )
+    parser.add_argument(
+        "--tables-from",
+        metavar="FILE",
+        help="measure nothing: print the tables for the JSON lines of an earlier run (same size options)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         if "--passes" not in (argv if argv is not None else sys.argv[1:]):
@@ -455,8 +496,25 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load_results(path: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The JSON lines of an earlier run (other lines are skipped), keyed like a live run's."""
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("{"):
+            record = derive(json.loads(line))
+            results.setdefault((record["scenario"], record["server"]), []).append(record)
+    return results
+
+
 def cli(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.tables_from:
+        results = load_results(args.tables_from)
+        args.servers = [key for key in BY_KEY if any(server == key for _, server in results)]
+        args.scenarios = [name for name in SCENARIOS if any(scenario == name for scenario, _ in results)]
+        args.passes = max(run["pass"] for runs in results.values() for run in runs)
+        print(tables(results, args))
+        return 0
     if "channels-uvicorn" in args.servers:
         _ensure_peers()
     redis = None

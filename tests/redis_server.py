@@ -41,13 +41,15 @@ class RedisServer:
     """One redis-server on 127.0.0.1:<port>; ``stop()``/``start()`` for fault tests.
 
     Without persistence by default; ``appendonly=True`` keeps its data across a restart (AOF,
-    every write flushed before it is acknowledged, so even SIGKILL loses nothing).
+    every write flushed before it is acknowledged, so even SIGKILL loses nothing). *arguments*
+    come after ours, so they win (a later ``--appendonly yes`` overrides ``--appendonly no``).
     """
 
     port: int = attrs.Factory(_free_port)
     directory: str = attrs.Factory(lambda: tempfile.mkdtemp(prefix="trio-channels-redis-"))
     process: subprocess.Popen[bytes] | None = None
     appendonly: bool = False
+    arguments: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -59,7 +61,7 @@ class RedisServer:
         )
         self.process = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
-             "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning"],
+             "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning", *self.arguments],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
