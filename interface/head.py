@@ -95,14 +95,12 @@ async def read_head(
     if connection is None:
         connection = new_connection()
     raw = bytearray() if keep_raw else None
+    sock = raw_socket(stream)  # type: ignore[arg-type]
     try:
         while True:
             event = connection.next_event()
             if event is h11.NEED_DATA:
-                try:
-                    data = bytes(await stream.receive_some(RECEIVE_SIZE))  # (a no-op for bytes)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return None
+                data = await receive_some(sock, stream)  # b"": closed (h11 says so next)
                 if raw is not None:
                     raw += data
                 connection.receive_data(data)
@@ -152,6 +150,45 @@ class ReplayStream(trio.abc.HalfCloseableStream):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def raw_socket(stream: trio.abc.Stream) -> Any:
+    """The Trio socket under a plain (not TLS, not replayed) socket stream, else ``None``.
+
+    The main port's connections read and write it directly: ``SocketStream`` adds a conflict
+    detector and an error-translating context manager to every call, which cost more than the
+    system call on the per-message path, for what a connection with one reader and serialised
+    writes does not need.
+    """
+    return stream.socket if type(stream) is trio.SocketStream else None
+
+
+async def receive_some(sock: Any, stream: trio.abc.ReceiveStream) -> bytes:
+    """Up to ``RECEIVE_SIZE`` bytes from *sock* (see :func:`raw_socket`) or *stream*; ``b""``
+    once the client closed or reset the connection."""
+    try:
+        if sock is not None:
+            data: bytes = await sock.recv(RECEIVE_SIZE)
+            return data
+        return bytes(await stream.receive_some(RECEIVE_SIZE))  # (a no-op for bytes)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        return b""
+
+
+async def send_all(sock: Any, stream: trio.abc.SendStream, data: bytes) -> None:
+    """Write *data* to *sock* (see :func:`raw_socket`) or *stream*; :exc:`trio.BrokenResourceError`
+    if the client is gone. Cancelled half-way, part of *data* may have gone out."""
+    if sock is None:
+        await stream.send_all(data)
+        return
+    try:
+        sent = await sock.send(data)
+        if sent < len(data):
+            with memoryview(data) as view:
+                while sent < len(data):
+                    sent += await sock.send(view[sent:])
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
 
 def _socket_stream(stream: trio.abc.Stream) -> Any:

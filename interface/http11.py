@@ -33,7 +33,17 @@ import trio
 
 from . import protocol
 from .common import ClientDisconnected
-from .head import RECEIVE_SIZE, Head, Kind, addresses, connection_info, is_tls, read_head
+from .head import (
+    Head,
+    Kind,
+    addresses,
+    connection_info,
+    is_tls,
+    raw_socket,
+    read_head,
+    receive_some,
+    send_all,
+)
 from .listeners import IdleConnections
 from .logs import log
 
@@ -70,12 +80,13 @@ def error_response(status: int, text: str) -> bytes:
 class _Responder:
     """Writes one response through the connection's h11 state (see the module docstring)."""
 
-    __slots__ = ("aborted", "close", "conn", "expect_continue", "head_only", "pending", "stream")
+    __slots__ = ("aborted", "close", "conn", "expect_continue", "head_only", "pending", "sock", "stream")
 
     def __init__(
         self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request, close: bool
     ) -> None:
         self.stream = stream
+        self.sock = raw_socket(stream)
         self.conn = conn
         self.head_only = request.method == b"HEAD"
         self.expect_continue = conn.they_are_waiting_for_100_continue
@@ -127,10 +138,10 @@ class _Responder:
             log.error("the response breaks HTTP/1.1 (%s); closed the connection", exc)
             self.aborted = True
             if data:
-                await self.stream.send_all(data)
+                await send_all(self.sock, self.stream, data)
             return
         if data:
-            await self.stream.send_all(data)
+            await send_all(self.sock, self.stream, data)
 
     async def simple(self, status: int, text: bytes) -> None:
         if self.started:
@@ -144,7 +155,8 @@ class _Responder:
 
     async def continue_(self) -> None:
         if self.conn.they_are_waiting_for_100_continue:
-            await self.stream.send_all(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+            informational = h11.InformationalResponse(status_code=100, headers=[])
+            await send_all(self.sock, self.stream, self.conn.send(informational))
 
 
 async def _body(stream: trio.abc.Stream, responder: _Responder) -> AsyncGenerator[bytes, None]:
@@ -159,10 +171,9 @@ async def _body(stream: trio.abc.Stream, responder: _Responder) -> AsyncGenerato
         except h11.RemoteProtocolError:
             raise ClientDisconnected from None  # a broken body: as good as gone
         if event is h11.NEED_DATA:
-            try:
-                data = bytes(await stream.receive_some(RECEIVE_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ClientDisconnected from None
+            data = await receive_some(responder.sock, stream)
+            if not data:
+                raise ClientDisconnected
             conn.receive_data(data)
         elif type(event) is h11.Data:
             yield bytes(event.data)

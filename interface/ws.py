@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import logging
 import math
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from layers import ChannelFull, ChannelLayerUnavailable, MessageTooLarge
-from layers.base import retry_when_full
 
 from . import protocol
 from .common import CLOSE_TIMEOUT, ConnectionInfo, WebSocketClosed, WebSocketTransport
@@ -42,7 +40,10 @@ from .protocol import Close, Reject, SendBytes, SendText, WebSocketProtocol, Web
 if TYPE_CHECKING:
     from .core import InterfaceServer, Replies
 
-__all__ = ["Session", "serve_websocket"]
+__all__ = ["PING_TIMEOUT_LINGER", "Session", "serve_websocket"]
+
+#: Seconds a socket closed for a ping timeout waits for the client's close frame.
+PING_TIMEOUT_LINGER = 1.0
 
 
 def _apply(ws: WebSocketProtocol, replies: Replies, reply: dict[str, Any]) -> list[protocol.WebSocketAction]:
@@ -97,10 +98,12 @@ async def serve_websocket(
             await _send_disconnect(server, ws, replies, 1006)
             return
         await transport.accept(server.choose_subprotocol(info.subprotocols))
-        log_access(info.client, f"WSCONNECT {info.path}", "-", "-")
+        client, path = info.client, info.path
+        del info  # (its headers are the connect message's now: not kept for the socket's life)
+        log_access(client, f"WSCONNECT {path}", "-", "-")
         session = Session(server, ws, transport, replies)
         await session.run(pending[1:])
-        log_access(info.client, f"WSDISCONNECT {info.path}", ws.close_code, "-")
+        log_access(client, f"WSDISCONNECT {path}", ws.close_code, "-")
     finally:
         replies.close()
 
@@ -108,12 +111,17 @@ async def serve_websocket(
 async def _send_disconnect(
     server: InterfaceServer, ws: WebSocketProtocol, replies: Replies, code: int
 ) -> None:
-    # Retried while the channel is full, for a second at most; then dropped, with a WARNING.
+    # Waited for while the channel is full (behind the other connections that wait: a
+    # thousand sockets closing at once make one poll), for a second at most; then dropped,
+    # with a WARNING.
     message = ws.disconnect_message(code)
     reason = "the channel stayed full, or the layer did not answer, for 1 s"
     with trio.move_on_after(1, shield=True):
         try:
-            await retry_when_full(partial(server.layer.send, "websocket.disconnect", message), math.inf)
+            try:
+                await server.layer.send("websocket.disconnect", message)
+            except ChannelFull:
+                await server.send_waiting("websocket.disconnect", message, math.inf)
             return
         except ChannelLayerUnavailable as exc:
             reason = f"channel layer error: {type(exc).__name__}: {exc}"
@@ -160,15 +168,17 @@ class Session:
 
     # -- requests from elsewhere (never blocking) ------------------------------------------
 
-    def request_close(self, code: int, reported: int | None = None, why: str = "") -> None:
+    def request_close(
+        self, code: int, reported: int | None = None, why: str = "", linger: float = CLOSE_TIMEOUT
+    ) -> None:
         """Close with *code* (reporting *reported* to the application, if given) as soon as
-        the writer finishes what it is writing; the close handshake gets ``CLOSE_TIMEOUT``."""
+        the writer finishes what it is writing; the close handshake gets *linger* seconds."""
         if not self.alive or not self.ws.local_close(code, reported):
             return  # closed, or closing already: the first close decides
         if why:
             log.info("closing %s with %d: %s", self.name, code, why)
         self._close_request = code
-        self._bound()
+        self._bound(linger)
         self._wake_writer()
 
     def request_ping(self) -> int:
@@ -180,33 +190,65 @@ class Session:
     def ping_timed_out(self, timeout: float) -> None:
         log.info("no pong from %s within %s s; closing", self.name, timeout)
         # 1011 to the client, as websockets and uvicorn send; 1006 to the application, as no
-        # close frame came back (RFC 6455 §7.1.5).
-        self.request_close(1011, reported=1006)
+        # close frame came back (RFC 6455 §7.1.5). A client that answers no ping will not
+        # answer the close frame either: a second for it, not CLOSE_TIMEOUT.
+        self.request_close(1011, reported=1006, linger=PING_TIMEOUT_LINGER)
 
     def _wake_writer(self) -> None:
         if self._waiting and self._wake is not None:
             self._wake.cancel()
 
-    def _bound(self) -> None:
+    def _bound(self, linger: float = CLOSE_TIMEOUT) -> None:
         scope = self._scope
         if scope is not None:
-            scope.deadline = min(scope.deadline, trio.current_time() + CLOSE_TIMEOUT)
+            scope.deadline = min(scope.deadline, trio.current_time() + linger)
 
     # -- the session -----------------------------------------------------------------------
 
     async def run(self, first_actions: list[protocol.WebSocketAction]) -> None:
-        """Serve the open socket until it is closed; then send ``websocket.disconnect``."""
-        server, ws = self.server, self.ws
+        """Serve the open socket until it is closed; then send ``websocket.disconnect``.
+
+        This task is the reader (the loop below: one frame of its own, an idle socket costs
+        memory per frame); the writer is its one child.
+        """
+        server, ws, transport = self.server, self.ws, self.transport
         self.replies.on_overflow = self._overflowed
         server._session_opened(self)
+        layer, timeout = server.layer, server.config.receive_full_timeout
         try:
             lifetime = server.websocket_lifetime
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 if lifetime < math.inf:
                     self._scope.deadline = trio.current_time() + lifetime
+                if self._close_request is not None:  # asked to close before it started (shutdown)
+                    self._bound()
                 nursery.start_soon(self._write, first_actions)
-                await self._read()
+                while True:
+                    try:
+                        data = await transport.receive()
+                    except WebSocketClosed as closed:
+                        ws.remote_close(closed.code)
+                        break
+                    if ws.closing:
+                        continue  # we are closing: the client's last frames are not delivered
+                    message = ws.receive_message(data)
+                    try:
+                        try:
+                            await layer.send("websocket.receive", message)
+                        except ChannelFull:
+                            await server.send_waiting("websocket.receive", message, timeout)
+                    except trio.TooSlowError:
+                        ws.receive_refused()
+                        log.warning(
+                            "websocket.receive stayed full for %g s; closing %s with 1013", timeout, self.name
+                        )
+                        self.request_close(1013)
+                    except (ChannelLayerUnavailable, MessageTooLarge) as exc:
+                        ws.receive_refused()
+                        self.replies.drops.dropped(
+                            "frame", f"channel layer error: {type(exc).__name__}: {exc}"
+                        )
                 self._read_done = True
                 nursery.cancel_scope.cancel()
             if not self._read_done and not ws.closing:  # the lifetime ran out
@@ -220,33 +262,6 @@ class Session:
 
     def _overflowed(self) -> None:
         self.request_close(1013, why="it is not reading its replies")
-
-    async def _read(self) -> None:
-        ws, transport, layer = self.ws, self.transport, self.server.layer
-        timeout = self.server.config.receive_full_timeout
-        while True:
-            try:
-                data = await transport.receive()
-            except WebSocketClosed as closed:
-                ws.remote_close(closed.code)
-                return
-            if ws.closing:
-                continue  # we are closing: the client's last frames are not delivered
-            message = ws.receive_message(data)
-            try:
-                try:
-                    await layer.send("websocket.receive", message)
-                except ChannelFull:
-                    await retry_when_full(partial(layer.send, "websocket.receive", message), timeout)
-            except trio.TooSlowError:
-                ws.receive_refused()
-                log.warning(
-                    "websocket.receive stayed full for %g s; closing %s with 1013", timeout, self.name
-                )
-                self.request_close(1013)
-            except (ChannelLayerUnavailable, MessageTooLarge) as exc:
-                ws.receive_refused()
-                self.replies.drops.dropped("frame", f"channel layer error: {type(exc).__name__}: {exc}")
 
     async def _write(self, actions: list[protocol.WebSocketAction]) -> None:
         if self._close_request is None and not await self._perform(actions):

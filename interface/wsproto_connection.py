@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import trio
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
-from .common import CLOSE_TIMEOUT, WebSocketClosed
-from .head import RECEIVE_SIZE, Head, addresses, connection_info, is_tls
+from .common import CLOSE_TIMEOUT, ConnectionInfo, WebSocketClosed
+from .head import RECEIVE_SIZE, Head, addresses, connection_info, is_tls, raw_socket, receive_some, send_all
 from .http11 import error_response
 from .logs import log
 
 if TYPE_CHECKING:
     from .core import InterfaceServer
 
-__all__ = ["WsprotoTransport", "serve_websocket_upgrade"]
+__all__ = ["WsprotoTransport", "prepare_upgrade", "serve_websocket_upgrade"]
 
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _OPEN, _CLOSING, _CLOSED = 0, 1, 2
@@ -70,12 +70,14 @@ class WsprotoTransport:
         "key",
         "max_size",
         "pongs",
+        "sock",
         "stream",
         "trailing",
     )
 
     def __init__(self, stream: trio.abc.Stream, key: bytes, trailing: bytes, max_size: int) -> None:
         self.stream = stream
+        self.sock = raw_socket(stream)
         self.key = key
         self.trailing = trailing
         self.max_size = max_size
@@ -162,21 +164,19 @@ class WsprotoTransport:
                 raise WebSocketClosed(int(exc.code)) from None
             if self._reply_code is not None:  # our close on a bad message: its answer may not come
                 with trio.move_on_after(CLOSE_TIMEOUT) as waiting:
-                    data = await self._read()
+                    data = await receive_some(self.sock, self.stream)
                 if waiting.cancelled_caught:
                     raise WebSocketClosed(self._reply_code)
+            elif self.sock is not None:  # the common case, inlined: an idle socket waits here
+                try:
+                    data = await self.sock.recv(RECEIVE_SIZE)
+                except OSError:
+                    data = b""
             else:
-                data = await self._read()
+                data = await receive_some(None, self.stream)
+            if not data:
+                raise WebSocketClosed(self._reply_code or 1006)
             proto.receive_bytes(data)
-
-    async def _read(self) -> bytes:
-        try:
-            data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
-        if not data:
-            raise WebSocketClosed(self._reply_code or 1006)
-        return data
 
     async def _fail(self, code: int, reason: str) -> None:
         # Too big a message: our close frame, then read on until the client's.
@@ -214,7 +214,7 @@ class WsprotoTransport:
             return
         self._sending = True
         try:
-            await self.stream.send_all(data)
+            await send_all(self.sock, self.stream, data)
         except _WRITE_ERRORS:
             self.broken = True  # the client is gone: receive() reports how
         except BaseException:
@@ -227,10 +227,14 @@ class WsprotoTransport:
                 self._idle = None
 
 
-async def serve_websocket_upgrade(
+def prepare_upgrade(
     server: InterfaceServer, stream: trio.abc.Stream, head: Head, root_path: str = ""
-) -> None:
-    """Serve the WebSocket *head* asks for on *stream* (the head is read; it is checked here)."""
+) -> tuple[ConnectionInfo, WsprotoTransport] | bytes:
+    """Check the handshake *head* asks for (RFC 6455 §4.2.1): what to serve on *stream*, or
+    the error response to write (426 for another version, 400 without a key).
+
+    Nothing of *head* is kept (its h11 state would otherwise live as long as the socket).
+    """
     request = head.request
     assert request is not None
     key = version = None
@@ -241,31 +245,39 @@ async def serve_websocket_upgrade(
             version = value
     if version != b"13":
         body = b"Unsupported WebSocket version: this server speaks version 13.\n"
-        response = (
+        return (
             b"HTTP/1.1 426 Upgrade Required\r\nsec-websocket-version: 13\r\nconnection: close\r\n"
             b"content-type: text/plain; charset=utf-8\r\ncontent-length: "
             + str(len(body)).encode()
             + b"\r\n\r\n"
             + body
         )
-        with trio.move_on_after(5), contextlib.suppress(*_WRITE_ERRORS):
-            await stream.send_all(response)
-        return
     if not key or request.http_version != b"1.1":
-        with trio.move_on_after(5), contextlib.suppress(*_WRITE_ERRORS):
-            await stream.send_all(error_response(400, "Bad WebSocket handshake: no Sec-WebSocket-Key."))
-        return
+        return error_response(400, "Bad WebSocket handshake: no Sec-WebSocket-Key.")
     client, local = addresses(stream)
     info = connection_info(
         request, client=client, server=local, secure=is_tls(stream), websocket=True, root_path=root_path
     )
-    transport = WsprotoTransport(
-        stream, key, head.connection.trailing_data[0], server.config.websocket_max_message_size
-    )
+    trailing = head.connection.trailing_data[0]
+    return info, WsprotoTransport(stream, key, trailing, server.config.websocket_max_message_size)
+
+
+async def serve_websocket_upgrade(
+    server: InterfaceServer, stream: trio.abc.Stream, upgrade: tuple[ConnectionInfo, WsprotoTransport] | bytes
+) -> None:
+    """Serve what :func:`prepare_upgrade` made of a WebSocket upgrade on *stream*."""
+    if isinstance(upgrade, bytes):
+        with trio.move_on_after(5), contextlib.suppress(*_WRITE_ERRORS):
+            await stream.send_all(upgrade)
+        return
+    info, transport = upgrade
+    path = info.path
+    serving = server.websocket(info, transport)
+    del upgrade, info  # (what the connection needs from them, it keeps itself)
     try:
-        await server.websocket(info, transport)
+        await serving
     except Exception:  # a bug: this connection's problem only
-        log.exception("error serving WebSocket %s; closing it with 1011", info.path)
+        log.exception("error serving WebSocket %s; closing it with 1011", path)
         with trio.move_on_after(1, shield=True):
             if transport.accepted:
                 await transport.close(1011)

@@ -48,12 +48,15 @@ log = logging.getLogger("trio_channels.server")
 #: Capacities for the layer serve() and the CLI make. An interface process's prefix carries the
 #: replies of all its connections, so it needs room for a group send to every member at once;
 #: the request channels absorb a burst of a thousand connects or requests before answering 503.
+#: Disconnects are not refused work but cleanup a consumer must see (groups to leave): room for
+#: ten thousand sockets closing at once (a reconnect storm, a deploy) rather than drops.
 DEFAULT_CHANNEL_CAPACITY: dict[str, int] = {
     "interface.*!": 10_000,
     "http.request": 1_000,
     "websocket.connect": 1_000,
     "websocket.receive": 1_000,
-    "websocket.disconnect": 1_000,
+    "websocket.disconnect": 10_000,
+    "http.disconnect": 10_000,
 }
 
 

@@ -7,6 +7,7 @@ Every test taking ``listener`` runs on the main port (its own wsproto path) and 
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
@@ -172,3 +173,72 @@ async def test_full_receive_channel_closes_1013_and_still_disconnects_in_order(
     assert closed.value.reason.code == 1013
     assert received == [1, 2, 3]
     assert [(message["code"], message["order"]) for message in disconnects] == [(1013, 4)]
+
+
+async def test_a_burst_of_closes_is_followed_by_a_full_collection(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12 (RSS after sockets close): once many WebSockets closed and closes stopped for
+    a moment, the server runs one full garbage collection, which clears the interpreter's free
+    lists that otherwise pin the allocator's arenas (thresholds shortened here)."""
+    import gc
+
+    import interface.core
+
+    monkeypatch.setattr(interface.core, "TRIM_AFTER_CLOSES", 3)
+    monkeypatch.setattr(interface.core, "TRIM_QUIET", 0.2)
+    full: list[int] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full.append(info["collected"])
+
+    gc.callbacks.append(watch)
+    enabled = gc.isenabled()
+    gc.disable()  # so that every full collection seen is an explicit one
+    try:
+        _, base = await start(start_server, "main", [route("websocket.receive", echo)])
+        with trio.fail_after(20):
+            for _ in range(3):
+                async with open_websocket_url(base + "/burst/") as ws:
+                    await ws.send_message("x")
+                    await ws.get_message()
+            assert full == []  # not while sockets are still closing
+            while not full:  # noqa: ASYNC110  (the gc callback cannot wake a task)
+                await trio.sleep(0.05)
+    finally:
+        gc.callbacks.remove(watch)
+        if enabled:
+            gc.enable()
+
+
+async def test_many_sockets_waiting_for_a_full_channel_all_get_through(
+    start_server: StartServer, listener: str
+) -> None:
+    """Issue 12 (the storm): sockets whose frames find websocket.receive full wait their turn
+    (TCP holds their clients back) and every frame is answered; none is closed."""
+
+    async def slow_echo(message: Message) -> None:
+        await trio.sleep(0.01)
+        await echo(message)
+
+    layer = InMemoryChannelLayer(channel_capacity={"websocket.receive": 2})
+    _, base = await start(
+        start_server, listener, [route("websocket.receive", slow_echo)], layer=layer, concurrency=2
+    )
+    answers: list[str] = []
+
+    async def one_frame(ws: Any, text: str) -> None:
+        await ws.send_message(text)
+        answers.append(await ws.get_message())
+
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            sockets = [
+                await stack.enter_async_context(open_websocket_url(base + "/storm/")) for _ in range(40)
+            ]
+            async with trio.open_nursery() as nursery:
+                for index, ws in enumerate(sockets):
+                    nursery.start_soon(one_frame, ws, f"m{index}")
+            assert all(ws.closed is None for ws in sockets)
+    assert sorted(answers) == sorted(f"m{index}" for index in range(40))
