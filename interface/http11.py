@@ -1,13 +1,18 @@
 """HTTP/1.1 on the main port: h11 driven from the connection's own task.
 
 One task per connection, request after request (keep-alive): the head is parsed once (by
-:func:`interface.head.read_head`), the request goes to :meth:`InterfaceServer.http` with a body
-reader and a responder over the same ``h11.Connection``, and the response goes out in as few
-writes as it has messages (head, body and end of a one-message response in one). h11 keeps
-the rules: framing (Content-Length or chunked, both ways), ``Connection: close`` and HTTP/1.0,
-pipelining (a pipelined request waits in the socket, unread, until the response before it is
-complete), ``Expect: 100-continue`` (the 100 goes out when the body is first read, so a 413
-decided on the declared length sends none).
+:func:`interface.head.read_head`) and the request body read by h11 (Content-Length or
+chunked), the request goes to :meth:`InterfaceServer.http`, and the response goes out in as
+few writes as it has messages (head, body and end of a one-message response in one). The
+response is written here, not by h11: its headers were checked once, with h11's rules, by
+``protocol.py``, and h11 would check and reshape them again (that was 9 % of a request); the
+framing follows h11's choices (the app's Content-Length, else one for a one-message response,
+else chunked, or to the close for HTTP/1.0; none for HEAD, 1xx, 204 and 304), and a body that
+breaks its Content-Length closes the connection. Each request gets a fresh h11 state, fed what
+the client sent after the previous one: pipelining (a pipelined request waits, unread, until
+the response before it is complete). ``Connection: close`` and HTTP/1.0 without keep-alive end
+the connection after the response. ``Expect: 100-continue``: the 100 goes out when the body is
+first read, so a 413 decided on the declared length sends none.
 
 Limits and timeouts: the first head within ``HEAD_TIMEOUT``, the next one within
 ``keep_alive_timeout`` (both waits are *idle*: cancelled at once on shutdown, see
@@ -39,6 +44,7 @@ from .head import (
     addresses,
     connection_info,
     is_tls,
+    new_connection,
     raw_socket,
     read_head,
     receive_some,
@@ -77,71 +83,130 @@ def error_response(status: int, text: str) -> bytes:
     ).encode() + body
 
 
-class _Responder:
-    """Writes one response through the connection's h11 state (see the module docstring)."""
+def _keeps_alive(request: h11.Request) -> bool:
+    """Whether the client lets the connection live past this request (RFC 9112 §9.3)."""
+    tokens = b",".join(value for name, value in request.headers if name == b"connection").lower()
+    if b"close" in tokens:
+        return False
+    return request.http_version == b"1.1" or b"keep-alive" in tokens
 
-    __slots__ = ("aborted", "close", "conn", "expect_continue", "head_only", "pending", "sock", "stream")
+
+class _Responder:
+    """Writes one response (see the module docstring): the head as the validated headers are
+    (``protocol.py`` checked them with h11's rules), the body framed by its Content-Length, or
+    chunked, or (HTTP/1.0) to the close of the connection."""
+
+    __slots__ = (
+        "aborted",
+        "chunked",
+        "done",
+        "expect_continue",
+        "head_only",
+        "http10",
+        "keep_alive",
+        "pending",
+        "remaining",
+        "sock",
+        "started",
+        "stream",
+    )
 
     def __init__(
-        self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request, close: bool
+        self, stream: trio.abc.Stream, sock: Any, request: h11.Request, expect_continue: bool, close: bool
     ) -> None:
         self.stream = stream
-        self.sock = raw_socket(stream)
-        self.conn = conn
+        self.sock = sock
         self.head_only = request.method == b"HEAD"
-        self.expect_continue = conn.they_are_waiting_for_100_continue
-        self.close = close  # say "connection: close" (last request, or shutting down)
+        self.http10 = request.http_version == b"1.0"
+        self.expect_continue = expect_continue
+        self.keep_alive = not close and _keeps_alive(request)
         self.pending: tuple[int, protocol.Headers] | None = None
+        self.started = False  # start() was called (what it holds may not be written yet)
+        self.done = False  # the response is complete
         self.aborted = False
-
-    @property
-    def started(self) -> bool:
-        return self.pending is not None or self.conn.our_state is not h11.SEND_RESPONSE
+        self.chunked = False
+        self.remaining = -1  # bytes the Content-Length still promises (-1: not framed by it)
 
     async def start(self, status: int, headers: protocol.Headers) -> None:
         # Held until the first body part, so a one-message response is one write and gets a
         # Content-Length.
         self.pending = (status, headers)
+        self.started = True
+
+    def _head(self, status: int, headers: protocol.Headers, content: bytes, more: bool) -> bytearray:
+        no_body = self.head_only or status in (204, 304) or status < 200
+        length = None
+        lines = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")))
+        for name, value in headers:
+            if name == b"content-length":
+                if length is not None and int(value) != length:
+                    raise ValueError(
+                        f"the response has two different Content-Lengths: {length} and {value!r}"
+                    )
+                length = int(value)
+                continue  # written once, below
+            if name == b"transfer-encoding":
+                continue  # the framing is ours to choose (as h11 does)
+            if name == b"connection" and b"close" in value.lower():
+                self.keep_alive = False
+            lines += name + b": " + value + b"\r\n"
+        if length is not None:
+            lines += b"content-length: %d\r\n" % length
+            self.remaining = 0 if no_body else length
+        elif no_body:
+            self.remaining = 0
+            if self.head_only and not more:
+                lines += b"content-length: %d\r\n" % len(content)
+        elif not more:
+            lines += b"content-length: %d\r\n" % len(content)
+            self.remaining = len(content)
+        elif self.http10:
+            self.keep_alive = False  # an HTTP/1.0 client reads to the close
+        else:
+            lines += b"transfer-encoding: chunked\r\n"
+            self.chunked = True
+        lines += b"date: " + _http_date() + b"\r\n"
+        if not self.keep_alive:
+            lines += b"connection: close\r\n"
+        lines += b"\r\n"
+        return lines
 
     async def body(self, content: bytes, more: bool) -> None:
-        if self.aborted:
+        if self.aborted or self.done:
             return
-        conn = self.conn
-        data = b""
-        try:
-            if self.pending is not None:
-                status, headers = self.pending
-                self.pending = None
-                headers = list(headers)
-                no_body = self.head_only or status in (204, 304) or status < 200
-                if (
-                    not more
-                    and not no_body
-                    and not any(name in (b"content-length", b"transfer-encoding") for name, _ in headers)
-                ):
-                    headers.append([b"content-length", str(len(content)).encode()])
-                headers.append([b"date", _http_date()])
-                if self.close:
-                    headers.append([b"connection", b"close"])
-                data = conn.send(
-                    h11.Response(
-                        status_code=status,
-                        headers=headers,  # type: ignore[arg-type]  # pairs as lists: h11 takes any sequence
-                        reason=_REASONS.get(status, b""),
-                    )
-                )
-            if content and not self.head_only and conn.our_state is h11.SEND_BODY:
-                data += conn.send(h11.Data(data=content))
+        data = bytearray()
+        if self.pending is not None:
+            status, headers = self.pending
+            self.pending = None
+            try:
+                data = self._head(status, headers, content, more)
+            except ValueError as exc:
+                log.error("%s; closed the connection", exc)
+                self.aborted = True
+                return
+        if self.head_only or (self.remaining == 0 and not self.chunked):
+            content = b""  # a response that has no body: whatever was given is not sent
+        if self.chunked:
+            if content:
+                data += b"%x\r\n" % len(content) + content + b"\r\n"
             if not more:
-                data += conn.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as exc:
-            log.error("the response breaks HTTP/1.1 (%s); closed the connection", exc)
-            self.aborted = True
-            if data:
-                await send_all(self.sock, self.stream, data)
-            return
+                data += b"0\r\n\r\n"
+        elif self.remaining >= 0:
+            if len(content) > self.remaining or (not more and len(content) < self.remaining):
+                log.error(
+                    "the response breaks HTTP/1.1 (its body is %s than its Content-Length); closed the connection",
+                    "longer" if len(content) > self.remaining else "shorter",
+                )
+                self.aborted = True
+                content = content[: self.remaining]
+            self.remaining -= len(content)
+            data += content
+        else:
+            data += content  # HTTP/1.0, read to the close
+        if not more:
+            self.done = True
         if data:
-            await send_all(self.sock, self.stream, data)
+            await send_all(self.sock, self.stream, bytes(data))
 
     async def simple(self, status: int, text: bytes) -> None:
         if self.started:
@@ -154,13 +219,14 @@ class _Responder:
         self.aborted = True  # the connection closes once the request is done
 
     async def continue_(self) -> None:
-        if self.conn.they_are_waiting_for_100_continue:
-            informational = h11.InformationalResponse(status_code=100, headers=[])
-            await send_all(self.sock, self.stream, self.conn.send(informational))
+        if self.expect_continue and not self.started:
+            self.expect_continue = False
+            await send_all(self.sock, self.stream, b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
-async def _body(stream: trio.abc.Stream, responder: _Responder) -> AsyncGenerator[bytes, None]:
-    conn = responder.conn
+async def _body(
+    stream: trio.abc.Stream, conn: h11.Connection, responder: _Responder
+) -> AsyncGenerator[bytes, None]:
     if responder.expect_continue:
         if responder.started:
             return  # answered before the body was asked for: a client waiting for 100 sends none
@@ -198,6 +264,7 @@ async def serve_http11(
     conn = head.connection
     client, local = addresses(stream)
     secure = is_tls(stream)
+    sock = raw_socket(stream)
     requests = 0
     while True:
         if head.kind is Kind.BAD:
@@ -217,16 +284,27 @@ async def serve_http11(
         requests += 1
         info = connection_info(request, client=client, server=local, secure=secure)
         responder = _Responder(
-            stream, conn, request, close=requests >= KEEP_ALIVE_MAX_REQUESTS or idle.closed
+            stream,
+            sock,
+            request,
+            conn.they_are_waiting_for_100_continue,
+            close=requests >= KEEP_ALIVE_MAX_REQUESTS or idle.closed,
         )
         try:
-            async with contextlib.aclosing(_body(stream, responder)) as body:
+            async with contextlib.aclosing(_body(stream, conn, responder)) as body:
                 await server.http(info, body, responder)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client left mid-response
-        if responder.aborted or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-            return  # cut short, or closing: h11 said MUST_CLOSE, or the body was left unread
-        conn.start_next_cycle()
+        if responder.aborted or not responder.done or not responder.keep_alive:
+            return  # cut short, or closing
+        if conn.their_state is not h11.DONE:
+            return  # the body was left unread: the next request cannot be found
+        # h11 read this request; the response was ours: the next request starts a new h11
+        # state, from what the client already sent after this one (pipelining).
+        leftover = conn.trailing_data[0]
+        conn = new_connection()
+        if leftover:
+            conn.receive_data(leftover)
         next_head = None
         with idle.waiting() as waiting:
             waiting.deadline = trio.current_time() + server.config.keep_alive_timeout

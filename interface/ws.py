@@ -112,14 +112,25 @@ async def _send_disconnect(
     server: InterfaceServer, ws: WebSocketProtocol, replies: Replies, code: int
 ) -> None:
     # Waited for while the channel is full (behind the other connections that wait: a
-    # thousand sockets closing at once make one poll), for a second at most; then dropped,
-    # with a WARNING.
+    # thousand sockets closing at once make one poll), for a second at most, also when this
+    # task is being cancelled; then dropped, with a WARNING.
     message = ws.disconnect_message(code)
+    layer = server.layer
     reason = "the channel stayed full, or the layer did not answer, for 1 s"
+    if trio.current_effective_deadline() == math.inf:  # the common case: no scope needed
+        try:
+            await layer.send("websocket.disconnect", message)
+            return
+        except ChannelFull:
+            pass
+        except ChannelLayerUnavailable as exc:
+            reason = f"channel layer error: {type(exc).__name__}: {exc}"
+            replies.drops.dropped("websocket.disconnect", f"path {ws.path}, code {message['code']}: {reason}")
+            return
     with trio.move_on_after(1, shield=True):
         try:
             try:
-                await server.layer.send("websocket.disconnect", message)
+                await layer.send("websocket.disconnect", message)
             except ChannelFull:
                 await server.send_waiting("websocket.disconnect", message, math.inf)
             return

@@ -352,3 +352,56 @@ async def test_a_response_breaking_its_content_length_is_cut_off(
             await http.get(info.url + "/")
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1 and "breaks HTTP/1.1" in errors[0], errors
+
+
+async def _streamed(message: Message) -> None:
+    reply = message.reply_channel
+    assert reply is not None
+    start = {"status": 200, "headers": [[b"transfer-encoding", b"gzip"]], "more_content": True}
+    await reply.send(start, immediately=True)
+    for part in (b"one ", b"two ", b"three"):
+        await reply.send({"content": part, "more_content": True}, immediately=True)
+    await reply.send({"content": b"", "more_content": False}, immediately=True)
+
+
+async def test_streamed_responses_are_chunked_or_read_to_the_close(start_server: StartServer) -> None:
+    """A streamed response goes chunked to an HTTP/1.1 client (whatever Transfer-Encoding the
+    app named) and, to an HTTP/1.0 client, unframed until the connection closes."""
+    info = await start_server([route("http.request", _streamed)], interface_config=CONFIG)
+    client = await Client.open(info.url)
+    with trio.fail_after(10):
+        await client.send(get("/"))
+        response, body = await client.response()
+        assert header(response, b"transfer-encoding") == b"chunked" and body == b"one two three"
+        stream = await trio.open_tcp_stream(*host_port(info.url))
+        await stream.send_all(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and b"content-length" not in head.lower()
+    assert b"connection: close" in head.lower() and body == b"one two three"
+
+
+async def test_a_response_longer_than_its_content_length_is_cut_off(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body longer than its declared Content-Length: the declared bytes, one error line and
+    the connection closed (nothing more is read as a next response)."""
+    caplog.set_level(logging.ERROR, logger="interface")
+
+    async def long(message: Message) -> None:
+        assert message.reply_channel is not None
+        await message.reply_channel.send(
+            {"status": 200, "headers": [[b"content-length", b"3"]], "content": b"abcdef"}
+        )
+
+    info = await start_server([route("http.request", long)], interface_config=CONFIG)
+    client = await Client.open(info.url)
+    with trio.fail_after(10):
+        await client.send(get("/"))
+        response, body = await client.response()
+        assert (response.status_code, body) == (200, b"abc")
+        assert await client.closed()
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "longer than its Content-Length" in errors[0], errors
