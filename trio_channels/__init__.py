@@ -6,8 +6,10 @@ The public door: ``from trio_channels import Channel, Group, route, include, run
 from __future__ import annotations
 
 from .channel import Channel, Group, Message, current_layer, use_layer
+from .config import ServerConfig
 from .exceptions import ConsumeLater, DenyConnection
 from .routing import Router, include, route, route_class
+from .server import ServerInfo, serve
 from .worker import Worker, WorkerStatistics, run_worker
 
 __version__ = "0.1.0.dev0"
@@ -19,6 +21,8 @@ __all__ = [
     "Group",
     "Message",
     "Router",
+    "ServerConfig",
+    "ServerInfo",
     "Worker",
     "WorkerStatistics",
     "__version__",
@@ -27,5 +31,6 @@ __all__ = [
     "route",
     "route_class",
     "run_worker",
+    "serve",
     "use_layer",
 ]

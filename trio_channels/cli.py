@@ -9,12 +9,8 @@ before start-up finished); 1 for an error while running.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import os
 import sys
-import sysconfig
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,103 +20,15 @@ import trio
 import layers
 from interface import InterfaceConfig
 
+from .config import DEMO_ROUTING, ConfigurationError, ServerConfig, Settings, describe_error, load_settings
 from .http import http_fallback
-from .routing import Router, import_by_path
-from .server import DEFAULT_CHANNEL_CAPACITY, ServerInfo
+from .routing import Router
+from .server import ServerInfo
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["main"]
-
-DEMO_ROUTING = "trio_channels.demo.routing.routing"
-BACKEND_ALIASES = {
-    "asgiref.inmemory.ChannelLayer": "layers.InMemoryChannelLayer",
-    "asgi_redis.RedisChannelLayer": "layers.redis.RedisChannelLayer",
-}
-
-
-class ConfigurationError(Exception):
-    """A user configuration problem: reported as one line, exit status 2."""
-
-
-_OURS = tuple(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + package + os.sep
-    for package in ("trio_channels", "layers", "interface")
-)
-_STDLIB = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
-
-
-def _user_location(exc: BaseException) -> str | None:
-    """``FILE, line N`` of the innermost frame in the user's code that *exc* came from."""
-    while exc.__cause__ is not None:  # the original error, not our re-raise of it
-        exc = exc.__cause__
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return f"{exc.filename}, line {exc.lineno}"
-    found = None
-    for frame, line in traceback.walk_tb(exc.__traceback__):
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if frame.f_code.co_filename.startswith("<") or filename.startswith((*_OURS, _STDLIB)):
-            continue
-        found = f"{filename}, line {line}"
-    return found
-
-
-def _one_line(what: str, value: str, exc: BaseException) -> str:
-    """*exc*, raised while loading *value* (a *what*), as one line naming the value and where."""
-    frames = list(traceback.walk_tb(exc.__traceback__))
-    ours = bool(frames) and os.path.abspath(frames[-1][0].f_code.co_filename).startswith(_OURS)
-    if isinstance(exc, SyntaxError):
-        message = f"SyntaxError: {exc.msg}"
-    elif ours and str(exc):  # our messages say what is wrong; the type adds nothing
-        message = str(exc)
-    else:
-        message = f"{type(exc).__name__}: {exc}"
-    if repr(value) not in message:
-        message = f"{what} {value!r}: {message}"
-    location = _user_location(exc)
-    if location is not None:
-        message += f" ({location})"
-    return " ".join(message.split())  # a multi-line message would not be one line
-
-
-def _load_settings(path: str) -> dict[str, Any]:
-    try:
-        module = importlib.import_module(path)
-    except ImportError as exc:
-        reason = "no module of that name" if getattr(exc, "name", None) == path else str(exc)
-        raise ConfigurationError(f"settings module {path!r} could not be imported: {reason}") from exc
-    except Exception as exc:
-        raise ConfigurationError(_one_line("settings module", path, exc)) from exc
-    layers_setting = getattr(module, "CHANNEL_LAYERS", None)
-    if not isinstance(layers_setting, dict) or "default" not in layers_setting:
-        raise ConfigurationError(f"settings module {path!r} needs CHANNEL_LAYERS = {{'default': {{...}}}}")
-    default = layers_setting["default"]
-    result: dict[str, Any] = {
-        "routing": default.get("ROUTING"),
-        "allowed_hosts": getattr(module, "ALLOWED_HOSTS", None),
-        "session_store": getattr(module, "SESSION_STORE", None),
-    }
-    loader = getattr(module, "AUTH_USER_LOADER", None)
-    if isinstance(loader, str):
-        try:
-            loader = import_by_path(loader, "AUTH_USER_LOADER")
-        except ImportError as exc:
-            raise ConfigurationError(str(exc)) from exc
-    result["user_loader"] = loader
-    backend = default.get("BACKEND")
-    config = dict(default.get("CONFIG", {}))
-    if backend is None:
-        raise ConfigurationError(f"settings module {path!r}: CHANNEL_LAYERS['default'] has no BACKEND")
-    try:
-        if "://" in backend:
-            result["layer"] = layers.from_url(backend, **config)
-        else:
-            cls = import_by_path(BACKEND_ALIASES.get(backend, backend), "channel layer BACKEND")
-            result["layer"] = cls(**config)
-    except Exception as exc:
-        raise ConfigurationError(f"settings module {path!r}: {_one_line('BACKEND', backend, exc)}") from exc
-    return result
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -294,62 +202,33 @@ def _configure_logging(verbosity: int, access_log: str | None, command: str) -> 
     access.setLevel(logging.INFO)
 
 
-def _prepare(args: argparse.Namespace) -> dict[str, Any]:
-    settings = _load_settings(args.settings) if args.settings else {}
-    routing = args.routing or settings.get("routing") or DEMO_ROUTING
+@attrs.frozen
+class _Prepared:
+    routing: Any
+    config: ServerConfig
+
+    @property
+    def demo(self) -> bool:
+        return self.routing == DEMO_ROUTING
+
+
+def _config(args: argparse.Namespace, settings: Settings | None) -> ServerConfig:
+    """The ServerConfig the command line asks for (on top of the settings module's fields)."""
+    options: dict[str, Any] = dict(settings.options) if settings else {}
     if args.layer:
-        try:
-            layer = layers.from_url(args.layer, channel_capacity=DEFAULT_CHANNEL_CAPACITY)
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(str(exc)) from exc
-    else:
-        layer = settings.get("layer") or layers.InMemoryChannelLayer(
-            channel_capacity=DEFAULT_CHANNEL_CAPACITY
-        )
-    try:
-        Router(routing)  # import everything now: a typo is one line, not a traceback
-    except Exception as exc:
-        raise ConfigurationError(_one_line("routing", routing, exc)) from exc
-    if args.command == "run" and args.http_app:
-        try:
-            http_fallback(args.http_app)
-        except Exception as exc:
-            raise ConfigurationError(_one_line("ASGI app", args.http_app, exc)) from exc
-    in_memory = isinstance(layer, layers.InMemoryChannelLayer)
-    if in_memory and (args.command == "worker" or getattr(args, "noworker", False)):
-        what = "'worker'" if args.command == "worker" else "'run --noworker'"
-        raise ConfigurationError(
-            f"{what} needs a cross-process channel layer, and the in-memory layer lives in one process: "
-            "use --layer redis://localhost:6379/0 (or plain 'run', which runs workers in-process)"
-        )
-    return {
-        "routing": routing,
-        "layer": layer,
-        "demo": routing == DEMO_ROUTING,
-        "session_store": args.session_store or settings.get("session_store"),
-        "user_loader": settings.get("user_loader"),
-        "allowed_hosts": settings.get("allowed_hosts"),
-    }
-
-
-async def _run(args: argparse.Namespace, prepared: dict[str, Any], announce: _Announce) -> None:
-    from .server import serve
-
-    options: dict[str, Any] = {
-        "layer": prepared["layer"],
-        "concurrency": args.concurrency,
-        "consumer_timeout": args.consumer_timeout,
-        "grace_period": args.grace_period,
-        "handle_signals": True,
-        "session_store": prepared["session_store"],
-        "user_loader": prepared["user_loader"],
-        "allowed_hosts": prepared["allowed_hosts"],
-    }
+        options["layer"] = args.layer
+    options.update(
+        concurrency=args.concurrency,
+        consumer_timeout=args.consumer_timeout,
+        grace_period=args.grace_period,
+    )
+    if args.session_store:
+        options["session_store"] = args.session_store
     if args.command == "run":
         options.update(
             bind=args.bind or ["127.0.0.1:8000"],
             ws_bind=args.ws_bind,
-            workers=not args.noworker,
+            workers=0 if args.noworker else 1,
             certfile=args.certfile,
             keyfile=args.keyfile,
             http_app=args.http_app,
@@ -364,15 +243,51 @@ async def _run(args: argparse.Namespace, prepared: dict[str, Any], announce: _An
                 root_path=args.root_path,
                 proxy_headers=args.proxy_headers,
                 max_body_size=args.max_body_size,
-                grace_period=args.grace_period,
             ),
         )
     else:
         options.update(
             interface=False, only_channels=args.only_channels, exclude_channels=args.exclude_channels
         )
+    try:
+        return ServerConfig(**options)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(str(exc)) from exc
 
-    await serve(prepared["routing"], task_status=announce, **options)
+
+def _prepare(args: argparse.Namespace) -> _Prepared:
+    settings = load_settings(args.settings) if args.settings else None
+    routing = args.routing or (settings.routing if settings else None) or DEMO_ROUTING
+    layer = args.layer or (settings.options.get("layer") if settings else None)
+    if args.command == "worker" or getattr(args, "noworker", False):
+        memory = (
+            layer is None
+            or isinstance(layer, layers.InMemoryChannelLayer)
+            or (isinstance(layer, str) and layer.lower().startswith("memory:"))
+        )
+        if memory:
+            what = "'worker'" if args.command == "worker" else "'run --noworker'"
+            raise ConfigurationError(
+                f"{what} needs a cross-process channel layer, and the in-memory layer lives in one process: "
+                "use --layer redis://localhost:6379/0 (or plain 'run', which runs workers in-process)"
+            )
+    config = _config(args, settings)
+    try:
+        Router(routing)  # import everything now: a typo is one line, not a traceback
+    except Exception as exc:
+        raise ConfigurationError(describe_error("routing", routing, exc)) from exc
+    if config.http_app is not None:
+        try:
+            http_fallback(config.http_app)
+        except Exception as exc:
+            raise ConfigurationError(describe_error("ASGI app", str(config.http_app), exc)) from exc
+    return _Prepared(routing, config)
+
+
+async def _run(prepared: _Prepared, announce: _Announce) -> None:
+    from .server import serve
+
+    await serve(prepared.routing, prepared.config, handle_signals=True, task_status=announce)
 
 
 @attrs.define
@@ -410,9 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    announce = _Announce(args.command, "the built-in demo" if prepared["demo"] else prepared["routing"])
+    announce = _Announce(args.command, "the built-in demo" if prepared.demo else prepared.routing)
     try:
-        trio.run(_run, args, prepared, announce)
+        trio.run(_run, prepared, announce)
     except (OSError, ValueError, TypeError, ImportError) as exc:
         if announce.started_ and not isinstance(exc, OSError):
             raise  # a bug, not a configuration problem: the traceback helps

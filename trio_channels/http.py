@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email.utils
 import http.cookies
-import importlib
 import json
 import logging
 import mimetypes
@@ -29,7 +28,7 @@ from layers.base import retry_when_full
 
 from .channel import Message
 from .exceptions import RequestAborted
-from .routing import Consumer
+from .routing import Consumer, import_by_path
 
 __all__ = [
     "CHUNK_SIZE",
@@ -301,19 +300,9 @@ ASGIApp = Callable[
 
 
 def asgi_consumer(app: ASGIApp | str) -> Consumer:
-    """An ``http.request`` consumer that runs an ASGI-3 *app* (or ``"module:attribute"``)."""
+    """An ``http.request`` consumer that runs an ASGI-3 *app* (or its path, ``"module:app"``)."""
     if isinstance(app, str):
-        module, _, attribute = app.partition(":")
-        if not module or not attribute:
-            raise ImportError(f"ASGI app {app!r} must be written 'package.module:app'")
-        try:
-            app = getattr(importlib.import_module(module), attribute)
-        except ImportError as exc:
-            raise ImportError(f"ASGI app {app!r} could not be imported: {exc}") from exc
-        except AttributeError:
-            raise ImportError(
-                f"ASGI app {app!r} could not be imported: {module!r} has no {attribute!r}"
-            ) from None
+        app = import_by_path(app, "ASGI app")
     if not callable(app):
         raise TypeError(f"ASGI app {app!r} is not callable")
     asgi_app = app

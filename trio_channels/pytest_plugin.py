@@ -19,6 +19,7 @@ import trio
 
 from layers import InMemoryChannelLayer
 
+from .config import DEMO_ROUTING, ServerConfig
 from .server import ServerInfo, serve
 
 try:
@@ -30,7 +31,7 @@ except ImportError:  # pragma: no cover - the async fixtures need pytest-trio; t
 @pytest.fixture
 def channels_routing() -> Any:
     """The routing ``live_server`` serves; override this fixture in your conftest.py."""
-    return "trio_channels.demo.routing.routing"
+    return DEMO_ROUTING
 
 
 if trio_fixture is not None:
@@ -45,5 +46,7 @@ if trio_fixture is not None:
     async def live_server(nursery: trio.Nursery, channels_routing: Any) -> ServerInfo:
         """The full stack on 127.0.0.1 with a free port, stopped when the test ends."""
         with trio.fail_after(10):
-            info: ServerInfo = await nursery.start(partial(serve, channels_routing, bind=["127.0.0.1:0"]))
+            info: ServerInfo = await nursery.start(
+                partial(serve, channels_routing, ServerConfig(bind="127.0.0.1:0"))
+            )
         return info

@@ -22,7 +22,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from trio_channels.server import BindError, serve
+from trio_channels.server import BindError, ServerConfig, serve
 
 from ..browser import open_browser
 from .processes import ENV, ROOT, running, started
@@ -94,11 +94,11 @@ async def test_serve_raises_a_plain_bind_error_for_library_users(busy_port: int)
     """serve() raises BindError (an OSError) or ValueError naming the address, never a group."""
     with trio.fail_after(10):
         with pytest.raises(BindError) as failed:
-            await serve(bind=[f"127.0.0.1:{busy_port}"])
+            await serve(None, ServerConfig(bind=[f"127.0.0.1:{busy_port}"]))
         with pytest.raises(BindError) as unavailable:
-            await serve(bind=["127.0.0.1:0"], ws_bind=["203.0.113.1:8000"])
-        with pytest.raises(ValueError, match=r"bind '127.0.0.1:99999' is invalid"):
-            await serve(bind=["127.0.0.1:99999"])
+            await serve(None, ServerConfig(bind=["127.0.0.1:0"], ws_bind=["203.0.113.1:8000"]))
+    with pytest.raises(ValueError, match=r"bind '127.0.0.1:99999' is invalid"):
+        ServerConfig(bind=["127.0.0.1:99999"])  # a spelling that cannot work fails when the config is made
     assert isinstance(failed.value, OSError)
     assert str(failed.value) == f"cannot listen on '127.0.0.1:{busy_port}': address already in use"
     assert failed.value.bind == f"127.0.0.1:{busy_port}"
@@ -171,7 +171,7 @@ CONFIGURATION_ERRORS = [
         ["run", "--http-app", "broken_app:app"],
         ["ASGI app 'broken_app:app'", "SyntaxError", "{dir}/broken_app.py, line 1"],
     ),
-    (["run", "--http-app", "nodots"], ["ASGI app 'nodots' must be written 'package.module:app'"]),
+    (["run", "--http-app", "nodots"], ["ASGI app 'nodots' is not an import path like"]),
     (["run", "--certfile", "cert.pem"], ["certfile='cert.pem'", "keyfile=None"]),
     (
         ["run", "--certfile", "/nonexistent/cert.pem", "--keyfile", "/nonexistent/key.pem"],
