@@ -25,10 +25,14 @@ from layers import BaseChannelLayer, ChannelFull, ChannelLayerUnavailable, Messa
 from layers.base import retry_when_full
 
 from . import protocol
+from .messages import as_layer_message
 from .protocol import Close, Reject, SendBytes, SendText, WebSocketProtocol, WebSocketState
 
 __all__ = [
     "ClientDisconnected",
+    "ConnectionInfo",
+    "DropLog",
+    "HttpResponder",
     "InterfaceConfig",
     "InterfaceServer",
     "WebSocketClosed",
@@ -402,7 +406,7 @@ class InterfaceServer:
             server=info.server,
         )
         try:
-            await self.layer.send("http.request", message)
+            await self.layer.send("http.request", as_layer_message(message))
         except ChannelFull:
             await respond.simple(503, b"Request queue full.")
             _log_access(info.client, request_line, 503, "-")
@@ -611,7 +615,7 @@ class InterfaceServer:
             )
             _log_access(info.client, f"WSCONNECTING {info.path}", "-", "-")
             try:
-                await self.layer.send("websocket.connect", ws.connect_message())
+                await self.layer.send("websocket.connect", as_layer_message(ws.connect_message()))
             except ChannelFull:
                 await transport.reject(503, b"Connection queue at capacity.")
                 _log_access(info.client, f"WSREJECT {info.path}", 503, "-")
@@ -697,7 +701,9 @@ class InterfaceServer:
                     break
                 try:
                     await retry_when_full(
-                        partial(self.layer.send, "websocket.receive", ws.receive_message(data)),
+                        partial(
+                            self.layer.send, "websocket.receive", as_layer_message(ws.receive_message(data))
+                        ),
                         self.config.receive_full_timeout,
                     )
                 except trio.TooSlowError:
@@ -764,7 +770,9 @@ class InterfaceServer:
         reason = "the channel stayed full, or the layer did not answer, for 1 s"
         with trio.move_on_after(1, shield=True):
             try:
-                await retry_when_full(partial(self.layer.send, "websocket.disconnect", message), math.inf)
+                await retry_when_full(
+                    partial(self.layer.send, "websocket.disconnect", as_layer_message(message)), math.inf
+                )
                 return
             except ChannelLayerUnavailable as exc:
                 reason = f"channel layer error: {type(exc).__name__}: {exc}"

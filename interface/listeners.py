@@ -32,7 +32,9 @@ import trio
 __all__ = [
     "BindError",
     "IdleConnections",
+    "StartedWith",
     "bind_sockets",
+    "guarded",
     "open_listeners",
     "parse_bind",
     "serve_connections",
@@ -254,3 +256,24 @@ async def serve_connections(
         if on_shutdown is not None:
             await on_shutdown()
         connections.cancel_scope.deadline = trio.current_time() + grace_period
+
+
+async def guarded(handler: Callable[[trio.abc.Stream], Awaitable[None]], stream: trio.abc.Stream) -> None:
+    """Run ``handler(stream)``; an error in it closes that connection only (and is logged)."""
+    try:
+        await handler(stream)
+    except Exception:
+        log.exception("connection handler failed; closed that connection")
+        await trio.aclose_forcefully(stream)
+
+
+@attrs.define
+class StartedWith:
+    """A ``task_status`` that reports *value* instead of what it is started with
+    (a listener reports its URLs, where ``serve_listeners`` reports its listeners)."""
+
+    status: trio.TaskStatus[list[str]]
+    value: list[str]
+
+    def started(self, _: object = None) -> None:
+        self.status.started(self.value)

@@ -5,7 +5,7 @@ The public door: ``from trio_channels import Channel, Group, route, include, run
 
 from __future__ import annotations
 
-from .channel import Channel, Group, Message, current_layer, use_layer
+from .channel import Channel, Group, Message, NoReplyChannel, current_layer, use_layer
 from .config import ServerConfig
 from .exceptions import ConsumeLater, DenyConnection
 from .routing import Router, include, route, route_class
@@ -20,6 +20,7 @@ __all__ = [
     "DenyConnection",
     "Group",
     "Message",
+    "NoReplyChannel",
     "Router",
     "ServerConfig",
     "ServerInfo",

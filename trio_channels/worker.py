@@ -290,7 +290,7 @@ async def run_consumer(
             await consumer(message, **kwargs)
         failure = "timeout" if scope.cancelled_caught else None
     except DenyConnection:
-        if message.channel.name != "websocket.connect" or message.reply_channel is None:
+        if message.channel.name != "websocket.connect" or not message.has_reply_channel:
             raise
         failure = None
         outbox.add(group=False, name=message.reply_channel.name, content={"close": True})
@@ -338,7 +338,7 @@ class _HttpReply:
 
     @classmethod
     def of(cls, message: Message) -> _HttpReply | None:
-        if message.channel.name == "http.request" and message.reply_channel is not None:
+        if message.channel.name == "http.request" and message.has_reply_channel:
             return cls(message.reply_channel.name)
         return None
 

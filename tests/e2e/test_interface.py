@@ -43,7 +43,7 @@ def recorder(channels: list[str], replies: dict[str, Any] | None = None) -> tupl
     async def record(message: Message) -> None:
         seen.add(message.channel.name, dict(message.content))
         if message.channel.name == "websocket.connect":
-            await message.reply_channel.send(replies or {"accept": True})  # type: ignore[union-attr]
+            await message.reply_channel.send(replies or {"accept": True})
 
     return seen, [route(channel, record) for channel in channels]
 
@@ -87,7 +87,6 @@ async def test_streaming_response(start_server: StartServer) -> None:
 
     async def consumer(message: Message) -> None:
         reply = message.reply_channel
-        assert reply is not None
         await reply.send(
             {"status": 200, "headers": [[b"content-type", b"text/plain"]], "more_content": True},
             immediately=True,
@@ -265,7 +264,6 @@ async def test_open_socket_replies(start_server: StartServer) -> None:
 
     async def receive(message: Message) -> None:
         reply = message.reply_channel
-        assert reply is not None
         command = message.get("text")
         if command == "text":
             await reply.send({"text": "t"})
@@ -311,7 +309,7 @@ async def test_full_connect_queue_is_503(start_server: StartServer) -> None:
 
     async def slow(message: Message) -> None:
         await release.wait()
-        await message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
+        await message.reply_channel.send({"accept": True})
 
     layer = InMemoryChannelLayer(channel_capacity={"websocket.connect": 1})
     info = await start_server([route("websocket.connect", slow)], layer=layer, concurrency=1)
@@ -397,9 +395,9 @@ async def test_both_listeners_emit_identical_streams(start_server: StartServer) 
     async def record(message: Message) -> None:
         seen.append((message.channel.name, dict(message.content)))
         if message.channel.name == "websocket.connect":
-            await message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
+            await message.reply_channel.send({"accept": True})
         elif message.get("text") == "one":
-            await message.reply_channel.send({"text": "ack"})  # type: ignore[union-attr]
+            await message.reply_channel.send({"text": "ack"})
         elif message.channel.name == "websocket.disconnect":
             done.set()
 

@@ -63,7 +63,7 @@ async def test_clients_sharing_a_layer_keep_their_replies() -> None:
     prefix, so one client's receive could take another's reply)."""
 
     async def echo_path(message: Message) -> None:
-        await message.reply_channel.send({"text": message["path"]})  # type: ignore[union-attr]
+        await message.reply_channel.send({"text": message["path"]})
 
     routing = [route("websocket.connect", echo_path)]
     layer = InMemoryChannelLayer()
