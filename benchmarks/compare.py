@@ -34,7 +34,7 @@ async def main(args: argparse.Namespace) -> None:
     servers = {
         f"trio_channels ({args.layer})": (
             [sys.executable, "-m", "trio_channels", "run", "benchmarks.app.routing", "--bind", "127.0.0.1:0",
-             "--layer", args.layer, "-v", "0"]
+             "--layer", args.layer, "--no-access-log"]
         ),
         "bare Hypercorn-Trio": [sys.executable, "-m", "benchmarks.bare", "--bind", "127.0.0.1:18765"],
     }  # fmt: skip

@@ -32,6 +32,7 @@ from .listeners import (
     IdleConnections,
     StartedWith,
     bind_sockets,
+    close_sockets,
     guarded,
     open_listeners,
     serve_connections,
@@ -195,8 +196,10 @@ def hypercorn_config(
     certfile: str | None = None,
     keyfile: str | None = None,
     graceful_timeout: float = 10,
+    keep_alive_timeout: float = 5,
 ) -> Config:
     config = Config()
+    config.keep_alive_timeout = keep_alive_timeout
     config.bind = list(binds)
     config.certfile = certfile
     config.keyfile = keyfile
@@ -246,6 +249,7 @@ async def serve_interface(
         certfile=certfile,
         keyfile=keyfile,
         graceful_timeout=server.config.grace_period,
+        keep_alive_timeout=server.config.timeout_keep_alive,
     )
     ssl_context = tls_context(certfile, keyfile)
     sockets = await bind_sockets(binds, backlog=config.backlog)
@@ -292,5 +296,4 @@ async def serve_interface(
             await lifespan.wait_for_shutdown()
             lifespan_nursery.cancel_scope.cancel()
     finally:
-        for sock in sockets:
-            sock.close()
+        close_sockets(sockets)

@@ -26,6 +26,7 @@ from .listeners import (
     IdleConnections,
     StartedWith,
     bind_sockets,
+    close_sockets,
     guarded,
     open_listeners,
     serve_connections,
@@ -359,5 +360,4 @@ async def serve_websocket_listener(
             task_status=StartedWith(task_status, urls),
         )
     finally:
-        for sock in sockets:
-            sock.close()
+        close_sockets(sockets)

@@ -26,7 +26,7 @@ import trio
 
 from interface import BindError, InterfaceServer, serve_interface, serve_websocket_listener
 from interface.asgi import tls_context
-from interface.listeners import bind_sockets
+from interface.listeners import bind_sockets, close_sockets
 from layers import BaseChannelLayer
 from layers.concurrency import open_service_nursery
 
@@ -228,7 +228,7 @@ async def serve(
     # Bind before anything starts, so a bad address fails at once, before anything said it is
     # listening; the listeners own the sockets from then on (closing one twice is harmless).
     binds = [*config.bind, *config.ws_bind] if config.interface else []
-    bound = await bind_sockets(binds)
+    bound = await bind_sockets(binds, uds_perms=config.uds_perms)
     sockets, ws_sockets = bound[: len(config.bind)], bound[len(config.bind) :]
     try:
         if layer.is_open:
@@ -237,7 +237,6 @@ async def serve(
             async with layer:
                 await run()
     finally:
-        for sock in bound:
-            sock.close()
+        close_sockets(bound)  # and remove the Unix socket files they made
     if signals and signals.forced_by == signal.SIGINT:
         raise KeyboardInterrupt

@@ -338,7 +338,7 @@ async def test_dropped_http_disconnect_is_a_rate_limited_warning(
     await trio.sleep(0.5)  # the last request's http.disconnect is sent after its response
     warnings = [record.getMessage() for record in caplog.records if "http.disconnect" in record.getMessage()]
     assert len(warnings) == 1, warnings
-    assert "'GET /1'" in warnings[0] and "ChannelFull" in warnings[0]
+    assert "'GET /1 HTTP/1.1'" in warnings[0] and "ChannelFull" in warnings[0]
 
 
 async def test_http_timeout_is_a_rate_limited_warning(
@@ -356,4 +356,4 @@ async def test_http_timeout_is_a_rate_limited_warning(
     statuses = [(await get(info.url + f"/slow{index}")).status_code for index in range(2)]
     assert statuses == [503, 503]
     warnings = [record.getMessage() for record in caplog.records if "http_timeout" in record.getMessage()]
-    assert len(warnings) == 1 and "'GET /slow0'" in warnings[0], warnings
+    assert len(warnings) == 1 and "'GET /slow0 HTTP/1.1'" in warnings[0], warnings
