@@ -1,9 +1,12 @@
 """trio_channels: channel layers, groups and routed consumers for Trio applications.
 
-The public door: ``from trio_channels import Channel, Group, route, include, run_worker``.
+The public door: ``from trio_channels import Channel, Group, route, include, serve, ServerConfig``;
+the layers are in :mod:`trio_channels.layers`.
 """
 
 from __future__ import annotations
+
+from interface import InterfaceConfig
 
 from .channel import Channel, Group, Message, NoReplyChannel, current_layer, use_layer
 from .config import ServerConfig
@@ -19,6 +22,7 @@ __all__ = [
     "ConsumeLater",
     "DenyConnection",
     "Group",
+    "InterfaceConfig",
     "Message",
     "NoReplyChannel",
     "Router",

@@ -40,7 +40,7 @@ from .server import ServerInfo
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["ENV_PREFIX", "Option", "build_parser", "main", "options"]
+__all__ = ["main"]
 
 log = logging.getLogger("trio_channels")
 
@@ -601,6 +601,7 @@ async def _reload(argv: Sequence[str], prepared: _Prepared, directories: Sequenc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m trio_channels`` with *argv* (default: ``sys.argv[1:]``); the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, found = _build()
     args = parser.parse_args(argv)

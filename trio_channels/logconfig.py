@@ -16,7 +16,7 @@ import logging.config
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOG_FORMAT", "LOG_LEVELS", "TRACE", "configure_logging", "logging_config", "read_log_config"]
+__all__ = ["LOG_FORMAT", "LOG_LEVELS", "configure_logging", "logging_config"]
 
 #: The one line format: ``2025-01-31 12:00:00 INFO trio_channels: serving ... at http://...``.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -24,6 +24,7 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 #: Below DEBUG: the protocol libraries' debug output too.
 TRACE = 5
+#: ``--log-level`` names and their ``logging`` levels.
 LOG_LEVELS = {
     "critical": logging.CRITICAL,
     "error": logging.ERROR,

@@ -28,7 +28,7 @@ from pathlib import Path
 import attrs
 import trio
 
-__all__ = ["CHILD_SOCKETS_ENV", "Reloader", "child_sockets"]
+__all__ = ["Reloader"]
 
 log = logging.getLogger("trio_channels.reload")
 

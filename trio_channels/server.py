@@ -123,7 +123,7 @@ async def serve(
     and so is a second signal (after a second SIGINT it raises :exc:`KeyboardInterrupt`).
 
     Every address is bound before anything else starts. Raises :exc:`ImportError` for a bad
-    routing path, :exc:`ValueError` for TLS files that do not load, and :exc:`BindError` (an
+    routing path, :exc:`ValueError` for TLS files that do not load, and :exc:`~trio_channels.server.BindError` (an
     :exc:`OSError` naming the address and the reason) if a bind fails; never an exception
     group for these. (A config that cannot work fails earlier, when it is made.)
     """
