@@ -166,6 +166,20 @@ def _uds_perms(instance: object, attribute: attrs.Attribute[Any], value: object)
         raise ValueError(f"uds_perms must be a file mode from 0o000 to 0o777, like 0o660, got {value!r}")
 
 
+def _callable_or_path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str) and not callable(value):
+        raise TypeError(f"{attribute.name} must be a callable or its import path, got {value!r}")
+
+
+def _session_store(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, str) and not value.lower().startswith(
+        ("memory://", "redis://", "rediss://", "unix://")
+    ):
+        raise ValueError(
+            f"session_store {value!r} is invalid: use memory://, redis://host:6379/0, rediss://... or unix://..."
+        )
+
+
 def _interface_config(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, InterfaceConfig):
         raise TypeError(f"interface_config must be an interface.InterfaceConfig, got {value!r}")
@@ -214,15 +228,15 @@ class ServerConfig:
     #: Seconds in-flight requests and running consumers get on a graceful shutdown.
     grace_period: float = attrs.field(default=10, validator=_seconds(allow_zero=True))
     #: An ASGI-3 app (or its ``module:attr`` path) for HTTP requests no route takes.
-    http_app: ASGIApp | str | None = None
+    http_app: ASGIApp | str | None = attrs.field(default=None, validator=_callable_or_path)
     #: Else a directory of static files for them, under ``static_url``; else a 404.
     static_root: str | None = attrs.field(default=None, validator=_optional_str)
     static_url: str = attrs.field(default="/static/", validator=attrs.validators.instance_of(str))
     #: Where sessions live: a store, a ``redis://`` or ``memory://`` URL, or ``None`` (the Redis
     #: layer's first server for a Redis layer, else in memory).
-    session_store: SessionStore | str | None = None
+    session_store: SessionStore | str | None = attrs.field(default=None, validator=_session_store)
     #: Loads ``message.user`` from a session's user id: an async callable or its import path.
-    user_loader: UserLoader | str | None = None
+    user_loader: UserLoader | str | None = attrs.field(default=None, validator=_callable_or_path)
     #: ``ALLOWED_HOSTS`` for origin checks (``None``: the checks' own default).
     allowed_hosts: tuple[str, ...] | None = attrs.field(
         default=None, converter=_optional_strings, validator=_all_str

@@ -37,6 +37,7 @@ BAD_FIELDS: list[tuple[dict[str, Any], str]] = [
     ({"interface": False, "layer": "memory://"}, "the in-memory layer is not cross-process"),
     ({"interface": False, "workers": 0, "layer": "redis://localhost/0"}, "nothing to run"),
     ({"bind": [], "ws_bind": []}, "an interface needs at least one address"),
+    ({"session_store": "mongodb://x"}, "session_store 'mongodb://x' is invalid: use memory://"),
 ]
 
 
@@ -59,6 +60,10 @@ def test_wrong_kinds_are_type_errors() -> None:
         ServerConfig(interface_config={"http_timeout": 3})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="layer must be a channel layer, a layer URL or None, got 42"):
         ServerConfig(layer=42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="user_loader must be a callable or its import path, got 3"):
+        ServerConfig(user_loader=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="http_app must be a callable or its import path"):
+        ServerConfig(http_app=b"app")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="only_channels takes strings, got 3"):
         ServerConfig(only_channels=["http.*", 3])  # type: ignore[list-item]
 
