@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import attrs
 import trio
 
+from interface.messages import Reply
 from layers import BaseChannelLayer, ChannelLayerUnavailable
 from layers.base import (
     decode_message,
@@ -32,6 +33,7 @@ __all__ = [
     "ContextSetter",
     "Group",
     "Message",
+    "NoReplyChannel",
     "Outbox",
     "current_layer",
     "current_outbox",
@@ -201,7 +203,7 @@ def _ascii_name(value: str | bytes) -> str:
 def _content(content: object, what: str) -> dict[str, Any]:
     if type(content) is not dict:
         raise TypeError(f"{what} needs a dict message, not {type(content).__name__}: {content!r:.80}")
-    return content
+    return content  # a TypedDict reply is a plain dict at run time
 
 
 @attrs.define(eq=False, repr=False)
@@ -219,24 +221,25 @@ class Channel:
         return self._layer if self._layer is not None else current_layer()
 
     async def send(
-        self, content: dict[str, Any], *, immediately: bool = False, delay: float | None = None
+        self, content: dict[str, Any] | Reply, *, immediately: bool = False, delay: float | None = None
     ) -> None:
-        """Send *content* to this channel.
+        """Send *content* (a dict; replies may be typed as :mod:`interface.messages` says) to
+        this channel.
 
         Inside a consumer the send is buffered until the consumer finishes, unless
         ``immediately=True``; ``delay`` (seconds) asks the layer to deliver it later. Raises
         :exc:`TypeError`/:exc:`ValueError` for a bad message (also when buffering), and
         :exc:`layers.ChannelFull` for an immediate send to a full channel.
         """
-        _content(content, f"Channel({self.name!r}).send()")
+        message = _content(content, f"Channel({self.name!r}).send()")
         outbox = _current_outbox.get()
         if outbox is not None and not immediately:
-            outbox.add(group=False, name=self.name, content=content, delay=delay or 0)
+            outbox.add(group=False, name=self.name, content=message, delay=delay or 0)
             await trio.lowlevel.checkpoint_if_cancelled()
             return
-        await self.layer.send(self.name, content, delay=delay or 0)
+        await self.layer.send(self.name, message, delay=delay or 0)
         if outbox is not None and outbox.watcher is not None:
-            outbox.watcher(self.name, content)
+            outbox.watcher(self.name, message)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Channel) and other.name == self.name
@@ -281,21 +284,30 @@ class Group:
         """The names of the current members."""
         return await self.layer.group_channels(self.name)
 
-    async def send(self, content: dict[str, Any], *, immediately: bool = False) -> None:
+    async def send(self, content: dict[str, Any] | Reply, *, immediately: bool = False) -> None:
         """Send *content* to every member (buffered inside a consumer unless ``immediately``)."""
-        _content(content, f"Group({self.name!r}).send()")
+        message = _content(content, f"Group({self.name!r}).send()")
         outbox = _current_outbox.get()
         if outbox is not None and not immediately:
-            outbox.add(group=True, name=self.name, content=content)
+            outbox.add(group=True, name=self.name, content=message)
             await trio.lowlevel.checkpoint_if_cancelled()
             return
-        await self.layer.send_group(self.name, content)
+        await self.layer.send_group(self.name, message)
 
     def __repr__(self) -> str:
         return f"Group({self.name!r})"
 
 
 # ----------------------------------------------------------------------------- messages
+
+
+class NoReplyChannel(AttributeError):
+    """The message has no ``reply_channel``: only connection messages (``http.request``,
+    ``websocket.*``) carry one.
+
+    An :exc:`AttributeError`, so ``getattr(message, "reply_channel", None)`` and ``hasattr``
+    work as they did in Channels 1, where the attribute was ``None``.
+    """
 
 
 @attrs.define(eq=False)
@@ -311,14 +323,33 @@ class Message:
     channel: Channel
     channel_layer: BaseChannelLayer
     deadline: float = math.inf
-    reply_channel: Channel | None = attrs.field(init=False)
+    _reply_channel: Channel | None = attrs.field(init=False)
     channel_session: Any = attrs.field(default=None, init=False)
     http_session: Any = attrs.field(default=None, init=False)
     user: Any = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         reply = self.content.get("reply_channel")
-        self.reply_channel = Channel(reply, layer=self.channel_layer) if reply else None
+        self._reply_channel = Channel(reply, layer=self.channel_layer) if reply else None
+
+    @property
+    def reply_channel(self) -> Channel:
+        """The connection's reply channel.
+
+        Raises :exc:`NoReplyChannel` (an :exc:`AttributeError`) naming the channel when the
+        message has none; :attr:`has_reply_channel` tells beforehand.
+        """
+        if self._reply_channel is None:
+            raise NoReplyChannel(
+                f"the message on {self.channel.name!r} has no reply_channel: only connection messages "
+                "(http.request, websocket.*) carry one"
+            )
+        return self._reply_channel
+
+    @property
+    def has_reply_channel(self) -> bool:
+        """Whether the message carries a ``reply_channel`` (connection messages do)."""
+        return self._reply_channel is not None
 
     def __getitem__(self, key: str) -> Any:
         return self.content[key]

@@ -11,6 +11,8 @@ import json
 import logging
 from typing import Any, ClassVar
 
+from interface.messages import WebSocketReply
+
 from .auth import (
     channel_and_http_session_user_from_http,
     channel_session_user,
@@ -25,6 +27,7 @@ from .sessions import channel_session
 __all__ = [
     "AsyncHttpConsumer",
     "BaseConsumer",
+    "BaseWebsocketConsumer",
     "JsonWebsocketConsumer",
     "SendNotAvailableOnDemultiplexer",
     "WebsocketConsumer",
@@ -78,8 +81,10 @@ class BaseConsumer:
         await self.get_handler(self.message, **self.kwargs)(self.message, **self.kwargs)
 
 
-class WebsocketConsumer(BaseConsumer):
-    """A WebSocket connection's three events as ``connect``, ``receive`` and ``disconnect``.
+class BaseWebsocketConsumer(BaseConsumer):
+    """What both WebSocket consumers share: ``connect``, ``disconnect``, ``close``, groups and
+    flags. Subclass :class:`WebsocketConsumer` (frames as text/bytes) or
+    :class:`JsonWebsocketConsumer` (frames as JSON), which add ``receive``/``send``.
 
     Class flags: ``http_user`` (``message.user`` from the HTTP session, kept in the channel
     session), ``http_user_and_session`` (also ``message.http_session``), ``channel_session``,
@@ -120,14 +125,50 @@ class WebsocketConsumer(BaseConsumer):
 
     async def raw_connect(self, message: Message, **kwargs: Any) -> None:
         for group in self.connection_groups(**kwargs):
-            await Group(group, layer=message.channel_layer).add(self._reply(message))
+            await Group(group, layer=message.channel_layer).add(message.reply_channel)
         await self.connect(message, **kwargs)
 
     async def connect(self, message: Message, **kwargs: Any) -> None:
         """Called on ``websocket.connect``; the default accepts the connection (under a
         demultiplexer, which has accepted it already, it does nothing)."""
         if self.multiplexer is None:
-            await self._reply(message).send({"accept": True})
+            await message.reply_channel.send({"accept": True})
+
+    async def raw_receive(self, message: Message, **kwargs: Any) -> None:
+        """Decode one ``websocket.receive`` and call ``receive`` (each subclass decodes its way)."""
+        raise NotImplementedError(
+            f"{type(self).__name__}: subclass WebsocketConsumer or JsonWebsocketConsumer, not BaseWebsocketConsumer"
+        )
+
+    async def raw_disconnect(self, message: Message, **kwargs: Any) -> None:
+        for group in self.connection_groups(**kwargs):
+            await Group(group, layer=message.channel_layer).discard(message.reply_channel)
+        await self.disconnect(message, **kwargs)
+
+    async def disconnect(self, message: Message, **kwargs: Any) -> None:
+        """Called on ``websocket.disconnect``; override it."""
+
+    async def close(self, code: bool | int = True) -> None:
+        """Close the connection (``True`` for code 1000)."""
+        await self.message.reply_channel.send({"close": code})
+
+    @staticmethod
+    def _frame(text: str | None, data: bytes | None, close: bool | int) -> WebSocketReply:
+        frame: WebSocketReply
+        if text is not None:
+            frame = {"text": text}
+        elif data is not None:
+            frame = {"bytes": data}
+        else:
+            raise ValueError("send() needs text or bytes")
+        if close:
+            frame["close"] = close
+        return frame
+
+
+class WebsocketConsumer(BaseWebsocketConsumer):
+    """A WebSocket connection's three events as ``connect``, ``receive`` and ``disconnect``,
+    its frames as ``text`` or ``bytes``; see :class:`BaseWebsocketConsumer` for the flags."""
 
     async def raw_receive(self, message: Message, **kwargs: Any) -> None:
         if message.get("text") is not None:
@@ -138,42 +179,11 @@ class WebsocketConsumer(BaseConsumer):
     async def receive(self, text: str | None = None, bytes: bytes | None = None, **kwargs: Any) -> None:
         """Called for each message from the client; override it."""
 
-    async def raw_disconnect(self, message: Message, **kwargs: Any) -> None:
-        for group in self.connection_groups(**kwargs):
-            await Group(group, layer=message.channel_layer).discard(self._reply(message))
-        await self.disconnect(message, **kwargs)
-
-    async def disconnect(self, message: Message, **kwargs: Any) -> None:
-        """Called on ``websocket.disconnect``; override it."""
-
-    def _reply(self, message: Message) -> Channel:
-        if message.reply_channel is None:
-            raise ValueError(
-                f"{type(self).__name__}: the message on {message.channel.name!r} has no reply_channel"
-            )
-        return message.reply_channel
-
     async def send(
         self, text: str | None = None, bytes: bytes | None = None, close: bool | int = False
     ) -> None:
         """Send a text or binary frame to this connection (and close it, if *close*)."""
-        await self._reply(self.message).send(self._frame(text, bytes, close))
-
-    async def close(self, code: bool | int = True) -> None:
-        """Close the connection (``True`` for code 1000)."""
-        await self._reply(self.message).send({"close": code})
-
-    @staticmethod
-    def _frame(text: str | None, data: bytes | None, close: bool | int) -> dict[str, Any]:
-        if text is not None:
-            frame: dict[str, Any] = {"text": text}
-        elif data is not None:
-            frame = {"bytes": data}
-        else:
-            raise ValueError("send() needs text or bytes")
-        if close:
-            frame["close"] = close
-        return frame
+        await self.message.reply_channel.send(self._frame(text, bytes, close))
 
     @classmethod
     async def group_send(
@@ -187,7 +197,7 @@ class WebsocketConsumer(BaseConsumer):
         await Group(name).send(cls._frame(text, bytes, close))
 
 
-class JsonWebsocketConsumer(WebsocketConsumer):
+class JsonWebsocketConsumer(BaseWebsocketConsumer):
     """A WebSocket consumer speaking JSON: ``receive(content)`` and ``send(content)``.
 
     A frame that is not valid JSON text closes the connection with 1007 (binary frames: 1003)
@@ -208,21 +218,22 @@ class JsonWebsocketConsumer(WebsocketConsumer):
             return
         await self.receive(content, **kwargs)
 
-    async def receive(self, content: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+    async def receive(self, content: Any = None, **kwargs: Any) -> None:
         """Called with each decoded message; override it."""
 
-    async def send(self, content: Any, close: bool | int = False) -> None:  # type: ignore[override]
+    async def send(self, content: Any = None, close: bool | int = False) -> None:
         """Send *content* as JSON (through the multiplexer when demultiplexed)."""
         if self.multiplexer is not None:
             await self.multiplexer.send(content)
             if close:
                 await self.close(close)
             return
-        await super().send(text=self.encode_json(content), close=close)
+        await self.message.reply_channel.send(self._frame(self.encode_json(content), None, close))
 
     @classmethod
-    async def group_send(cls, name: str, content: Any, close: bool | int = False) -> None:  # type: ignore[override]
-        await Group(name).send(WebsocketConsumer._frame(cls.encode_json(content), None, close))
+    async def group_send(cls, name: str, content: Any = None, close: bool | int = False) -> None:
+        """Send *content* as JSON to every connection in group *name*."""
+        await Group(name).send(cls._frame(cls.encode_json(content), None, close))
 
     @classmethod
     def decode_json(cls, text: str) -> Any:
@@ -248,7 +259,7 @@ class WebsocketMultiplexer:
         await self.reply_channel.send(self.encode(self.stream, payload))
 
     @classmethod
-    def encode(cls, stream: str, payload: Any) -> dict[str, Any]:
+    def encode(cls, stream: str, payload: Any) -> WebSocketReply:
         return {"text": json.dumps({"stream": stream, "payload": payload})}
 
     @classmethod
@@ -268,15 +279,15 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
     is logged and the connection closed with 1007.
     """
 
-    consumers: ClassVar[dict[str, type[WebsocketConsumer]]] = {}
+    consumers: ClassVar[dict[str, type[BaseWebsocketConsumer]]] = {}
     multiplexer_class: ClassVar[type[WebsocketMultiplexer]] = WebsocketMultiplexer
 
-    def _sub(self, stream: str, message: Message) -> WebsocketConsumer:
-        multiplexer = self.multiplexer_class(stream, self._reply(message))
+    def _sub(self, stream: str, message: Message) -> BaseWebsocketConsumer:
+        multiplexer = self.multiplexer_class(stream, message.reply_channel)
         return self.consumers[stream](message, **{**self.kwargs, "multiplexer": multiplexer})
 
     async def connect(self, message: Message, **kwargs: Any) -> None:
-        await self._reply(message).send({"accept": True})
+        await message.reply_channel.send({"accept": True})
         for stream in self.consumers:
             await self._sub(stream, message).dispatch()
 
@@ -284,7 +295,7 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
         for stream in self.consumers:
             await self._sub(stream, message).dispatch()
 
-    async def receive(self, content: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+    async def receive(self, content: Any = None, **kwargs: Any) -> None:
         problem = None
         if not isinstance(content, dict) or "stream" not in content or "payload" not in content:
             problem = 'frames must be {"stream": ..., "payload": ...}'
@@ -299,13 +310,13 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
         self.message.content["text"] = self.encode_json(content["payload"])
         await self._sub(content["stream"], self.message).dispatch()
 
-    async def send(self, content: Any = None, close: bool | int = False) -> None:  # type: ignore[override]
+    async def send(self, content: Any = None, close: bool | int = False) -> None:
         raise SendNotAvailableOnDemultiplexer(
             "a demultiplexer has no stream of its own: send through the stream consumer's multiplexer"
         )
 
     @classmethod
-    async def group_send(cls, name: str, content: Any = None, close: bool | int = False) -> None:  # type: ignore[override]
+    async def group_send(cls, name: str, content: Any = None, close: bool | int = False) -> None:
         raise SendNotAvailableOnDemultiplexer("use WebsocketMultiplexer.group_send(group, stream, payload)")
 
 
@@ -338,23 +349,18 @@ class AsyncHttpConsumer(BaseConsumer):
     async def disconnect(self, **kwargs: Any) -> None:
         """Called on ``http.disconnect`` (for every request, answered or not)."""
 
-    def _reply(self) -> Channel:
-        if self.message.reply_channel is None:
-            raise ValueError(f"{type(self).__name__}: this message has no reply_channel")
-        return self.message.reply_channel
-
     async def send_headers(self, status: int = 200, headers: list[tuple[str, str]] | None = None) -> None:
         """Start a streamed response."""
         encoded = [[name.encode("latin-1"), value.encode("latin-1")] for name, value in headers or []]
-        await self._reply().send(
+        await self.message.reply_channel.send(
             {"status": status, "headers": encoded, "more_content": True}, immediately=True
         )
 
     async def send_body(self, body: bytes, *, more_body: bool = False) -> None:
         """Send a chunk of a streamed response (``more_body=False`` ends it)."""
-        await self._reply().send({"content": body, "more_content": more_body}, immediately=True)
+        await self.message.reply_channel.send({"content": body, "more_content": more_body}, immediately=True)
 
     async def send_response(self, response: Response) -> None:
         """Send a whole response (buffered until the consumer returns, like any send)."""
         for part in response.encode():
-            await self._reply().send(part)
+            await self.message.reply_channel.send(part)

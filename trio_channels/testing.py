@@ -16,7 +16,7 @@ worker — so a consumer's exception fails your test. Replies are read from the 
 channel. Clients sharing a ``layer`` see each other's group messages.
 
 With real sockets, the pytest plugin installed with trio_channels
-(``trio_channels.pytest_plugin``) gives ``live_server`` and ``channel_layer`` fixtures, and
+(``trio_channels.pytest_plugin``) gives ``channels_live_server`` and ``channel_layer`` fixtures, and
 :func:`open_websocket` connects to a server by URL.
 """
 
@@ -300,7 +300,7 @@ class WebsocketClient(Client, _Cookies):
 async def open_websocket(
     url: str, path: str = "", *, headers: Iterable[tuple[bytes, bytes]] = (), **options: Any
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """A real WebSocket client to *url* (``http://`` or ``ws://``; e.g. ``live_server.url``) + *path*."""
+    """A real WebSocket client to *url* (``http://`` or ``ws://``; e.g. ``channels_live_server.url``) + *path*."""
     target = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip("/") + path
     async with trio_websocket.open_websocket_url(
         target, extra_headers=list(headers), **options

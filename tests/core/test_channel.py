@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from layers import ChannelFull, InMemoryChannelLayer
-from trio_channels import Channel, Group, Message, current_layer, use_layer
+from trio_channels import Channel, Group, Message, NoReplyChannel, current_layer, use_layer
 
 from ..helpers import receive_now
 
@@ -69,7 +69,7 @@ async def test_non_dict_content_is_a_type_error() -> None:
 
 
 def test_message_is_dict_like() -> None:
-    """Message reads and writes its content; reply_channel is a Channel or None."""
+    """Message reads and writes its content; reply_channel is a Channel."""
     layer = InMemoryChannelLayer()
     message = Message({"text": "hi", "reply_channel": "interface.p!c"}, Channel("websocket.receive"), layer)
     assert message["text"] == "hi" and message.get("bytes") is None and "text" in message
@@ -80,4 +80,15 @@ def test_message_is_dict_like() -> None:
     copied = message.copy()
     copied["text"] = "changed"
     assert message["text"] == "hi"
-    assert Message({}, Channel("x"), layer).reply_channel is None
+    assert message.has_reply_channel
+
+
+def test_a_message_without_a_reply_channel_says_so_when_asked_for_it() -> None:
+    """``reply_channel`` is never None: a message without one raises NoReplyChannel, an
+    AttributeError naming the channel (so getattr(message, "reply_channel", None) still works)."""
+    bare = Message({}, Channel("chat-messages"), InMemoryChannelLayer())
+    assert not bare.has_reply_channel
+    with pytest.raises(NoReplyChannel, match=r"the message on 'chat-messages' has no reply_channel"):
+        bare.reply_channel  # noqa: B018 - the access is the test
+    assert isinstance(NoReplyChannel("x"), AttributeError)
+    assert getattr(bare, "reply_channel", None) is None
