@@ -27,7 +27,7 @@ import abc
 import random
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Collection, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -35,6 +35,7 @@ import outcome
 import trio
 
 from .base import BaseChannelLayer, parse_delay_message, validate_channel_name, validate_receive_channels
+from .groups import GroupSendReport
 
 __all__ = [
     "Delivery",
@@ -176,11 +177,15 @@ class ParkingLayer(BaseChannelLayer):
     @abc.abstractmethod
     async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None: ...
 
-    async def send_group(self, group: str, message: dict[str, Any]) -> None:
-        await self.send_group_encoded(group, self._encode(message))
+    async def send_group(
+        self, group: str, message: dict[str, Any], *, exclude: str | Collection[str] | None = None
+    ) -> GroupSendReport:
+        return await self.send_group_encoded(group, self._encode(message), exclude=exclude)
 
     @abc.abstractmethod
-    async def send_group_encoded(self, group: str, data: bytes) -> None: ...
+    async def send_group_encoded(
+        self, group: str, data: bytes, *, exclude: str | Collection[str] | None = None
+    ) -> GroupSendReport: ...
 
     async def receive_with_deadline(self, channels: Sequence[str]) -> Delivery:
         names = validate_receive_channels(channels)

@@ -5,6 +5,8 @@ The public door: ``from trio_channels import Channel, Group, route, include, run
 
 from __future__ import annotations
 
+from layers.groups import CannotRecover, GroupHistory, GroupSendReport
+
 from .channel import Channel, Group, Message, current_layer, use_layer
 from .exceptions import ConsumeLater, DenyConnection
 from .routing import Router, include, route, route_class
@@ -13,10 +15,13 @@ from .worker import Worker, WorkerStatistics, run_worker
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CannotRecover",
     "Channel",
     "ConsumeLater",
     "DenyConnection",
     "Group",
+    "GroupHistory",
+    "GroupSendReport",
     "Message",
     "Router",
     "Worker",
