@@ -10,7 +10,14 @@ Figures:
 * ``send_group``: messages delivered per second by ``send_group`` to 1,000 members (members are
   reply channels under one process prefix, drained by one receiver, as an interface server does);
 * ``individual_sends``: the same deliveries done as 1,000 separate ``send`` calls, the baseline
-  ``send_group`` is compared against.
+  ``send_group`` is compared against;
+* ``send_group_history``: ``send_group`` to a group that keeps a history (each message stored
+  and numbered, every delivery carrying its position), measured in the same run as
+  ``send_group``, and their ratio ``history_cost``;
+* ``group_presence``: ``group_presence`` calls per second on a group of 10,000 members (under
+  10 process prefixes, each with a small ``info``), and the milliseconds one takes.
+
+    python -m benchmarks.layer_bench --only fanout,presence --runs 3   # interleaved runs
 """
 
 from __future__ import annotations
@@ -75,17 +82,19 @@ async def bench_pairs_sequential(layer: layers.BaseChannelLayer, seconds: float)
     return count / (time.perf_counter() - start)
 
 
-async def bench_fanout(layer: layers.BaseChannelLayer, seconds: float, members: int, grouped: bool) -> float:
+async def bench_fanout(
+    layer: layers.BaseChannelLayer, seconds: float, members: int, grouped: bool, group: str = "bench-group"
+) -> float:
     prefix = "interface.fanout!"
     names = [f"{prefix}c{i}" for i in range(members)]
     for name in names:
-        await layer.group_add("bench-group", name)
+        await layer.group_add(group, name)
     delivered = 0
     start = time.perf_counter()
     end = start + seconds
     while time.perf_counter() < end:
         if grouped:
-            await layer.send_group("bench-group", SMALL)
+            await layer.send_group(group, SMALL)
         else:
             for name in names:
                 await layer.send(name, SMALL)
@@ -94,23 +103,56 @@ async def bench_fanout(layer: layers.BaseChannelLayer, seconds: float, members: 
         delivered += members
     elapsed = time.perf_counter() - start
     for name in names:
-        await layer.group_discard("bench-group", name)
+        await layer.group_discard(group, name)
     return delivered / elapsed
 
 
-async def main(url: str, seconds: float, members: int) -> None:
-    layer = layers.from_url(url, channel_capacity={"interface.*!": members * 2}, capacity=1000)
+async def bench_presence(layer: layers.BaseChannelLayer, seconds: float, members: int = 10_000) -> float:
+    """group_presence calls per second on a group of *members* members with info."""
+    for index in range(members):
+        await layer.group_add(
+            "bench-presence",
+            f"interface.p{index % 10}!c{index}",
+            info={"user": index, "name": f"user {index}"},
+        )
+    assert len(await layer.group_presence("bench-presence")) == members
+    calls = 0
+    start = time.perf_counter()
+    while time.perf_counter() < start + seconds:
+        await layer.group_presence("bench-presence")
+        calls += 1
+    elapsed = time.perf_counter() - start
+    await layer.flush()
+    return calls / elapsed
+
+
+async def main(url: str, seconds: float, members: int, only: set[str]) -> None:
+    layer = layers.from_url(
+        url,
+        channel_capacity={"interface.*!": members * 2},
+        capacity=1000,
+        history={"bench-history": {"size": 100, "ttl": 300}},
+    )
     async with layer:
         await layer.flush()
-        emit("pairs", await bench_pairs(layer, seconds), "pairs/s", layer=url, tasks=1)
-        emit("pairs_concurrent", await bench_pairs(layer, seconds, 50), "pairs/s", layer=url, tasks=50)
-        await layer.flush()
-        emit("pairs_sequential", await bench_pairs_sequential(layer, seconds), "pairs/s", layer=url)
-        grouped = await bench_fanout(layer, seconds, members, grouped=True)
-        emit("send_group", grouped, "deliveries/s", layer=url, members=members)
-        single = await bench_fanout(layer, seconds, members, grouped=False)
-        emit("individual_sends", single, "deliveries/s", layer=url, members=members)
-        emit("send_group_speedup", grouped / single, "x", layer=url, members=members)
+        if "pairs" in only:
+            emit("pairs", await bench_pairs(layer, seconds), "pairs/s", layer=url, tasks=1)
+            emit("pairs_concurrent", await bench_pairs(layer, seconds, 50), "pairs/s", layer=url, tasks=50)
+            await layer.flush()
+            emit("pairs_sequential", await bench_pairs_sequential(layer, seconds), "pairs/s", layer=url)
+        if "fanout" in only:
+            grouped = await bench_fanout(layer, seconds, members, grouped=True)
+            emit("send_group", grouped, "deliveries/s", layer=url, members=members)
+            with_history = await bench_fanout(layer, seconds, members, grouped=True, group="bench-history")
+            emit("send_group_history", with_history, "deliveries/s", layer=url, members=members)
+            emit("history_cost", grouped / with_history, "x", layer=url, members=members)
+            single = await bench_fanout(layer, seconds, members, grouped=False)
+            emit("individual_sends", single, "deliveries/s", layer=url, members=members)
+            emit("send_group_speedup", grouped / single, "x", layer=url, members=members)
+        if "presence" in only:
+            per_second = await bench_presence(layer, seconds)
+            emit("group_presence", per_second, "calls/s", layer=url, members=10_000)
+            emit("group_presence_ms", 1000 / per_second, "ms", layer=url, members=10_000)
 
 
 if __name__ == "__main__":
@@ -121,14 +163,18 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each figure")
     parser.add_argument("--members", type=int, default=1000, help="group size for send_group")
     parser.add_argument("--redis", action="store_true", help="start a redis-server of our own and use it")
+    parser.add_argument("--only", default="pairs,fanout,presence", help="figures to run (comma-separated)")
+    parser.add_argument("--runs", type=int, default=1, help="run everything this many times, interleaved")
     args = parser.parse_args()
-    if args.redis:
-        from tests.redis_server import RedisServer
+    only = set(args.only.split(","))
+    for _ in range(args.runs):
+        if args.redis:
+            from tests.redis_server import RedisServer
 
-        server = RedisServer().start()
-        try:
-            trio.run(main, server.url, args.seconds, args.members)
-        finally:
-            server.cleanup()
-    else:
-        trio.run(main, args.layer, args.seconds, args.members)
+            server = RedisServer().start()
+            try:
+                trio.run(main, server.url, args.seconds, args.members, only)
+            finally:
+                server.cleanup()
+        else:
+            trio.run(main, args.layer, args.seconds, args.members, only)

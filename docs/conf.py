@@ -31,6 +31,7 @@ nitpick_ignore_regex = [
     ),
     (r"py:.*", r"(Any|Mapping|Sequence|Iterable|ClassVar|Final|_Entry|_Queue|_Waiter|_Pending)"),
     (r"py:class", r"(ChannelFull|MessageTooLarge|BaseChannelLayer|CapacityMap|LayerStatistics)"),
+    (r"py:class", r"(GroupHistory|GroupSendReport|HistoryOptions|Since|Collection)"),
     # The type variables of the ParamSpec-typed decorators, and PyJWT's key types.
     (
         r"py:class",

@@ -87,7 +87,7 @@ class GroupSendReport:
     """What one ``send_group`` did.
 
     ``delivered`` members got the message queued (or handed over), ``full`` members were
-    skipped because their channel was full (the first :data:`FULL_CHANNELS_LIMIT` of them are
+    skipped because their channel was full (the first ``FULL_CHANNELS_LIMIT`` (16) of them are
     named in ``full_channels``), and ``expired`` members were found gone on the way (their
     membership lapsed, their own message expired unread, or their process stopped
     heartbeating) and left the group instead. Excluded members count nowhere. ``offset`` and

@@ -276,7 +276,7 @@ class WebsocketClient(Client, _Cookies):
     async def receive(self) -> dict[str, Any] | None:
         """The next reply, as the interface server would put it on the wire: a group message's
         history position is in its demultiplexer frame, a presence event is a JSON text frame
-        (:func:`interface.frames.websocket_frame`)."""
+        (``interface.frames.websocket_frame``)."""
         message = await super().receive()
         return None if message is None else websocket_frame(message)
 
