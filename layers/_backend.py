@@ -27,7 +27,7 @@ import abc
 import random
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -228,21 +228,30 @@ def single_reader_names(pattern: str) -> Iterator[str]:
 _NUMBER_OPTIONS: Final = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int}
 
 
-def query_options(url: str, query: str, text: Sequence[str] = (), *, strict: bool = False) -> dict[str, Any]:
-    """The layer options in a URL's *query*: the numbers every layer takes, and the *text* ones.
+def query_options(
+    url: str,
+    query: str,
+    text: Sequence[str] = (),
+    *,
+    strict: bool = False,
+    numbers: Mapping[str, Callable[[str], Any]] | None = None,
+) -> dict[str, Any]:
+    """The layer options in a URL's *query*: the numbers every layer takes (and the layer's own
+    *numbers*), and the *text* ones.
 
     Unknown keys are ignored, or with *strict* refused. Raises :exc:`ValueError` naming *url*
     for a number that is not one, or an unknown key when *strict*.
     """
+    known_numbers: dict[str, Callable[[str], Any]] = {**_NUMBER_OPTIONS, **(numbers or {})}
     options: dict[str, Any] = {}
     for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         if key in text:
             options[key] = value
             continue
-        convert = _NUMBER_OPTIONS.get(key)
+        convert = known_numbers.get(key)
         if convert is None:
             if strict:
-                known = ", ".join([*_NUMBER_OPTIONS, *text])
+                known = ", ".join([*known_numbers, *text])
                 raise ValueError(f"layer URL {url!r} is invalid: unknown option {key!r}; use {known}")
             continue
         try:

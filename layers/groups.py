@@ -377,9 +377,12 @@ def with_position(data: bytes, group: str, epoch: str, offset: int) -> bytes:
     raise ValueError("an encoded message must be a msgpack map")
 
 
+_HISTORY_KEY_BYTES: Final = HISTORY_KEY.encode()
+
+
 def refuse_position(data: bytes) -> None:
     """Refuse a group message that already carries :data:`HISTORY_KEY` (the layer sets it)."""
-    if HISTORY_KEY.encode() in data and HISTORY_KEY in msgpack.unpackb(data, raw=False):
+    if _HISTORY_KEY_BYTES in data and HISTORY_KEY in msgpack.unpackb(data, raw=False):
         raise ValueError(
             f"message['{HISTORY_KEY}'] is set by the layer on group messages; remove it before "
             "sending to a group (a forwarded message still carries the old one)"

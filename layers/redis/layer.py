@@ -307,6 +307,9 @@ class RedisChannelLayer(ParkingLayer):
     _servers: list[_ServerIdentity] = attrs.field(factory=list, init=False, repr=False)
     _owned: dict[str, None] = attrs.field(factory=dict, init=False, repr=False)
     _owned_changed: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+    # Per shard: the prefixes whose heartbeat key this process has set there (a key missing
+    # later lapsed; a shard reported as having lost its data starts afresh).
+    _beating: list[set[str]] = attrs.field(factory=list, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -317,11 +320,12 @@ class RedisChannelLayer(ParkingLayer):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisChannelLayer:
         """``redis://host:6379/0`` (several hosts: comma-separated URLs) plus query options
-        ``expiry``, ``group_expiry``, ``capacity``, ``max_message_size``, ``prefix``."""
+        ``expiry``, ``group_expiry``, ``capacity``, ``max_message_size``, ``prefix``,
+        ``heartbeat``."""
         from urllib.parse import urlsplit
 
         hosts = [part.strip() for part in url.split(",") if part.strip()]
-        parsed = query_options(url, urlsplit(hosts[-1]).query, text=("prefix",))
+        parsed = query_options(url, urlsplit(hosts[-1]).query, text=("prefix",), numbers={"heartbeat": float})
         return cls(hosts=hosts, **{**parsed, **options})
 
     def shared_store_address(self) -> tuple[RedisAddress, str]:
@@ -335,6 +339,7 @@ class RedisChannelLayer(ParkingLayer):
         async with open_service_nursery() as nursery:
             self._nursery = nursery
             self._servers = [_ServerIdentity() for _ in self.hosts]
+            self._beating = [set() for _ in self.hosts]
             self._pools = [
                 ConnectionPool(address, nursery, on_connect=partial(self._identify_server, shard))
                 for shard, address in enumerate(self.hosts)
@@ -380,6 +385,7 @@ class RedisChannelLayer(ParkingLayer):
             reason = f"restarted without its data (run_id {old_run_id:.8}… -> {run_id:.8}…)"
         else:
             reason = f"lost its data (the key {key!r} was gone or replaced: flushed or evicted?)"
+        self._beating[shard].clear()  # our heartbeat keys went too: that is this loss, not another
         log.warning(
             "Redis at %s %s: the group memberships and messages it held are lost. "
             "To keep them across restarts, turn on persistence on that server (appendonly yes).",
@@ -932,14 +938,16 @@ class RedisChannelLayer(ParkingLayer):
         for name in names:
             if name.endswith("!") and name not in self._owned:
                 self._owned[name] = None
-                self._owned_changed.set()
+                changed, self._owned_changed = self._owned_changed, trio.Event()
+                changed.set()  # wakes every shard's heartbeat: the key is set at once
 
     async def _heartbeat(self, shard: int) -> None:
         """Keep this process's heartbeat keys alive on one server (every heartbeat / 3)."""
         pool = self._pools[shard]
         ttl = math.ceil(self.heartbeat * 1000)
-        beating: set[str] = set()
+        beating = self._beating[shard]
         while True:
+            changed = self._owned_changed
             owned = list(self._owned)
             if owned:
                 try:
@@ -960,7 +968,6 @@ class RedisChannelLayer(ParkingLayer):
                         )
                         log.warning("Redis at %s: %s", pool.address, reason)
                         self._report_membership_lost(MembershipLost(server=str(pool.address), reason=reason))
-            self._owned_changed = changed = trio.Event()
             with trio.move_on_after(self.heartbeat / 3):
                 await changed.wait()
 
@@ -995,11 +1002,12 @@ class RedisChannelLayer(ParkingLayer):
         for pool in self._pools:
             cursor = b"0"
             epoch = f"{self.prefix}:epoch".encode()  # kept: a flush is no loss to report later
+            heartbeats = f"{self.prefix}:hb:".encode()  # kept: the processes live on
             while True:
                 cursor, keys = await _command(
                     pool, "SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", 1000
                 )
-                keys = [key for key in keys if key != epoch]
+                keys = [key for key in keys if key != epoch and not key.startswith(heartbeats)]
                 if keys:
                     await _command(pool, "DEL", *keys)
                 if cursor in (b"0", 0, "0"):

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
+import layers
 from layers import HISTORY_KEY, CannotRecover
 from layers.redis import RedisChannelLayer, consistent_hash
 from layers.redis.connection import ConnectionPool, RedisAddress
@@ -250,3 +251,35 @@ async def test_an_abandoned_hold_is_released_by_the_next_send(
         got = [(await receive_now(layer, [name]))[1]["n"] for _ in range(2)]
         assert got == [1, 2]
         assert not await admin.execute("EXISTS", f"{prefix}:side:{name}")
+
+
+async def test_a_flush_or_a_restart_is_not_reported_as_a_lapsed_heartbeat(
+    redis_server: RedisServer,
+) -> None:
+    """A flush keeps the heartbeat keys (the processes live on: nothing is reported), and a
+    Redis that restarted without its data is reported as that, not also as a lapse."""
+    async with RedisChannelLayer(hosts=[redis_server.url], prefix=_prefix(), heartbeat=0.6) as layer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_receive_forever, layer, "interface.me!")
+            await _heartbeat_written(layer._pools[0], layer._heartbeat_key("interface.me!"))
+            lost = layer.membership_lost
+            await layer.flush()
+            await trio.sleep(0.5)  # two more beats
+            assert not lost.is_set(), layer.last_membership_lost
+            redis_server.stop()
+            redis_server.start()
+            with trio.fail_after(10):
+                await lost.wait()
+            await trio.sleep(0.5)  # the beats after the restart
+            loss = layer.last_membership_lost
+            assert loss is not None and "restarted without its data" in loss.reason
+            nursery.cancel_scope.cancel()
+
+
+def test_heartbeat_in_the_url() -> None:
+    """The Redis layer's URL takes heartbeat= (seconds); a bad value names it."""
+    assert layers.from_url("redis://localhost:6379/0?heartbeat=5").heartbeat == 5  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="heartbeat='soon' must be a number"):
+        layers.from_url("redis://localhost:6379/0?heartbeat=soon")
+    with pytest.raises(ValueError, match="heartbeat must be a positive number of seconds, got 0"):
+        RedisChannelLayer(heartbeat=0)
