@@ -621,25 +621,26 @@ class RedisChannelLayer(ParkingLayer):
             return []
         deadline = trio.current_time() + ttl_ms / 1000
         _, kind, field, data = item.split(b"|", 3)
-        position = None
+        position: tuple[str, int, str] | None = None
         if kind in (b"DH", b"FH"):
             place, data = data.split(b"|", 1)
-            group, offset, epoch = place.decode().split(",")
-            position = (group, int(offset), epoch)
+            in_group, at, in_epoch = place.decode().split(",")
+            position = (in_group, int(at), in_epoch)
         try:
             payload = self._open_data(data)
         except Exception:
             log.error("dropped a message on %r that could not be decrypted (wrong or retired key?)", name)
             return []
-        if kind[:1] == b"D":
-            channels = [field.decode()]
-        else:
-            channels = [name + local for local in field.decode().split(",")]
+        if position is None:  # the common case, kept tight
+            if kind == b"D":
+                return [(field.decode(), decode_message(payload), deadline)]
+            return [(name + local, decode_message(payload), deadline) for local in field.decode().split(",")]
+        group, offset, epoch = position
+        channels = [field.decode()] if kind == b"DH" else [name + local for local in field.decode().split(",")]
         deliveries = []
         for channel in channels:
             message = decode_message(payload)
-            if position is not None:
-                message[HISTORY_KEY] = {"group": position[0], "epoch": position[2], "offset": position[1]}
+            message[HISTORY_KEY] = {"group": group, "epoch": epoch, "offset": offset}
             deliveries.append((channel, message, deadline))
         return deliveries
 
