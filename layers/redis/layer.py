@@ -636,7 +636,9 @@ class RedisChannelLayer(ParkingLayer):
                 return [(field.decode(), decode_message(payload), deadline)]
             return [(name + local, decode_message(payload), deadline) for local in field.decode().split(",")]
         group, offset, epoch = position
-        channels = [field.decode()] if kind == b"DH" else [name + local for local in field.decode().split(",")]
+        channels = (
+            [field.decode()] if kind == b"DH" else [name + local for local in field.decode().split(",")]
+        )
         deliveries = []
         for channel in channels:
             message = decode_message(payload)
@@ -720,14 +722,17 @@ class RedisChannelLayer(ParkingLayer):
             self._stats_key("#global#"),
         ]
         result: list[Any] = await _GROUP_ADD(self._group_pool(group), keys, args)
-        if result[0] and events:
-            event = {"presence": "join", "group": group, "channel": channel, "info": info}
-            _, left = await self._fan_out(group, self._encode(event), {channel})
-            await self._announce_leaves(group, left)
         return result
 
+    async def _announce_join(self, group: str, channel: str, info: dict[str, Any] | None) -> None:
+        event = {"presence": "join", "group": group, "channel": channel, "info": info}
+        _, left = await self._fan_out(group, self._encode(event), {channel})
+        await self._announce_leaves(group, left)
+
     async def group_add(self, group: str, channel: str, *, info: dict[str, Any] | None = None) -> None:
-        await self._add(group, channel, info, None, False)
+        new = (await self._add(group, channel, info, None, False))[0]
+        if new and self.presence_events(group):
+            await self._announce_join(group, channel, info)
 
     async def group_recover(
         self, group: str, channel: str, since: Since, *, info: dict[str, Any] | None = None
@@ -744,7 +749,7 @@ class RedisChannelLayer(ParkingLayer):
             hold, side = f"{self.prefix}:hold:{name}", f"{self.prefix}:side:{name}"
             await _command(self._pool(name), "SET", hold, "1", "PX", 10_000)
         try:
-            _, problem, current_epoch, latest, entries = await self._add(
+            new, problem, current_epoch, latest, entries = await self._add(
                 group, channel, info, since, together
             )
             problem = problem.decode()
@@ -763,7 +768,7 @@ class RedisChannelLayer(ParkingLayer):
                 with (
                     trio.CancelScope(shield=True),
                     trio.move_on_after(2),
-                    contextlib.suppress(RedisError, OSError),
+                    contextlib.suppress(RedisError, OSError, ChannelLayerUnavailable),
                 ):
                     await _RECOVER_PUSH(
                         self._pool(name),
@@ -776,6 +781,8 @@ class RedisChannelLayer(ParkingLayer):
                         ],
                         [self.get_capacity(channel), self.expiry, channel, f"{group},", ""],
                     )
+        if new and self.presence_events(group):  # after the replay: the hold is as short as can be
+            await self._announce_join(group, channel, info)
         if problem:
             epoch_now = current_epoch.decode() if current_epoch else None
             raise cannot_recover(group, problem, since, epoch_now, int(latest) if epoch_now else None)
