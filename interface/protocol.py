@@ -24,6 +24,9 @@ from urllib.parse import unquote
 
 import attrs
 
+from layers.groups import HISTORY_KEY
+
+from .frames import websocket_frame
 from .messages import Headers, HttpRequest, WebSocketConnect, WebSocketDisconnect, WebSocketReceive
 
 __all__ = [
@@ -307,7 +310,13 @@ class WebSocketProtocol:
         }
 
     def reply(self, message: dict[str, Any]) -> list[WebSocketAction]:
-        """The actions for one Send/Close/Accept message; :exc:`ValueError` if malformed."""
+        """The actions for one Send/Close/Accept message; :exc:`ValueError` if malformed.
+
+        A group message's history position and a presence event become text frames first
+        (:func:`interface.frames.websocket_frame`).
+        """
+        if HISTORY_KEY in message or "presence" in message:
+            message = websocket_frame(message)
         unknown = set(message) - REPLY_KEYS
         if unknown:
             raise ValueError(

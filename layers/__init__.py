@@ -29,15 +29,20 @@ from .base import (
     validate_group_name,
     validate_message,
 )
+from .groups import HISTORY_KEY, CannotRecover, GroupHistory, GroupSendReport
 from .inmemory import InMemoryChannelLayer
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "HISTORY_KEY",
     "BaseChannelLayer",
+    "CannotRecover",
     "CapacityMap",
     "ChannelFull",
     "ChannelLayerError",
     "ChannelLayerUnavailable",
+    "GroupHistory",
+    "GroupSendReport",
     "InMemoryChannelLayer",
     "LayerStatistics",
     "MembershipLost",

@@ -7,6 +7,7 @@ the layers are in :mod:`trio_channels.layers`.
 from __future__ import annotations
 
 from interface import InterfaceConfig
+from layers.groups import CannotRecover, GroupHistory, GroupSendReport
 
 from .channel import Channel, Group, Message, NoReplyChannel, current_layer, use_layer
 from .config import ServerConfig
@@ -18,10 +19,13 @@ from .worker import Worker, WorkerStatistics, run_worker
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CannotRecover",
     "Channel",
     "ConsumeLater",
     "DenyConnection",
     "Group",
+    "GroupHistory",
+    "GroupSendReport",
     "InterfaceConfig",
     "Message",
     "NoReplyChannel",

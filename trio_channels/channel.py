@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 import attrs
 import trio
@@ -27,6 +27,7 @@ from layers.base import (
     validate_channel_name,
     validate_group_name,
 )
+from layers.groups import GroupHistory, GroupSendReport, refuse_position, validate_exclude
 
 __all__ = [
     "Channel",
@@ -111,6 +112,7 @@ class _Pending:
     name: str
     data: bytes
     delay: float
+    exclude: frozenset[str] = frozenset()
 
 
 @attrs.define(eq=False)
@@ -127,9 +129,19 @@ class Outbox:
     #: this outbox is current (the worker follows an HTTP response this way).
     watcher: Callable[[str, dict[str, Any]], None] | None = None
 
-    def add(self, *, group: bool, name: str, content: dict[str, Any], delay: float = 0) -> None:
+    def add(
+        self,
+        *,
+        group: bool,
+        name: str,
+        content: dict[str, Any],
+        delay: float = 0,
+        exclude: frozenset[str] = frozenset(),
+    ) -> None:
         data = encode_message(content, self.layer.max_message_size)
-        self._pending.append(_Pending(group, name, data, delay))
+        if group:
+            refuse_position(data)
+        self._pending.append(_Pending(group, name, data, delay, exclude))
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -176,7 +188,7 @@ class Outbox:
     async def _deliver(self, pending: list[_Pending], deadline: float) -> None:
         for index, item in enumerate(pending):
             if item.group:
-                send = partial(self.layer.send_group_encoded, item.name, item.data)
+                send = partial(self._send_group, item)
             else:
                 send = partial(self.layer.send_encoded, item.name, item.data, delay=item.delay)
             try:
@@ -191,6 +203,9 @@ class Outbox:
             except ChannelLayerUnavailable as exc:
                 log.error("gave up delivering %d buffered message(s): %s", len(pending) - index, exc)
                 return
+
+    async def _send_group(self, item: _Pending) -> None:
+        await self.layer.send_group_encoded(item.name, item.data, exclude=item.exclude)
 
 
 # ----------------------------------------------------------------------------- channels
@@ -272,9 +287,37 @@ class Group:
     def layer(self) -> BaseChannelLayer:
         return self._layer if self._layer is not None else current_layer()
 
-    async def add(self, channel: Channel | str) -> None:
-        """Add *channel* (a :class:`Channel` or a name); re-adding refreshes its membership."""
-        await self.layer.group_add(self.name, _channel_name(channel))
+    @overload
+    async def add(
+        self, channel: Channel | str, *, info: dict[str, Any] | None = None, recover: None = None
+    ) -> None: ...
+
+    @overload
+    async def add(
+        self, channel: Channel | str, *, info: dict[str, Any] | None = None, recover: tuple[str, int] | int
+    ) -> GroupHistory: ...
+
+    async def add(
+        self,
+        channel: Channel | str,
+        *,
+        info: dict[str, Any] | None = None,
+        recover: tuple[str, int] | int | None = None,
+    ) -> GroupHistory | None:
+        """Add *channel* (a :class:`Channel` or a name); re-adding refreshes its membership.
+
+        *info* (a small dict of JSON values: a user id, a name) is what :meth:`presence` shows
+        for it. With *recover* (a client's last position ``(epoch, offset)``, or an int *n*: the
+        latest *n* messages), the messages it missed are queued for it first, in order, and
+        returned (:class:`~layers.groups.GroupHistory`); :exc:`~layers.groups.CannotRecover`
+        if the history does not cover them (the channel is added all the same: reload the
+        client's state). Not buffered inside a consumer: the add takes effect at once.
+        """
+        name = _channel_name(channel)
+        if recover is None:
+            await self.layer.group_add(self.name, name, info=info)
+            return None
+        return await self.layer.group_recover(self.name, name, recover, info=info)
 
     async def discard(self, channel: Channel | str) -> None:
         """Remove *channel*; no error if it is not a member."""
@@ -284,15 +327,41 @@ class Group:
         """The names of the current members."""
         return await self.layer.group_channels(self.name)
 
-    async def send(self, content: dict[str, Any] | Reply, *, immediately: bool = False) -> None:
-        """Send *content* to every member (buffered inside a consumer unless ``immediately``)."""
-        message = _content(content, f"Group({self.name!r}).send()")
+    async def presence(self) -> dict[str, dict[str, Any] | None]:
+        """Who is here: each member's channel name with the info it was added with."""
+        return await self.layer.group_presence(self.name)
+
+    async def history(self, *, since: int | None = None, limit: int | None = None) -> GroupHistory:
+        """The group's stored messages after offset *since* (or the latest *limit*), oldest
+        first, with its epoch and latest offset (see ``BaseChannelLayer.group_history``)."""
+        return await self.layer.group_history(self.name, since=since, limit=limit)
+
+    async def send(
+        self,
+        content: dict[str, Any] | Reply,
+        *,
+        immediately: bool = False,
+        exclude: Channel | str | Collection[Channel | str] | None = None,
+    ) -> GroupSendReport | None:
+        """Send *content* to every member but *exclude* (a channel or several: the sender,
+        say); return the layer's :class:`~layers.groups.GroupSendReport`.
+
+        Inside a consumer the send is buffered until the consumer finishes, unless
+        ``immediately=True``, and returns ``None`` (there is no report yet).
+        """
+        content = _content(content, f"Group({self.name!r}).send()")
+        if exclude is None:
+            excluded: frozenset[str] = frozenset()
+        elif isinstance(exclude, (Channel, str)):
+            excluded = frozenset((_channel_name(exclude),))
+        else:
+            excluded = validate_exclude([_channel_name(item) for item in exclude])
         outbox = _current_outbox.get()
         if outbox is not None and not immediately:
-            outbox.add(group=True, name=self.name, content=message)
+            outbox.add(group=True, name=self.name, content=content, exclude=excluded)
             await trio.lowlevel.checkpoint_if_cancelled()
-            return
-        await self.layer.send_group(self.name, message)
+            return None
+        return await self.layer.send_group(self.name, content, exclude=excluded)
 
     def __repr__(self) -> str:
         return f"Group({self.name!r})"

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from typing import Any, ClassVar
 
 from interface.messages import WebSocketReply
+from layers.groups import CannotRecover, GroupHistory, GroupSendReport
 
 from .auth import (
     channel_and_http_session_user_from_http,
@@ -33,6 +35,8 @@ __all__ = [
     "WebsocketConsumer",
     "WebsocketDemultiplexer",
     "WebsocketMultiplexer",
+    "join_stream",
+    "recover_positions",
 ]
 
 log = logging.getLogger("trio_channels.generic")
@@ -192,9 +196,11 @@ class WebsocketConsumer(BaseWebsocketConsumer):
         text: str | None = None,
         bytes: bytes | None = None,
         close: bool | int = False,
-    ) -> None:
-        """Send a frame to every connection in group *name*."""
-        await Group(name).send(cls._frame(text, bytes, close))
+        *,
+        exclude: Channel | str | None = None,
+    ) -> GroupSendReport | None:
+        """Send a frame to every connection in group *name* (but *exclude*, e.g. the sender)."""
+        return await Group(name).send(cls._frame(text, bytes, close), exclude=exclude)
 
 
 class JsonWebsocketConsumer(BaseWebsocketConsumer):
@@ -231,9 +237,16 @@ class JsonWebsocketConsumer(BaseWebsocketConsumer):
         await self.message.reply_channel.send(self._frame(self.encode_json(content), None, close))
 
     @classmethod
-    async def group_send(cls, name: str, content: Any = None, close: bool | int = False) -> None:
-        """Send *content* as JSON to every connection in group *name*."""
-        await Group(name).send(cls._frame(cls.encode_json(content), None, close))
+    async def group_send(
+        cls,
+        name: str,
+        content: Any = None,
+        close: bool | int = False,
+        *,
+        exclude: Channel | str | None = None,
+    ) -> GroupSendReport | None:
+        """Send *content* as JSON to every connection in group *name* (but *exclude*, e.g. the sender)."""
+        return await Group(name).send(cls._frame(cls.encode_json(content), None, close), exclude=exclude)
 
     @classmethod
     def decode_json(cls, text: str) -> Any:
@@ -249,25 +262,113 @@ class SendNotAvailableOnDemultiplexer(Exception):
 
 
 class WebsocketMultiplexer:
-    """Sends ``{"stream": ..., "payload": ...}`` frames for one stream of one connection."""
+    """Sends ``{"stream": ..., "payload": ...}`` frames for one stream of one connection.
 
-    def __init__(self, stream: str, reply_channel: Channel) -> None:
+    *message* is the connection's ``websocket.connect`` message when the demultiplexer has it
+    (:meth:`join` reads the client's recovery position from it).
+    """
+
+    def __init__(self, stream: str, reply_channel: Channel, message: Message | None = None) -> None:
         self.stream = stream
         self.reply_channel = reply_channel
+        self.message = message
 
     async def send(self, payload: Any) -> None:
         await self.reply_channel.send(self.encode(self.stream, payload))
+
+    async def join(
+        self, group: str, *, info: dict[str, Any] | None = None, last: int = 0
+    ) -> GroupHistory | None:
+        """Add this connection to *group* for this stream, recovering what the client missed
+        (see :func:`join_stream`)."""
+        if self.message is None:
+            raise ValueError(f"the multiplexer of stream {self.stream!r} has no connect message to read")
+        return await join_stream(self.message, self.stream, group, info=info, last=last)
 
     @classmethod
     def encode(cls, stream: str, payload: Any) -> WebSocketReply:
         return {"text": json.dumps({"stream": stream, "payload": payload})}
 
     @classmethod
-    async def group_send(cls, name: str, stream: str, payload: Any, close: bool | int = False) -> None:
+    async def group_send(
+        cls,
+        name: str,
+        stream: str,
+        payload: Any,
+        close: bool | int = False,
+        *,
+        exclude: Channel | str | None = None,
+    ) -> GroupSendReport | None:
+        """Send *payload* on *stream* to every connection in group *name* (but *exclude*).
+
+        In a group with history, each connection's frame gains ``"offset"`` and ``"epoch"``
+        on its way out of the interface server (``docs/presence-history.rst``).
+        """
         frame = cls.encode(stream, payload)
         if close:
             frame["close"] = close
-        await Group(name).send(frame)
+        return await Group(name).send(frame, exclude=exclude)
+
+
+def recover_positions(message: Message) -> dict[str, tuple[str, int]]:
+    """The positions a reconnecting client sent in its URL: ``?recover=<stream>:<epoch>:<offset>``
+    (one per stream, repeated), as ``{stream: (epoch, offset)}``.
+
+    A malformed value is logged and ignored (that stream is joined without recovery), so a
+    confused client costs itself a reload, nothing more.
+    """
+    query = message.get("query_string", b"")
+    text = query.decode("latin-1") if isinstance(query, bytes) else str(query)
+    positions: dict[str, tuple[str, int]] = {}
+    for key, value in urllib.parse.parse_qsl(text, keep_blank_values=True):
+        if key != "recover":
+            continue
+        stream, _, rest = value.rpartition(":")
+        stream, _, epoch = stream.rpartition(":")
+        if not stream or not epoch or not rest.isdigit():
+            log.warning("ignored recover=%r on %s: use <stream>:<epoch>:<offset>", value, message.get("path"))
+            continue
+        positions[stream] = (epoch, int(rest))
+    return positions
+
+
+async def join_stream(
+    message: Message, stream: str, group: str, *, info: dict[str, Any] | None = None, last: int = 0
+) -> GroupHistory | None:
+    """Add the connection of *message* (its ``websocket.connect``) to *group*, carried on
+    *stream*, and tell the client where it stands.
+
+    If the client's URL holds a position for *stream* (:func:`recover_positions`), the
+    messages it missed are queued for it at once; else the latest *last* messages are. Then
+    the client gets the frame ``{"stream": ..., "join": {"group", "epoch", "offset",
+    "recovered", "replayed"}}`` (buffered like any send of the consumer): ``recovered`` false
+    means its position could not be recovered (a ``reason`` says why) and it should reload its
+    state. Returns what was replayed (``None`` if the group keeps no history).
+
+    A replayed frame reaches the client before the consumer's buffered sends, so in a connect
+    consumer it opens the connection before the consumer returns: a later consumer of the
+    connection must not rely on state the connect consumer saves after the join (save first,
+    or use ``enforce_ordering``).
+    """
+    reply = message.reply_channel
+    if reply is None:
+        raise ValueError(f"join_stream: the message on {message.channel.name!r} has no reply_channel")
+    position = recover_positions(message).get(stream)
+    since: tuple[str, int] | int = position if position is not None else last
+    joined: dict[str, Any] = {"group": group}
+    replayed: GroupHistory | None = None
+    try:
+        replayed = await Group(group, layer=message.channel_layer).add(reply, info=info, recover=since)
+        joined.update(
+            epoch=replayed.epoch, offset=replayed.offset, recovered=True, replayed=len(replayed.messages)
+        )
+    except CannotRecover as exc:
+        joined.update(epoch=exc.epoch, offset=exc.offset, recovered=exc.reason == "no history")
+        if exc.reason != "no history":
+            joined["reason"] = exc.reason
+        joined["replayed"] = 0
+    await reply.send({"text": json.dumps({"stream": stream, "join": joined})})
+    return replayed
 
 
 class WebsocketDemultiplexer(JsonWebsocketConsumer):
@@ -283,7 +384,7 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
     multiplexer_class: ClassVar[type[WebsocketMultiplexer]] = WebsocketMultiplexer
 
     def _sub(self, stream: str, message: Message) -> BaseWebsocketConsumer:
-        multiplexer = self.multiplexer_class(stream, message.reply_channel)
+        multiplexer = self.multiplexer_class(stream, message.reply_channel, message)
         return self.consumers[stream](message, **{**self.kwargs, "multiplexer": multiplexer})
 
     async def connect(self, message: Message, **kwargs: Any) -> None:
@@ -316,7 +417,14 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
         )
 
     @classmethod
-    async def group_send(cls, name: str, content: Any = None, close: bool | int = False) -> None:
+    async def group_send(
+        cls,
+        name: str,
+        content: Any = None,
+        close: bool | int = False,
+        *,
+        exclude: Channel | str | None = None,
+    ) -> GroupSendReport | None:
         raise SendNotAvailableOnDemultiplexer("use WebsocketMultiplexer.group_send(group, stream, payload)")
 
 

@@ -32,6 +32,7 @@ import attrs
 import trio
 import trio_websocket
 
+from interface.frames import websocket_frame
 from layers import BaseChannelLayer, InMemoryChannelLayer
 
 from .channel import Channel, Message, use_layer
@@ -271,6 +272,13 @@ class WebsocketClient(Client, _Cookies):
     async def _frame(self, key: str, value: Any) -> None:
         self.order += 1
         await self.send_and_consume("websocket.receive", {"path": self.path, "order": self.order, key: value})
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next reply, as the interface server would put it on the wire: a group message's
+        history position is in its demultiplexer frame, a presence event is a JSON text frame
+        (``interface.frames.websocket_frame``)."""
+        message = await super().receive()
+        return None if message is None else websocket_frame(message)
 
     async def send_text(self, text: str) -> None:
         await self._frame("text", text)
