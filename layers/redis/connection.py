@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import ssl
 import urllib.parse
 from collections import deque
@@ -114,17 +113,6 @@ DEFAULT_SENTINEL_PORT: Final = 26379
 
 def _is_sentinel_url(url: str) -> bool:
     return url.partition("://")[0].lower() in SENTINEL_SCHEMES
-
-
-def _redacted(url: str) -> str:
-    """*url* with its passwords (user info, ``sentinel_password=``) as ``***``, for errors."""
-    url = re.sub(r"([?&]sentinel_password=)[^&#]*", r"\1***", url)
-    scheme, found, rest = url.partition("://")
-    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not found or not at or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.partition(':')[0]}:***@{rest[len(netloc) - len(hosts) :]}"
 
 
 def split_urls(text: str) -> list[str]:
@@ -210,9 +198,8 @@ class SentinelAddress:
         (``rediss+sentinel://`` for TLS; sentinel ports default to 26379) with the query
         options ``socket_timeout``, ``sentinel_username``, ``sentinel_password`` and
         ``sentinel_socket_timeout`` (others are left to the layer). Raises :exc:`ValueError`
-        naming *url* (its password masked) if it cannot be parsed."""
-        shown = _redacted(url)
-        what = f"Redis Sentinel URL {shown!r} is invalid"
+        naming *url* if it cannot be parsed."""
+        what = f"Redis Sentinel URL {url!r} is invalid"
         scheme, _, rest = url.partition("://")
         if scheme.lower() not in SENTINEL_SCHEMES:
             raise ValueError(f"{what}: the scheme must be redis+sentinel:// or rediss+sentinel://")
@@ -824,8 +811,8 @@ class ConnectionPool:
     _resolver: _FixedServer | SentinelResolver = attrs.field(init=False)
     _shared: RedisConnection | None = None
     _connecting: trio.Lock = attrs.Factory(trio.Lock)
-    _attempts: int = 0
-    _failure: RedisError | None = None
+    _attempts: int = attrs.field(default=0, init=False)
+    _failure: RedisError | None = attrs.field(default=None, init=False)
     _idle: list[RedisConnection] = attrs.Factory(list)
     _all: set[RedisConnection] = attrs.Factory(set)
 
