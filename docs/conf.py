@@ -38,7 +38,7 @@ nitpick_ignore_regex = [
     # The type variables of the ParamSpec-typed decorators, and PyJWT's key types.
     (
         r"py:class",
-        r"(~?P|R|S|trio_channels\.\w+\.(P|R|S)|AllowedPublicKeys|RedisAddress|ConnectionPool|jwt\..*)",
+        r"(~?P|R|S|trio_channels\.\w+\.(P|R|S)|AllowedPublicKeys|RedisAddress|ServerAddress|ConnectionPool|jwt\..*)",
     ),
 ]
 html_theme = "alabaster"

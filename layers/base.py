@@ -32,7 +32,7 @@ import trio
 
 if TYPE_CHECKING:
     from .groups import GlobMap, GroupHistory, GroupSendReport, HistoryOptions, PresenceOptions, Since
-    from .redis.connection import RedisAddress
+    from .redis.connection import ServerAddress
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -633,7 +633,7 @@ class BaseChannelLayer(abc.ABC):
         synchronously as well: ``InMemoryChannelLayer.state.statistics(now)``.
         """
 
-    def shared_store_address(self) -> tuple[RedisAddress, str] | None:
+    def shared_store_address(self) -> tuple[ServerAddress, str] | None:
         """A Redis server and key prefix that every process on this layer shares, or ``None``.
 
         ``serve()`` keeps sessions there unless told otherwise, so sessions are as shared as

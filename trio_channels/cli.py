@@ -8,9 +8,10 @@ module, which beats the :class:`~trio_channels.config.ServerConfig` default.
 :doc:`configuration` lists them all.
 
 Exit status: 0 after a clean shutdown; 2 for anything wrong at start-up (a bad routing path,
-settings module, layer URL, ASGI app, TLS file, log config, environment variable, or an address
-that cannot be bound), printed as one line on stderr like argparse's own usage errors; 130
-after a second Ctrl+C (or one before start-up finished); 1 for an error while running.
+settings module, layer URL, ASGI app, TLS file, log config, environment variable, an address
+that cannot be bound, or a layer that cannot start: no sentinel of a ``redis+sentinel://`` URL
+answers), printed as one line on stderr like argparse's own usage errors; 130 after a second
+Ctrl+C (or one before start-up finished); 1 for an error while running.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import trio
 
 from interface import InterfaceConfig
 from interface.listeners import bind_sockets, close_sockets
+from layers import ChannelLayerUnavailable
 
 from . import __version__
 from .config import DEMO_ROUTING, ConfigurationError, ServerConfig, Settings, describe_error, load_settings
@@ -170,7 +172,8 @@ def _build() -> tuple[argparse.ArgumentParser, list[Option]]:
         "--layer",
         metavar="URL",
         field="layer",
-        help="channel layer URL: memory:// (default), redis://host:6379/0, rediss://...",
+        help="channel layer URL: memory:// (default), redis://host:6379/0, rediss://..., "
+        "redis+sentinel://host1:26379,host2:26379/SERVICE/0",
     )
     b.add(
         app,
@@ -647,8 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             directories = [os.path.abspath(directory) for directory in args.reload_dir or ["."]]
             return trio.run(_reload, argv, prepared, directories)
         trio.run(_run, prepared, announce)
-    except (OSError, ValueError, TypeError, ImportError) as exc:
-        if announce.started_ and not isinstance(exc, OSError):
+    except (OSError, ValueError, TypeError, ImportError, ChannelLayerUnavailable) as exc:
+        if announce.started_ and not isinstance(exc, (OSError, ChannelLayerUnavailable)):
             raise  # a bug, not a configuration problem: the traceback helps
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1 if announce.started_ else 2

@@ -18,14 +18,17 @@ list, so a cancelled receive loses nothing and a busy worker hoards nothing; ite
 process's own prefix stay in a local queue instead, since only this process reads them.
 
 Several hosts shard by consistent hashing on the channel's non-local name (so a process
-prefix and everything under it live on one server) and on the group name.
+prefix and everything under it live on one server) and on the group name. A host is a fixed
+server or a Sentinel-managed primary; only the connection pools know which (their resolver,
+in :mod:`.connection`): after a failover, new connections go to the new primary.
 
 Lost memberships: every new connection asks its server for its ``run_id`` (``INFO server``)
 and for the layer's *epoch* key ``<prefix>:epoch``, a random token the first process to
 connect stores there (``SET NX``). Per shard, the layer remembers both. A server that comes
 back with another ``run_id`` and the same epoch restarted with its data (persistence); one
 whose epoch is gone or different lost everything it held: the layer logs a WARNING and
-reports a :class:`~layers.base.MembershipLost` through ``membership_lost``.
+reports a :class:`~layers.base.MembershipLost` through ``membership_lost``. A replica promoted
+by Sentinel is the first kind: another ``run_id``, the epoch it replicated.
 
 Errors: a server that cannot be reached, or answers that it cannot serve now (loading,
 read-only, out of memory, busy), becomes :exc:`~layers.ChannelLayerUnavailable` in one place,
@@ -90,7 +93,16 @@ from ..groups import (
     validate_since,
 )
 from . import scripts
-from .connection import ConnectionPool, RedisAddress, RedisConnection
+from .connection import (
+    ConnectionPool,
+    RedisAddress,
+    RedisConnection,
+    SentinelAddress,
+    SentinelResolver,
+    ServerAddress,
+    server_address,
+    split_urls,
+)
 
 __all__ = ["RedisChannelLayer"]
 
@@ -111,8 +123,9 @@ _UNAVAILABLE: Final = (
     ClusterDownError,
     TryAgainError,
 )
-#: ...and the error replies redis-py has no class for that mean the same.
-_UNAVAILABLE_REPLIES: Final = ("BUSY ", "MISCONF ", "NOREPLICAS ")
+#: ...and the error replies redis-py has no class for that mean the same (UNBLOCKED: a blocking
+#: command ended because its server became a replica).
+_UNAVAILABLE_REPLIES: Final = ("BUSY ", "MISCONF ", "NOREPLICAS ", "UNBLOCKED ")
 
 
 class _MapErrors:
@@ -125,7 +138,7 @@ class _MapErrors:
 
     __slots__ = ("address",)
 
-    def __init__(self, address: RedisAddress) -> None:
+    def __init__(self, address: ServerAddress) -> None:
         self.address = address
 
     def __enter__(self) -> None:
@@ -188,8 +201,7 @@ async def _command(pool: ConnectionPool, *args: Any) -> Any:
 
 async def _commands(pool: ConnectionPool, commands: Sequence[Sequence[Any]]) -> list[Any]:
     with _MapErrors(pool.address):
-        connection = await pool.shared()
-        return await connection.execute_many(commands)
+        return await pool.execute_many(commands)
 
 
 _SEND = _Script(scripts.SEND)
@@ -232,6 +244,7 @@ class _ServerIdentity:
 
     run_id: str | None = None
     epoch: bytes | None = None
+    address: str | None = None
 
 
 def _run_id(info: Any) -> str | None:
@@ -262,19 +275,20 @@ def _fernet(keys: Sequence[str | bytes] | None) -> Any:
     return MultiFernet(fernets)
 
 
-def _hosts(value: Any) -> list[RedisAddress]:
-    if isinstance(value, (str, tuple)):
+def _hosts(value: Any) -> list[ServerAddress]:
+    if isinstance(value, (str, tuple, dict, RedisAddress, SentinelAddress)):
         value = [value]
-    addresses = []
+    addresses: list[ServerAddress] = []
     for host in value:
-        if isinstance(host, RedisAddress):
-            addresses.append(host)
-        elif isinstance(host, str):
-            addresses.append(RedisAddress.from_url(host))
-        elif isinstance(host, (tuple, list)) and len(host) == 2:
+        if isinstance(host, (tuple, list)) and len(host) == 2:
             addresses.append(RedisAddress(host=str(host[0]), port=int(host[1])))
+        elif isinstance(host, (str, dict, RedisAddress, SentinelAddress)):
+            addresses.append(server_address(host))
         else:
-            raise ValueError(f"Redis host {host!r} is invalid: use 'redis://host:port/db' or (host, port)")
+            raise ValueError(
+                f"Redis host {host!r} is invalid: use 'redis://host:port/db', (host, port), "
+                "'redis+sentinel://host:26379/mymaster/0' or a Sentinel dict"
+            )
     if not addresses:
         raise ValueError("hosts must name at least one Redis server")
     return addresses
@@ -284,14 +298,17 @@ def _hosts(value: Any) -> list[RedisAddress]:
 class RedisChannelLayer(ParkingLayer):
     """A channel layer on one or more Redis servers (several = sharded).
 
-    ``hosts`` takes URLs (``redis://``, ``rediss://``, ``unix://``) or ``(host, port)``
-    tuples. Enter it (``async with``) before use: that starts its connection readers and its
-    delayed-message mover in the layer's own nursery.
+    ``hosts`` takes URLs (``redis://``, ``rediss://``, ``unix://``, and for a primary that
+    Redis Sentinel manages ``redis+sentinel://`` / ``rediss+sentinel://``), ``(host, port)``
+    tuples and Sentinel dicts (:meth:`~layers.redis.SentinelAddress.from_dict`). Enter it
+    (``async with``) before use: that starts its connection readers and its delayed-message
+    mover in the layer's own nursery, and asks the sentinels of each Sentinel-managed host once
+    (:exc:`~layers.ChannelLayerUnavailable` naming them if none answers).
     """
 
     extensions = ("groups", "flush", "statistics", "delay", "presence", "history")
 
-    hosts: list[RedisAddress] = attrs.field(factory=lambda: [RedisAddress()], converter=_hosts)
+    hosts: list[ServerAddress] = attrs.field(factory=lambda: [RedisAddress()], converter=_hosts)
     prefix: str = "trio_channels"
     symmetric_encryption_keys: Sequence[str | bytes] | None = None
     #: Seconds: every process prefix this process receives on keeps a heartbeat key alive
@@ -319,16 +336,18 @@ class RedisChannelLayer(ParkingLayer):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisChannelLayer:
-        """``redis://host:6379/0`` (several hosts: comma-separated URLs) plus query options
-        ``expiry``, ``group_expiry``, ``capacity``, ``max_message_size``, ``prefix``,
-        ``heartbeat``."""
+        """``redis://host:6379/0`` or ``redis+sentinel://host1:26379,host2:26379/mymaster/0``
+        (several hosts: comma-separated URLs) plus query options ``expiry``, ``group_expiry``,
+        ``capacity``, ``max_message_size``, ``prefix``, ``heartbeat``."""
         from urllib.parse import urlsplit
 
-        hosts = [part.strip() for part in url.split(",") if part.strip()]
+        hosts = split_urls(url)
+        if not hosts:
+            raise ValueError(f"layer URL {url!r} is invalid: it names no Redis server")
         parsed = query_options(url, urlsplit(hosts[-1]).query, text=("prefix",), numbers={"heartbeat": float})
         return cls(hosts=hosts, **{**parsed, **options})
 
-    def shared_store_address(self) -> tuple[RedisAddress, str]:
+    def shared_store_address(self) -> tuple[ServerAddress, str]:
         """The first server, and this layer's prefix (``serve()`` keeps sessions there)."""
         return self.hosts[0], self.prefix
 
@@ -336,6 +355,12 @@ class RedisChannelLayer(ParkingLayer):
 
     @contextlib.asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[None]:
+        for address in self.hosts:
+            if isinstance(address, SentinelAddress):
+                # No answer from any sentinel is most likely a wrong address or service name:
+                # say so now, not as 503s later. (The primary itself may be down: that is fine.)
+                with _MapErrors(address):
+                    await SentinelResolver(address).locate()
         async with open_service_nursery() as nursery:
             self._nursery = nursery
             self._servers = [_ServerIdentity() for _ in self.hosts]
@@ -374,11 +399,17 @@ class RedisChannelLayer(ParkingLayer):
             raise epoch
         run_id = _run_id(info)
         known = self._servers[shard]
-        old_run_id, old_epoch = known.run_id, known.epoch
-        known.run_id, known.epoch = run_id, epoch
+        old_run_id, old_epoch, old_address = known.run_id, known.epoch, known.address
+        known.run_id, known.epoch, known.address = run_id, epoch, str(connection.address)
         restarted = run_id is not None and old_run_id is not None and run_id != old_run_id
         if old_epoch is None or epoch == old_epoch:
-            if restarted:
+            if restarted and old_address != known.address:
+                log.info(
+                    "Redis at %s took over from %s (a failover) with the layer's data",
+                    connection.address,
+                    old_address,
+                )
+            elif restarted:
                 log.info("Redis at %s restarted and kept its data (persistence)", connection.address)
             return
         if restarted:
