@@ -36,8 +36,10 @@ def hypercorn_config(
     certfile: str | None = None,
     keyfile: str | None = None,
     graceful_timeout: float = 10,
+    keep_alive_timeout: float = 5,
 ) -> Config:
     config = Config()
+    config.keep_alive_timeout = keep_alive_timeout
     config.bind = list(binds)
     config.certfile = certfile
     config.keyfile = keyfile

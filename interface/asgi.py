@@ -16,12 +16,12 @@ from typing import Any
 import attrs
 import trio
 
-from ._hypercorn import tls_context
+from ._hypercorn import hypercorn_config, tls_context
 from .common import ClientDisconnected, ConnectionInfo, WebSocketClosed
 from .core import InterfaceServer
 from .protocol import Headers, clean_headers
 
-__all__ = ["InterfaceApp", "tls_context"]
+__all__ = ["InterfaceApp", "hypercorn_config", "tls_context"]
 
 
 Scope = dict[str, Any]

@@ -47,6 +47,7 @@ from .common import (
     WebSocketTransport,
 )
 from .logs import DROP_LOG_INTERVAL, DropLog, log
+from .proxy import TrustedProxies, apply_proxy_headers
 
 if TYPE_CHECKING:
     from .ws import Session
@@ -112,6 +113,7 @@ class Replies:
     name: str
     receive: Callable[[], Awaitable[dict[str, Any]]]
     reply_buffer: int
+    _server: InterfaceServer | None
     _layer: BaseChannelLayer | None = None  # set for an own channel of the layer
     _polled: trio.MemoryReceiveChannel[dict[str, Any]] | None = None  # else: the poller's
     on_overflow: Callable[[], None] | None = None
@@ -141,6 +143,9 @@ class Replies:
 
     def close(self) -> None:
         """Drop what still waits for this connection; later replies to it are dropped too."""
+        if self._server is not None:
+            self._server._open -= 1
+            self._server = None
         if self._layer is not None:
             self._layer.close_own(self.name)
             self._layer = None
@@ -221,21 +226,13 @@ def _until(items: Any, now: float) -> Iterator[Any]:
         yield key, value
 
 
-def _proxied(info: ConnectionInfo) -> ConnectionInfo:
-    headers = {name: value for name, value in info.headers}
-    changes: dict[str, Any] = {}
-    forwarded_for = headers.get(b"x-forwarded-for")
-    if forwarded_for:
-        host = forwarded_for.split(b",")[0].strip().decode("latin-1")
-        port = headers.get(b"x-forwarded-port", b"0").strip()
-        changes["client"] = [host, int(port) if port.isdigit() else 0]
-    proto = headers.get(b"x-forwarded-proto")
-    if proto:
-        value = proto.split(b",")[0].strip().decode("latin-1").lower()
-        if info.scheme in ("ws", "wss"):
-            value = {"https": "wss", "http": "ws"}.get(value, value)
-        changes["scheme"] = value
-    return attrs.evolve(info, **changes) if changes else info
+def _proxied(info: ConnectionInfo, trusted: TrustedProxies) -> ConnectionInfo:
+    client, scheme = apply_proxy_headers(trusted, info.client, info.scheme, info.headers)
+    return (
+        attrs.evolve(info, client=client, scheme=scheme)
+        if (client, scheme) != (info.client, info.scheme)
+        else info
+    )
 
 
 @attrs.define(eq=False)
@@ -256,6 +253,8 @@ class InterfaceServer:
     _polled: dict[str, _Polled] = attrs.Factory(dict)
     _warnings: DropLog = attrs.Factory(lambda: DropLog("interface", interval=60))
     _gates: dict[str, trio.Lock] = attrs.Factory(dict)
+    #: Requests in flight plus WebSockets open (reply channels open), for limit_concurrency.
+    _open: int = 0
     _closed_since_trim: int = 0
     _trim_due: trio.Event = attrs.Factory(trio.Event)
     _quiet: trio.CancelScope | None = None
@@ -287,12 +286,13 @@ class InterfaceServer:
         name = _names.next(self.prefix)
         buffer = self.config.reply_buffer
         layer = self.layer
+        self._open += 1
         if self.own_channels:
-            replies = Replies(name, partial(layer.receive_own, name), buffer, layer)
+            replies = Replies(name, partial(layer.receive_own, name), buffer, self, layer)
             layer.open_own(name, capacity=buffer, on_overflow=replies.overflowed)
             return replies
         sender, receiver = trio.open_memory_channel[dict[str, Any]](buffer)
-        replies = Replies(name, receiver.receive, buffer, polled=receiver)
+        replies = Replies(name, receiver.receive, buffer, self, polled=receiver)
         self._polled[name] = _Polled(sender, replies)
 
         def close() -> None:
@@ -426,7 +426,7 @@ class InterfaceServer:
         before its end; *respond* writes the response. See :func:`interface.http.serve_request`.
         """
         if self.config.proxy_headers:
-            info = _proxied(info)
+            info = _proxied(info, self.config.forwarded_allow_ips)
         await _http.serve_request(self, info, body, respond)
 
     def choose_subprotocol(self, offered: Sequence[str]) -> str | None:
@@ -435,7 +435,7 @@ class InterfaceServer:
     async def websocket(self, info: ConnectionInfo, transport: WebSocketTransport) -> None:
         """Serve one WebSocket from handshake to close (see :func:`interface.ws.serve_websocket`)."""
         if self.config.proxy_headers:
-            info = _proxied(info)
+            info = _proxied(info, self.config.forwarded_allow_ips)
         serving = _ws.serve_websocket(self, info, transport)
         del info  # the connection holds it only as long as it needs it
         await serving
@@ -455,6 +455,12 @@ class InterfaceServer:
         with trio.fail_after(timeout):
             async with gate:
                 await retry_when_full(partial(self.layer.send, channel, message), math.inf)
+
+    def over_limit(self) -> bool:
+        """Whether ``limit_concurrency`` requests and WebSockets are in flight already: a new
+        request then gets a 503, a new handshake is denied with 503 (uvicorn's rule)."""
+        limit = self.config.limit_concurrency
+        return limit is not None and self._open >= limit
 
     def warn(self, kind: str, text: str) -> None:
         """A WARNING for what can happen on every request: the first at once, then at most one

@@ -32,6 +32,7 @@ from .common import (
     plain_text_headers,
 )
 from .logs import log, log_access
+from .messages import as_layer_message
 
 if TYPE_CHECKING:
     from .core import InterfaceServer, Replies
@@ -108,7 +109,11 @@ async def serve_request(
     ``http.disconnect`` follows, if anything consumes it (:meth:`InterfaceServer.wants`).
     """
     config = server.config
-    request_line = f"{info.method} {info.path}"
+    request_line = f"{info.method} {info.path} HTTP/{info.http_version}"
+    if server.over_limit():
+        await respond.simple(503, b"Service unavailable: too many requests in flight.")
+        log_access(info.client, request_line, 503, "-")
+        return
     reader = _BodyReader(body, config.max_body_size)
     replies = server.open_replies()
     try:
@@ -157,7 +162,7 @@ async def _request(
         server=info.server,
     )
     try:
-        await layer.send("http.request", message)
+        await layer.send("http.request", as_layer_message(message))
     except ChannelFull:
         await respond.simple(503, b"Request queue full.")
         log_access(info.client, request_line, 503, "-")

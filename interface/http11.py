@@ -15,7 +15,7 @@ the connection after the response. ``Expect: 100-continue``: the 100 goes out wh
 first read, so a 413 decided on the declared length sends none.
 
 Limits and timeouts: the first head within ``HEAD_TIMEOUT``, the next one within
-``keep_alive_timeout`` (both waits are *idle*: cancelled at once on shutdown, see
+``timeout_keep_alive`` (both waits are *idle*: cancelled at once on shutdown, see
 :class:`~interface.listeners.IdleConnections`), a head of at most ``MAX_HEAD`` bytes (431),
 ``KEEP_ALIVE_MAX_REQUESTS`` requests per connection (Hypercorn's default), and everything
 :func:`interface.http.serve_request` enforces (``max_body_size`` with its 413 drain,
@@ -307,7 +307,7 @@ async def serve_http11(
             conn.receive_data(leftover)
         next_head = None
         with idle.waiting() as waiting:
-            waiting.deadline = trio.current_time() + server.config.keep_alive_timeout
+            waiting.deadline = trio.current_time() + server.config.timeout_keep_alive
             next_head = await read_head(stream, conn, keep_raw=False)
         if next_head is None:
             return

@@ -108,6 +108,7 @@ def log_access(client: list[Any] | None, request: str, status: int | str, size: 
     """One Common Log Format line on ``interface.access`` (nothing is built if it is off)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    host = client[0] if client else "-"
-    stamp = time.strftime("%d/%b/%Y:%H:%M:%S", time.localtime())
+    # Common Log Format with the client's port, as Daphne logs it: host:port - - [time] "request" status size
+    host = f"{client[0]}:{client[1]}" if client and len(client) > 1 else client[0] if client else "-"
+    stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
     access_log.info('%s - - [%s] "%s" %s %s', host, stamp, request, status, size)

@@ -23,9 +23,15 @@ from .asgi import InterfaceApp
 from .core import InterfaceServer
 from .head import HEAD_TIMEOUT, Head, Kind, ReplayStream, read_head
 from .http11 import serve_http11
-from .listeners import IdleConnections, bind_sockets, open_listeners, serve_connections
+from .listeners import (
+    IdleConnections,
+    StartedWith,
+    bind_sockets,
+    close_sockets,
+    open_listeners,
+    serve_connections,
+)
 from .logs import log
-from .websocket import _Relay
 from .wsproto_connection import prepare_upgrade, serve_websocket_upgrade
 
 __all__ = ["serve_interface"]
@@ -57,6 +63,7 @@ async def serve_interface(
         certfile=certfile,
         keyfile=keyfile,
         graceful_timeout=server.config.grace_period,
+        keep_alive_timeout=server.config.timeout_keep_alive,
     )
     ssl_context = tls_context(certfile, keyfile)
     sockets = await bind_sockets(binds, backlog=config.backlog)
@@ -119,8 +126,7 @@ async def serve_interface(
                 grace_period=server.config.grace_period,
                 on_shutdown=on_shutdown,
                 name=", ".join(urls),
-                task_status=_Relay(task_status, urls),
+                task_status=StartedWith(task_status, urls),
             )
     finally:
-        for sock in sockets:
-            sock.close()
+        close_sockets(sockets)

@@ -32,9 +32,15 @@ from urllib.parse import unquote
 
 import attrs
 
+from layers.groups import HISTORY_KEY
+
+from .frames import websocket_frame
+from .messages import Headers, HttpRequest, WebSocketConnect, WebSocketDisconnect, WebSocketReceive
+
 __all__ = [
     "Accept",
     "Close",
+    "Headers",
     "HttpResponseProtocol",
     "Reject",
     "ResponseAbort",
@@ -43,13 +49,13 @@ __all__ = [
     "ResponseStart",
     "SendBytes",
     "SendText",
+    "WebSocketAction",
     "WebSocketProtocol",
     "WebSocketState",
     "clean_headers",
+    "decode_path",
     "http_request_message",
 ]
-
-Headers = list[list[bytes]]
 
 REPLY_KEYS: Final = frozenset({"bytes", "text", "close", "accept"})
 
@@ -91,7 +97,7 @@ def http_request_message(
     body_channel: str | None,
     client: list[Any] | None,
     server: list[Any] | None,
-) -> dict[str, Any]:
+) -> HttpRequest:
     """The ``http.request`` message (reference §3.2); every key present."""
     return {
         "reply_channel": reply_channel,
@@ -292,7 +298,7 @@ class WebSocketProtocol:
             self.closing = True
             self.close_code = int(code)
 
-    def connect_message(self) -> dict[str, Any]:
+    def connect_message(self) -> WebSocketConnect:
         return {
             "reply_channel": self.reply_channel,
             "scheme": self.scheme,
@@ -310,10 +316,10 @@ class WebSocketProtocol:
     # transport hands over (wsproto's close codes are its CloseReason IntEnum, for one): the
     # layer accepts only exact builtin types, and the message would otherwise be refused.
 
-    def receive_message(self, data: str | bytes) -> dict[str, Any]:
+    def receive_message(self, data: str | bytes) -> WebSocketReceive:
         """``websocket.receive`` for one frame; an empty frame is a message too."""
         self.received += 1
-        message: dict[str, Any] = {
+        message: WebSocketReceive = {
             "reply_channel": self.reply_channel,
             "path": self.path,
             "order": self.received,
@@ -329,7 +335,7 @@ class WebSocketProtocol:
         ``order`` back, so the next message takes it."""
         self.received -= 1
 
-    def disconnect_message(self, code: int | None = None) -> dict[str, Any]:
+    def disconnect_message(self, code: int | None = None) -> WebSocketDisconnect:
         """``websocket.disconnect`` with *code* (default: :attr:`close_code`)."""
         self.state = WebSocketState.CLOSED
         return {
@@ -340,7 +346,13 @@ class WebSocketProtocol:
         }
 
     def reply(self, message: dict[str, Any]) -> list[WebSocketAction]:
-        """The actions for one Send/Close/Accept message; :exc:`ValueError` if malformed."""
+        """The actions for one Send/Close/Accept message; :exc:`ValueError` if malformed.
+
+        A group message's history position and a presence event become text frames first
+        (:func:`interface.frames.websocket_frame`).
+        """
+        if HISTORY_KEY in message or "presence" in message:
+            message = websocket_frame(message)
         unknown = set(message) - REPLY_KEYS
         if unknown:
             raise ValueError(

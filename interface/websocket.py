@@ -14,7 +14,6 @@ import socket
 import ssl as _ssl
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import attrs
 import h11
@@ -25,7 +24,15 @@ from wsproto.frame_protocol import FrameProtocol
 from .common import WebSocketClosed
 from .core import InterfaceServer
 from .head import HEAD_TIMEOUT, Kind, ReplayStream, addresses, connection_info, is_tls, read_head
-from .listeners import IdleConnections, bind_sockets, open_listeners, serve_connections
+from .listeners import (
+    IdleConnections,
+    StartedWith,
+    bind_sockets,
+    close_sockets,
+    guarded,
+    open_listeners,
+    serve_connections,
+)
 
 __all__ = ["handle_websocket_stream", "serve_websocket_listener"]
 
@@ -229,34 +236,14 @@ async def serve_websocket_listener(
 
     try:
         await serve_connections(
-            partial(_guarded, handle),
+            partial(guarded, handle),
             listeners,
             idle=idle,
             shutdown=shutdown,
             grace_period=server.config.grace_period,
             on_shutdown=server.close_websockets,
             name=", ".join(urls),
-            task_status=_Relay(task_status, urls),
+            task_status=StartedWith(task_status, urls),
         )
     finally:
-        for sock in sockets:
-            sock.close()
-
-
-async def _guarded(handler: Any, stream: trio.abc.Stream) -> None:
-    try:
-        await handler(stream)
-    except Exception:
-        log.exception("connection handler failed; closed that connection")
-        await trio.aclose_forcefully(stream)
-
-
-@attrs.define
-class _Relay:
-    """Reports *value* instead of what serve_listeners reports."""
-
-    status: trio.TaskStatus[list[str]]
-    value: list[str]
-
-    def started(self, _: object = None) -> None:
-        self.status.started(self.value)
+        close_sockets(sockets)

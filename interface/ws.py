@@ -35,6 +35,7 @@ from layers import ChannelFull, ChannelLayerUnavailable, MessageTooLarge
 from . import protocol
 from .common import CLOSE_TIMEOUT, ConnectionInfo, WebSocketClosed, WebSocketTransport
 from .logs import log, log_access
+from .messages import as_layer_message
 from .protocol import Close, Reject, SendBytes, SendText, WebSocketProtocol, WebSocketState
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ async def serve_websocket(
     server: InterfaceServer, info: ConnectionInfo, transport: WebSocketTransport
 ) -> None:
     """Serve one WebSocket from handshake to close, following reference §3.7."""
+    if server.over_limit():
+        await transport.reject(503, b"Service unavailable: too many connections.")
+        log_access(info.client, f"WSREJECT {info.path}", 503, "-")
+        return
     replies = server.open_replies()
     try:
         ws = WebSocketProtocol(
@@ -73,7 +78,7 @@ async def serve_websocket(
         )
         log_access(info.client, f"WSCONNECTING {info.path}", "-", "-")
         try:
-            await server.layer.send("websocket.connect", ws.connect_message())
+            await server.layer.send("websocket.connect", as_layer_message(ws.connect_message()))
         except ChannelFull:
             await transport.reject(503, b"Connection queue at capacity.")
             log_access(info.client, f"WSREJECT {info.path}", 503, "-")
@@ -114,7 +119,7 @@ async def _send_disconnect(
     # Waited for while the channel is full (behind the other connections that wait: a
     # thousand sockets closing at once make one poll), for a second at most, also when this
     # task is being cancelled; then dropped, with a WARNING.
-    message = ws.disconnect_message(code)
+    message = as_layer_message(ws.disconnect_message(code))
     layer = server.layer
     reason = "the channel stayed full, or the layer did not answer, for 1 s"
     if trio.current_effective_deadline() == math.inf:  # the common case: no scope needed
@@ -243,7 +248,7 @@ class Session:
                         break
                     if ws.closing:
                         continue  # we are closing: the client's last frames are not delivered
-                    message = ws.receive_message(data)
+                    message = as_layer_message(ws.receive_message(data))
                     try:
                         try:
                             await layer.send("websocket.receive", message)

@@ -44,7 +44,7 @@ import itertools
 import random
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -58,6 +58,7 @@ from .base import (
     validate_channel_name,
     validate_receive_channels,
 )
+from .groups import GroupSendReport
 
 __all__ = [
     "Delivery",
@@ -228,7 +229,7 @@ class ParkingLayer(BaseChannelLayer):
     # validators (one more function call per operation on the hot path).
     _calls: Iterator[int] = attrs.field(factory=itertools.count, init=False, repr=False)
     #: Open own channels by full name, and the prefixes that have had one.
-    _owned: dict[str, OwnChannel] = attrs.field(factory=dict, init=False, repr=False)
+    _own_open: dict[str, OwnChannel] = attrs.field(factory=dict, init=False, repr=False)
     _owned_prefixes: set[str] = attrs.field(factory=set, init=False, repr=False)
 
     def _require_open(self) -> None:
@@ -264,11 +265,15 @@ class ParkingLayer(BaseChannelLayer):
     @abc.abstractmethod
     async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None: ...
 
-    async def send_group(self, group: str, message: dict[str, Any]) -> None:
-        await self.send_group_encoded(group, self._encode(message))
+    async def send_group(
+        self, group: str, message: dict[str, Any], *, exclude: str | Collection[str] | None = None
+    ) -> GroupSendReport:
+        return await self.send_group_encoded(group, self._encode(message), exclude=exclude)
 
     @abc.abstractmethod
-    async def send_group_encoded(self, group: str, data: bytes) -> None: ...
+    async def send_group_encoded(
+        self, group: str, data: bytes, *, exclude: str | Collection[str] | None = None
+    ) -> GroupSendReport: ...
 
     async def receive_with_deadline(self, channels: Sequence[str]) -> Delivery:
         names = validate_receive_channels(channels)
@@ -311,11 +316,13 @@ class ParkingLayer(BaseChannelLayer):
         not a full process-specific one, :exc:`ValueError` if it is open already.
         """
         name = _own_channel_name(channel)
-        if name in self._owned:
+        if name in self._own_open:
             raise ValueError(f"own channel {name!r} is already open")
         if capacity is not None and (type(capacity) is not int or capacity < 1):
             raise ValueError(f"own channel capacity must be an int >= 1, got {capacity!r}")
-        self._owned[name] = OwnChannel(self.get_capacity(name) if capacity is None else capacity, on_overflow)
+        self._own_open[name] = OwnChannel(
+            self.get_capacity(name) if capacity is None else capacity, on_overflow
+        )
         self._owned_prefixes.add(non_local_name(name))
 
     def close_own(self, channel: str) -> int:
@@ -324,13 +331,13 @@ class ParkingLayer(BaseChannelLayer):
         Later messages for it are dropped on arrival. Closing a channel that is not open does
         nothing (returns 0).
         """
-        if self._owned.pop(channel, None) is None:
+        if self._own_open.pop(channel, None) is None:
             return 0
         return self._drop_own(channel)
 
     def own_statistics(self, channel: str) -> OwnChannel | None:
         """The registration of the open own channel *channel* (its ``refused`` count), or ``None``."""
-        return self._owned.get(channel)
+        return self._own_open.get(channel)
 
     async def receive_own(self, channel: str) -> dict[str, Any]:
         """The next message of the own channel *channel*, in sending order; waits for one.
@@ -361,7 +368,7 @@ class ParkingLayer(BaseChannelLayer):
         return found[1]
 
     def _check_own(self, channel: str) -> None:
-        if channel not in self._owned:
+        if channel not in self._own_open:
             raise ValueError(f"own channel {channel!r} is not open: call open_own({channel!r}) first")
         self._require_open()
 
@@ -372,7 +379,7 @@ class ParkingLayer(BaseChannelLayer):
         gone), ``True`` for the usual way (any receiver of the name or prefix, else the queue)."""
         if channel is key or key not in self._owned_prefixes:
             return True
-        return self._owned.get(channel) or False
+        return self._own_open.get(channel) or False
 
     def _drop_own(self, channel: str) -> int:
         """Drop what this process holds for the own channel *channel*; return how many."""
@@ -401,21 +408,30 @@ def single_reader_names(pattern: str) -> Iterator[str]:
 _NUMBER_OPTIONS: Final = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int}
 
 
-def query_options(url: str, query: str, text: Sequence[str] = (), *, strict: bool = False) -> dict[str, Any]:
-    """The layer options in a URL's *query*: the numbers every layer takes, and the *text* ones.
+def query_options(
+    url: str,
+    query: str,
+    text: Sequence[str] = (),
+    *,
+    strict: bool = False,
+    numbers: Mapping[str, Callable[[str], Any]] | None = None,
+) -> dict[str, Any]:
+    """The layer options in a URL's *query*: the numbers every layer takes (and the layer's own
+    *numbers*), and the *text* ones.
 
     Unknown keys are ignored, or with *strict* refused. Raises :exc:`ValueError` naming *url*
     for a number that is not one, or an unknown key when *strict*.
     """
+    known_numbers: dict[str, Callable[[str], Any]] = {**_NUMBER_OPTIONS, **(numbers or {})}
     options: dict[str, Any] = {}
     for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         if key in text:
             options[key] = value
             continue
-        convert = _NUMBER_OPTIONS.get(key)
+        convert = known_numbers.get(key)
         if convert is None:
             if strict:
-                known = ", ".join([*_NUMBER_OPTIONS, *text])
+                known = ", ".join([*known_numbers, *text])
                 raise ValueError(f"layer URL {url!r} is invalid: unknown option {key!r}; use {known}")
             continue
         try:

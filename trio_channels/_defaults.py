@@ -9,7 +9,7 @@ from .routing import Consumer, Route
 
 async def accept_connection(message: Message) -> None:
     """Default ``websocket.connect`` consumer: accept every connection."""
-    if message.reply_channel is not None:
+    if message.has_reply_channel:
         await message.reply_channel.send({"accept": True})
 
 
@@ -19,7 +19,7 @@ async def ignore(message: Message) -> None:
 
 async def not_found(message: Message) -> None:
     """Default ``http.request`` consumer when no fallback app is configured: a plain 404."""
-    if message.reply_channel is not None:
+    if message.has_reply_channel:
         body = not_found_text(message.get("path", ""))
         await message.reply_channel.send(
             {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email.utils
 import http.cookies
-import importlib
 import json
 import logging
 import mimetypes
@@ -25,11 +24,12 @@ from typing import Any
 import attrs
 import trio
 
+from interface.messages import HttpReply
 from layers.base import retry_when_full
 
 from .channel import Message
 from .exceptions import RequestAborted
-from .routing import Consumer
+from .routing import Consumer, import_by_path
 
 __all__ = [
     "CHUNK_SIZE",
@@ -251,24 +251,26 @@ class Response:
         )
         self.headers.append(("Set-Cookie", header))
 
-    def encode(self, chunk_size: int = CHUNK_SIZE) -> list[dict[str, Any]]:
-        """The ``http.response`` message(s): the body split in *chunk_size* pieces."""
+    def encode(self, chunk_size: int = CHUNK_SIZE) -> list[HttpReply]:
+        """The response message(s): a :class:`~interface.messages.HttpResponse`, then
+        :class:`~interface.messages.HttpResponseChunk` messages, the body split in
+        *chunk_size* pieces."""
         headers = [[name.encode("latin-1"), value.encode("latin-1")] for name, value in self.headers]
         if not any(name.lower() == b"content-length" for name, _ in headers):
             headers.append([b"Content-Length", str(len(self.content)).encode()])
         chunks = [self.content[i : i + chunk_size] for i in range(0, len(self.content), chunk_size)] or [b""]
-        messages: list[dict[str, Any]] = []
-        for index, chunk in enumerate(chunks):
-            message: dict[str, Any] = {"content": chunk, "more_content": index < len(chunks) - 1}
-            if index == 0:
-                message = {"status": self.status, "headers": headers, **message}
-            messages.append(message)
+        more = len(chunks) > 1
+        messages: list[HttpReply] = [
+            {"status": self.status, "headers": headers, "content": chunks[0], "more_content": more}
+        ]
+        for index, chunk in enumerate(chunks[1:], 2):
+            messages.append({"content": chunk, "more_content": index < len(chunks)})
         return messages
 
 
 async def send_response(
     message: Message,
-    response: Response | list[dict[str, Any]],
+    response: Response | Sequence[HttpReply | dict[str, Any]],
     *,
     immediately: bool = False,
     timeout: float = 30,
@@ -279,7 +281,7 @@ async def send_response(
     cookie) unless ``immediately=True``, which streaming responses want; an immediate send
     waits out ``ChannelFull`` for up to *timeout* seconds.
     """
-    if message.reply_channel is None:
+    if not message.has_reply_channel:
         raise ValueError("this message has no reply_channel to respond to")
     encoded = response.encode() if isinstance(response, Response) else response
     deadline = trio.current_time() + timeout
@@ -301,19 +303,9 @@ ASGIApp = Callable[
 
 
 def asgi_consumer(app: ASGIApp | str) -> Consumer:
-    """An ``http.request`` consumer that runs an ASGI-3 *app* (or ``"module:attribute"``)."""
+    """An ``http.request`` consumer that runs an ASGI-3 *app* (or its path, ``"module:app"``)."""
     if isinstance(app, str):
-        module, _, attribute = app.partition(":")
-        if not module or not attribute:
-            raise ImportError(f"ASGI app {app!r} must be written 'package.module:app'")
-        try:
-            app = getattr(importlib.import_module(module), attribute)
-        except ImportError as exc:
-            raise ImportError(f"ASGI app {app!r} could not be imported: {exc}") from exc
-        except AttributeError:
-            raise ImportError(
-                f"ASGI app {app!r} could not be imported: {module!r} has no {attribute!r}"
-            ) from None
+        app = import_by_path(app, "ASGI app")
     if not callable(app):
         raise TypeError(f"ASGI app {app!r} is not callable")
     asgi_app = app

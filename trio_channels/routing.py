@@ -52,20 +52,30 @@ class Routing(Protocol):
 
 
 def import_by_path(path: str, what: str) -> Any:
-    """Import ``package.module.attribute``; an :exc:`ImportError` names the path on failure."""
-    module_path, _, attribute = path.rpartition(".")
-    if not module_path:
-        raise ImportError(f"{what} {path!r} is not a dotted path like 'myapp.consumers.ws_message'")
+    """Import ``package.module:attribute`` (uvicorn's form; ``attribute`` may be dotted) or
+    ``package.module.attribute``; an :exc:`ImportError` names the path on failure."""
+    if ":" in path:
+        module_path, _, attribute = path.partition(":")
+        if not module_path or not attribute or ":" in attribute:
+            raise ImportError(f"{what} {path!r} must be written 'package.module:name'")
+    else:
+        module_path, _, attribute = path.rpartition(".")
+        if not module_path:
+            raise ImportError(
+                f"{what} {path!r} is not an import path like 'myapp.consumers:ws_message' "
+                "or 'myapp.consumers.ws_message'"
+            )
     try:
-        module = importlib.import_module(module_path)
+        found: Any = importlib.import_module(module_path)
     except ImportError as exc:
         raise ImportError(f"{what} {path!r} could not be imported: {exc}") from exc
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise ImportError(
-            f"{what} {path!r} could not be imported: module {module_path!r} has no {attribute!r}"
-        ) from None
+    for depth, name in enumerate(attribute.split(".")):
+        try:
+            found = getattr(found, name)
+        except AttributeError:
+            owner = module_path if depth == 0 else f"{module_path}:{'.'.join(attribute.split('.')[:depth])}"
+            raise ImportError(f"{what} {path!r} could not be imported: {owner!r} has no {name!r}") from None
+    return found
 
 
 def _is_async_callable(consumer: object) -> bool:

@@ -222,11 +222,11 @@ async def test_http10_and_connection_close(start_server: StartServer) -> None:
         )
 
 
-async def test_keep_alive_timeout_closes_an_idle_connection(start_server: StartServer) -> None:
-    """A connection that sends nothing after a response is closed after keep_alive_timeout,
+async def test_timeout_keep_alive_closes_an_idle_connection(start_server: StartServer) -> None:
+    """A connection that sends nothing after a response is closed after timeout_keep_alive,
     also one that sent half of its next head."""
     info = await start_server(
-        [route("http.request", echo_path)], interface_config=InterfaceConfig(keep_alive_timeout=0.3)
+        [route("http.request", echo_path)], interface_config=InterfaceConfig(timeout_keep_alive=0.3)
     )
     for rest in (b"", b"GET /half HTTP/1.1\r\nHost"):
         client = await Client.open(info.url)

@@ -298,7 +298,6 @@ async def test_a_client_that_does_not_read_is_closed_with_1013_and_logged_once(
     disconnects = Events()
 
     async def connect(message: Message) -> None:
-        assert message.reply_channel is not None
         connects.add(dict(message.content))
         await Group("slow").add(message.reply_channel)
         await message.reply_channel.send({"accept": True})

@@ -21,8 +21,8 @@ async def index(message: Message) -> None:
 
 
 async def chat_connect(message: Message, room: str) -> None:
-    await Group(f"chat-{room}").add(message.reply_channel)  # type: ignore[arg-type]
-    await message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
+    await Group(f"chat-{room}").add(message.reply_channel)
+    await message.reply_channel.send({"accept": True})
 
 
 async def chat_message(message: Message, room: str) -> None:
@@ -32,7 +32,7 @@ async def chat_message(message: Message, room: str) -> None:
 
 
 async def chat_disconnect(message: Message, room: str) -> None:
-    await Group(f"chat-{room}").discard(message.reply_channel)  # type: ignore[arg-type]
+    await Group(f"chat-{room}").discard(message.reply_channel)
 
 
 async def echo(message: Message) -> None:
@@ -41,7 +41,7 @@ async def echo(message: Message) -> None:
         if message.get("text") is not None
         else {"bytes": message.get("bytes") or b""}
     )
-    await message.reply_channel.send(frame)  # type: ignore[union-attr]
+    await message.reply_channel.send(frame)
 
 
 routing = [
