@@ -227,7 +227,7 @@ class WebSocketState(enum.Enum):
 
 @attrs.frozen
 class Accept:
-    subprotocol: str | None = None
+    """Accept the handshake (the listener picks the subprotocol: ``choose_subprotocol``)."""
 
 
 @attrs.frozen
