@@ -1,8 +1,10 @@
 """The interface server's engine: connections <-> channel layer, independent of the listener.
 
-One :class:`InterfaceServer` per process owns the process prefix ``interface.<random>!``. Its
-reply poller (one task) receives every reply for every connection of this process from the
-layer and hands each to its connection's bounded memory channel. Each connection runs as a
+One :class:`InterfaceServer` per process owns the process prefix ``interface.<random>!`` (and
+tells the layer so: ``layer.own_prefix``, so that replies from workers in this process never
+leave it). Its reply poller (one task) receives every reply for every connection of this
+process from the layer and hands each to its connection's bounded memory channel. Messages
+the interface builds are given up to the layer (``send_owned``: no copy, no validation walk). Each connection runs as a
 task of its listener and talks to the layer through :meth:`InterfaceServer.http` or
 :meth:`InterfaceServer.websocket`, under cancel scopes for every timeout.
 """
@@ -22,7 +24,7 @@ import attrs
 import trio
 
 from layers import BaseChannelLayer, ChannelFull, ChannelLayerUnavailable, MessageTooLarge
-from layers.base import retry_when_full
+from layers.base import send_or_wait
 
 from . import protocol
 from .protocol import Close, Reject, SendBytes, SendText, WebSocketProtocol, WebSocketState
@@ -262,7 +264,11 @@ class InterfaceServer:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Receive this process's replies and route each to its connection. Runs until cancelled."""
-        task_status.started()
+        with self.layer.own_prefix(self.prefix):
+            task_status.started()
+            await self._poll_replies()
+
+    async def _poll_replies(self) -> None:
         failures = 0
         while True:
             try:
@@ -402,7 +408,7 @@ class InterfaceServer:
             server=info.server,
         )
         try:
-            await self.layer.send("http.request", message)
+            await self.layer.send_owned("http.request", message)
         except ChannelFull:
             await respond.simple(503, b"Request queue full.")
             _log_access(info.client, request_line, 503, "-")
@@ -419,7 +425,7 @@ class InterfaceServer:
         finally:
             with trio.move_on_after(1, shield=True) as scope:
                 try:
-                    await self.layer.send(
+                    await self.layer.send_owned(
                         "http.disconnect", {"reply_channel": reply_channel, "path": info.path}
                     )
                 except (
@@ -558,9 +564,11 @@ class InterfaceServer:
             )
             return "undeliverable"
         try:
-            await retry_when_full(
+            await send_or_wait(
                 partial(
-                    self.layer.send, body_channel, {"content": b"", "more_content": False, "closed": True}
+                    self.layer.send_owned,
+                    body_channel,
+                    {"content": b"", "more_content": False, "closed": True},
                 ),
                 1,
             )
@@ -576,7 +584,7 @@ class InterfaceServer:
 
     async def _send_chunk(self, body_channel: str, chunk: dict[str, Any]) -> None:
         # The consumer may read slower than the client sends: wait (a minute at most).
-        await retry_when_full(partial(self.layer.send, body_channel, chunk), 60)
+        await send_or_wait(partial(self.layer.send_owned, body_channel, chunk), 60)
 
     async def _refuse_body(self, reader: _BodyReader, respond: HttpResponder) -> None:
         """Answer 413. The client may still be sending: its body is read (and dropped) for
@@ -611,7 +619,7 @@ class InterfaceServer:
             )
             _log_access(info.client, f"WSCONNECTING {info.path}", "-", "-")
             try:
-                await self.layer.send("websocket.connect", ws.connect_message())
+                await self.layer.send_owned("websocket.connect", ws.connect_message())
             except ChannelFull:
                 await transport.reject(503, b"Connection queue at capacity.")
                 _log_access(info.client, f"WSREJECT {info.path}", 503, "-")
@@ -696,8 +704,8 @@ class InterfaceServer:
                         result["code"] = closed.code
                     break
                 try:
-                    await retry_when_full(
-                        partial(self.layer.send, "websocket.receive", ws.receive_message(data)),
+                    await send_or_wait(
+                        partial(self.layer.send_owned, "websocket.receive", ws.receive_message(data)),
                         self.config.receive_full_timeout,
                     )
                 except trio.TooSlowError:
@@ -764,7 +772,7 @@ class InterfaceServer:
         reason = "the channel stayed full, or the layer did not answer, for 1 s"
         with trio.move_on_after(1, shield=True):
             try:
-                await retry_when_full(partial(self.layer.send, "websocket.disconnect", message), math.inf)
+                await send_or_wait(partial(self.layer.send_owned, "websocket.disconnect", message), math.inf)
                 return
             except ChannelLayerUnavailable as exc:
                 reason = f"channel layer error: {type(exc).__name__}: {exc}"
