@@ -172,7 +172,7 @@ async def test_capacity(layer: BaseChannelLayer) -> None:
         await layer.send("cap_test", {"n": CAPACITY})
 
 
-async def test_capacity_process(layer: BaseChannelLayer, per_channel_capacity_gap: None) -> None:
+async def test_capacity_process(layer: BaseChannelLayer) -> None:
     """Each channel under a process prefix has a capacity of its own (issue 12: a prefix used
     to share one among all its channels, so one busy connection starved the others)."""
     for index in range(CAPACITY):
