@@ -125,20 +125,6 @@ class InMemoryState:
             queue.messages_count += 1
             self._messages_count += 1
 
-    def has_room(self, channel: str, now: float) -> bool:
-        """Whether a :meth:`put` for *channel* would be accepted now."""
-        key = non_local_name(channel)
-        queue = self.queues.get(key)
-        if queue is None:
-            return True
-        per_channel = queue.per_channel
-        waiting = len(queue.entries) if per_channel is None else per_channel.get(channel, 0)
-        if waiting < queue.capacity:
-            return True
-        self._purge(queue, now)
-        waiting = len(queue.entries) if per_channel is None else per_channel.get(channel, 0)
-        return waiting < queue.capacity
-
     def count_handed_over(self, key: str) -> None:
         """Count a message the owner handed straight to a parked receiver as sent."""
         if "?" not in key:  # single-reader channels are too many to keep counters for

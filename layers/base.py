@@ -588,9 +588,9 @@ class BaseChannelLayer(abc.ABC):
         process sends to a channel under it is handed over (or held) in this process and never
         leaves it, while messages from other processes still arrive through the layer. What is
         held for a channel counts against that channel's capacity. On leaving the block, what
-        is still held under *prefix* here is dropped. In memory everything is in one process
-        anyway: the declaration changes nothing there. Raises :exc:`TypeError` unless
-        *prefix* is a valid name ending in ``!``.
+        is still held under *prefix* here is dropped (nobody is left to receive it). In memory
+        everything is in one process anyway: there the declaration only does that. Raises
+        :exc:`TypeError` unless *prefix* is a valid name ending in ``!``.
         """
         _check_prefix(prefix)
         yield

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import attrs
@@ -211,6 +211,16 @@ class InMemoryChannelLayer(ParkingLayer):
             return None
         deadline, channel, data = entry
         return channel, decode_message(data) if isinstance(data, bytes) else data, deadline
+
+    @contextlib.contextmanager
+    def own_prefix(self, prefix: str) -> Iterator[None]:
+        """See :meth:`layers.BaseChannelLayer.own_prefix`; here it only drops, on leaving, what
+        is still queued under *prefix* (everything is in this process anyway)."""
+        with super().own_prefix(prefix):
+            try:
+                yield
+            finally:
+                self._state.drop(prefix)
 
     # -- channels --------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from redis import exceptions as errors
 from redis.connection import HiredisRespSerializer, parse_url
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
-__all__ = ["ConnectionPool", "RedisAddress", "RedisConnection"]
+__all__ = ["ConnectionPool", "RedisAddress", "RedisConnection", "RequestCounter"]
 
 _NOT_ENOUGH_DATA = object()
 
@@ -142,11 +142,20 @@ def _error_reply(text: str) -> RedisError:
         return ResponseError(text)
 
 
+@attrs.define(eq=False, slots=True)
+class RequestCounter:
+    """How many requests (:meth:`RedisConnection.execute_many` calls: one round trip each,
+    whatever the number of commands in it) some connections have made."""
+
+    requests: int = 0
+
+
 @attrs.define(eq=False)
 class RedisConnection:
     """One connection; see the module docstring. Use :meth:`open` inside a nursery."""
 
     address: RedisAddress
+    counter: RequestCounter | None = None
     _stream: trio.abc.Stream | None = None
     _pending: deque[_Pending] = attrs.Factory(deque)
     _outgoing: bytearray = attrs.Factory(bytearray)
@@ -156,9 +165,13 @@ class RedisConnection:
     _failure: BaseException | None = None
 
     @classmethod
-    async def open(cls, address: RedisAddress, nursery: trio.Nursery) -> RedisConnection:
-        """Connect, start the reader in *nursery*, authenticate and select the database."""
-        connection = cls(address)
+    async def open(
+        cls, address: RedisAddress, nursery: trio.Nursery, counter: RequestCounter | None = None
+    ) -> RedisConnection:
+        """Connect, start the reader in *nursery*, authenticate and select the database.
+
+        Its requests are counted in *counter*, if given."""
+        connection = cls(address, counter)
         with _map_errors(address), trio.fail_after(address.socket_timeout):
             if address.path:
                 stream: trio.abc.Stream = await trio.open_unix_socket(address.path)
@@ -201,6 +214,8 @@ class RedisConnection:
         """Send several commands in one write; error replies are returned, not raised."""
         if self._closed.is_set():
             raise ConnectionError(f"Redis at {self.address}: connection closed ({self._failure})")
+        if self.counter is not None:
+            self.counter.requests += 1
         for command in commands:
             for chunk in self._serializer.pack(*command):
                 self._outgoing += chunk
@@ -305,13 +320,15 @@ class ConnectionPool:
     nursery: trio.Nursery
     max_idle: int = 8
     on_connect: Callable[[RedisConnection], Awaitable[None]] | None = None
+    #: The requests of every connection of the pool (for measurements: round trips).
+    counter: RequestCounter = attrs.Factory(RequestCounter)
     _shared: RedisConnection | None = None
     _connecting: trio.Lock = attrs.Factory(trio.Lock)
     _idle: list[RedisConnection] = attrs.Factory(list)
     _all: set[RedisConnection] = attrs.Factory(set)
 
     async def _open(self) -> RedisConnection:
-        connection = await RedisConnection.open(self.address, self.nursery)
+        connection = await RedisConnection.open(self.address, self.nursery, self.counter)
         if self.on_connect is not None:
             try:
                 await self.on_connect(connection)

@@ -109,6 +109,9 @@ log = logging.getLogger("layers.redis")
 BLOCK_SECONDS = 1
 #: How many lists this process remembers having sent to (see "Locality").
 _IN_REDIS_LIMIT: Final = 4096
+#: Seconds the stamps of taken messages wait for a pop or a send to carry them to Redis before
+#: they get a request of their own (meanwhile other processes see those channels that much fuller).
+FORGET_DELAY = 0.05
 
 #: What "Redis cannot serve us now" looks like: socket trouble (redis-py's ConnectionError and
 #: TimeoutError, as connection.py raises them; OSError should one slip through) and the error
@@ -318,6 +321,7 @@ class RedisChannelLayer(ParkingLayer):
     #: Lists this process sent to that may still hold its messages: name -> (send number or
     #: inf while in flight, when).
     _in_redis: dict[str, tuple[float, float]] = attrs.field(factory=dict, init=False, repr=False)
+    _forget_since: float = attrs.field(default=0.0, init=False, repr=False)
     _sends_done: int = attrs.field(default=0, init=False, repr=False)
     _all_in_redis_until: float = attrs.field(default=-math.inf, init=False, repr=False)
     _list_key_offset: int = attrs.field(default=0, init=False, repr=False)
@@ -344,6 +348,12 @@ class RedisChannelLayer(ParkingLayer):
         hosts = [part.strip() for part in url.split(",") if part.strip()]
         parsed = query_options(url, urlsplit(hosts[-1]).query, text=("prefix",))
         return cls(hosts=hosts, **{**parsed, **options})
+
+    @property
+    def request_count(self) -> int:
+        """How many requests (round trips, each of one or more pipelined commands) this layer
+        has made to its servers since it was entered: for measurements."""
+        return sum(pool.counter.requests for pool in self._pools)
 
     def shared_store_address(self) -> tuple[RedisAddress, str]:
         """The first server, and this layer's prefix (``serve()`` keeps sessions there)."""
@@ -539,7 +549,12 @@ class RedisChannelLayer(ParkingLayer):
         stamps_key = self._stamps_key(channel) if counted else list_key
         # Stamps of this channel's messages we took and have not told Redis about yet: with
         # this send, so that a take followed by a send finds the room it made.
-        forget = self._forget.get(shard, {}).pop(stamps_key, []) if counted else []
+        forget: list[bytes] = []
+        if counted and shard in self._forget:
+            pending = self._forget[shard]
+            forget = pending.pop(stamps_key, forget)
+            if not pending:
+                del self._forget[shard]
         before = self._in_redis.get(name)
         self._in_redis[name] = (math.inf, trio.current_time())
         try:
@@ -632,9 +647,12 @@ class RedisChannelLayer(ParkingLayer):
                 del table[name]
 
     def _forget_later(self, shard: int, stamps_key: str, stamp: bytes) -> None:
-        """A counted message was taken here: tell Redis (with the next pop or send, or soon)."""
+        """A counted message was taken here: tell Redis (with the next pop or send, or within
+        :data:`FORGET_DELAY` seconds)."""
+        if not self._forget:
+            self._forget_since = trio.current_time()
+            self._local_wakeup.set()
         self._forget.setdefault(shard, {}).setdefault(stamps_key, []).append(stamp)
-        self._local_wakeup.set()
 
     def _removed(self, channel: str, payload: Payload, taken: bool) -> None:
         # on_remove of the local state: a held message left it.
@@ -645,21 +663,30 @@ class RedisChannelLayer(ParkingLayer):
                 self._forget_later(*held)
 
     async def _run_local(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Sweep expired held messages; tell Redis of taken ones nobody else told it of."""
+        """Sweep expired held messages; tell Redis of taken ones that no pop or send carried
+        there within :data:`FORGET_DELAY` (a receiver that parks again soon, the common case,
+        sends them with its next pop: no round trip of their own)."""
         task_status.started()
         while True:
             now = trio.current_time()
             self._local_deadline = deadline = self._local.sweep(now)
             self._local_wakeup = wakeup = trio.Event()
-            forget, self._forget = self._forget, {}
-            for shard, by_key in forget.items():
-                commands = [("LREM", key, 1, stamp) for key, stamps in by_key.items() for stamp in stamps]
-                # Unavailable: the stamps expire with their messages; until then they count.
-                with contextlib.suppress(ChannelLayerUnavailable):
-                    await _commands(self._pools[shard], commands)
-            if not self._forget:
-                with trio.move_on_at(deadline):
-                    await wakeup.wait()
+            if self._forget:
+                due = self._forget_since + FORGET_DELAY
+                if now < due:
+                    deadline = min(deadline, due)
+                else:
+                    forget, self._forget = self._forget, {}
+                    for shard, by_key in forget.items():
+                        commands = [
+                            ("LREM", key, 1, stamp) for key, stamps in by_key.items() for stamp in stamps
+                        ]
+                        # Unavailable: the stamps expire with their messages; until then they count.
+                        with contextlib.suppress(ChannelLayerUnavailable):
+                            await _commands(self._pools[shard], commands)
+                    continue
+            with trio.move_on_at(deadline):
+                await wakeup.wait()
 
     async def _wait_for_room(self, channel: str, failures: int) -> None:
         if non_local_name(channel) in self._own:
@@ -729,31 +756,35 @@ class RedisChannelLayer(ParkingLayer):
                 self._nursery.start_soon(self._poll, key)
 
     async def _pop(
-        self, shard: int, connection: RedisConnection, keys: list[str], want: int
+        self, shard: int, connection: RedisConnection, keys: list[str], want: int, *, block: bool = True
     ) -> list[tuple[str, int, bytes]]:
-        """Pop up to *want* items from the first of the lists *keys* that has some, waiting
-        up to ``BLOCK_SECONDS`` while all are empty: one round trip, ``BLMPOP`` (Redis >= 7),
-        else ``BLPOP`` with a non-blocking pop for the rest pipelined behind it. Returns
-        ``(list key, ms to live, item)``; ahead of it go the stamps of taken messages Redis
-        has not been told of. Lists seen empty are reported to :meth:`_seen_empty`."""
+        """Pop up to *want* items from the first of the lists *keys* that has some, with
+        *block* waiting up to ``BLOCK_SECONDS`` while all are empty: one round trip. Blocking:
+        ``BLMPOP`` (Redis >= 7), else ``BLPOP`` with a non-blocking pop for the rest pipelined
+        behind it; not blocking: ``LMPOP``, else the ``POP_MANY`` script. Returns ``(list key,
+        ms to live, item)``; ahead of the pop go the stamps of taken messages Redis has not been
+        told of. Lists seen empty are reported to :meth:`_seen_empty`."""
         forget = self._forget.pop(shard, None)
         commands: list[tuple[Any, ...]] = (
             [("LREM", key, 1, stamp) for key, stamps in forget.items() for stamp in stamps] if forget else []
         )
         skip = len(commands)
         issued = self._sends_done
-        blmpop = self._servers[shard].blmpop
-        if blmpop:
-            commands.append(("BLMPOP", BLOCK_SECONDS, len(keys), *keys, "LEFT", "COUNT", want))
-            commands.append(("TIME",))
-        else:
+        mpop = self._servers[shard].blmpop
+        if mpop:
+            if block:
+                commands.append(("BLMPOP", BLOCK_SECONDS, len(keys), *keys, "LEFT", "COUNT", want))
+            else:
+                commands.append(("LMPOP", len(keys), *keys, "LEFT", "COUNT", want))
+        elif block:
             commands.append(("BLPOP", *keys, BLOCK_SECONDS))
-            commands.append(("TIME",))
-            if want > 1:
-                if len(keys) == 1:
-                    commands.append(("LPOP", keys[0], want - 1))
-                else:
-                    commands.append(("EVALSHA", _POP_MANY.sha, len(keys), *keys, want - 1))
+        commands.append(("TIME",))
+        if not mpop and (want > 1 or not block):
+            more = want - 1 if block else want
+            if len(keys) == 1:
+                commands.append(("LPOP", keys[0], more))
+            else:
+                commands.append(("EVALSHA", _POP_MANY.sha, len(keys), *keys, more))
         try:
             replies = await connection.execute_many(commands)
         except BaseException:
@@ -765,12 +796,15 @@ class RedisChannelLayer(ParkingLayer):
         for reply in replies:
             if isinstance(reply, RedisError) and not isinstance(reply, NoScriptError):
                 raise reply
-        popped, time = replies[skip], replies[skip + 1]
+        replies = replies[skip:]
+        popped = replies.pop(0) if mpop or block else None
+        time, rest = replies[0], (replies[1] if len(replies) > 1 else None)
         now_ms = int(time[0]) * 1000 + int(time[1]) // 1000
+        names = [key[self._list_key_offset :] for key in keys]
         items: list[tuple[str, int, bytes]] = []
-        if blmpop:
+        if mpop:
             if popped is None:
-                self._seen_empty([key[self._list_key_offset :] for key in keys], issued)
+                self._seen_empty(names, issued)
                 return items
             list_key = popped[0].decode()
             items = [(list_key, _expires_ms(item) - now_ms, item) for item in popped[1]]
@@ -780,7 +814,6 @@ class RedisChannelLayer(ParkingLayer):
         if popped is not None:
             list_key = popped[0].decode()
             items.append((list_key, _expires_ms(popped[1]) - now_ms, popped[1]))
-        rest = replies[skip + 2] if want > 1 else None
         if isinstance(rest, NoScriptError):
             await connection.execute("SCRIPT", "LOAD", _POP_MANY.source)
             return items
@@ -789,9 +822,9 @@ class RedisChannelLayer(ParkingLayer):
         elif rest:
             for index in range(0, len(rest), 3):
                 items.append((rest[index].decode(), int(rest[index + 1]), rest[index + 2]))
-        if popped is None or (want > 1 and len(items) < want):
-            # Nothing to block on, or the pop behind it came back short: all were empty.
-            self._seen_empty([key[self._list_key_offset :] for key in keys], issued)
+        if (block and popped is None) or len(items) < want:
+            # Nothing to block on, or the non-blocking pop came back short: all were empty.
+            self._seen_empty(names, issued)
         return items
 
     async def _poll(self, key: tuple[int, frozenset[str]]) -> None:
@@ -817,13 +850,21 @@ class RedisChannelLayer(ParkingLayer):
         pool = self._pools[shard]
         backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         failures = 0
+        names = list(lists.values())
+        probed = -1
         while waiting():
             try:
                 async with _MapErrors(pool.address), pool.dedicated() as connection:
                     while count := waiting():
                         order = random.sample(list(lists), len(lists))
+                        # Where messages of ours may still wait in these lists, first pop without
+                        # blocking: coming back short, it tells us they are out (see "Locality"),
+                        # and sends may be handed over here again. Once per batch of our sends.
+                        probe = self._sends_done != probed and any(map(self._sent_to_redis, names))
+                        if probe:
+                            probed = self._sends_done
                         items = await self._pop(
-                            shard, connection, order, 1000 if everything else min(count, 100)
+                            shard, connection, order, 1000 if everything else min(count, 100), block=not probe
                         )
                         if failures:
                             log.info("Redis at %s is back", pool.address)
@@ -856,6 +897,9 @@ class RedisChannelLayer(ParkingLayer):
                 self._hold(shard, name, leftovers, stamp)
             else:
                 back.setdefault(list_key, []).append(item)
+        for list_key in back:
+            # Before any checkpoint: from now on a send must not overtake what goes back.
+            self._in_redis[lists[list_key]] = (math.inf, trio.current_time())
         for list_key, returned in back.items():
             # The receivers left meanwhile: give the messages back, at the head and in their
             # order, for anyone.
