@@ -322,6 +322,8 @@ class RedisChannelLayer(ParkingLayer):
     #: inf while in flight, when).
     _in_redis: dict[str, tuple[float, float]] = attrs.field(factory=dict, init=False, repr=False)
     _forget_since: float = attrs.field(default=0.0, init=False, repr=False)
+    #: Reply channels under our own prefixes answered through Redis, until when.
+    _remote_replies: dict[str, float] = attrs.field(factory=dict, init=False, repr=False)
     _sends_done: int = attrs.field(default=0, init=False, repr=False)
     _all_in_redis_until: float = attrs.field(default=-math.inf, init=False, repr=False)
     _list_key_offset: int = attrs.field(default=0, init=False, repr=False)
@@ -514,7 +516,11 @@ class RedisChannelLayer(ParkingLayer):
         through Redis. Raises :exc:`ChannelFull`."""
         self._require_open()
         name = non_local_name(channel)
-        if name in self._own or (self._receivers and not self._sent_to_redis(name)):
+        if name in self._own:
+            local = not self._answered_elsewhere(channel)
+        else:
+            local = bool(self._receivers) and not self._sent_to_redis(name)
+        if local:
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._deliver_here(channel, name, payload):
                 await self._maybe_yield()
@@ -537,6 +543,37 @@ class RedisChannelLayer(ParkingLayer):
         if self._local_deadline == math.inf:
             self._local_wakeup.set()
         return True
+
+    def _answered_elsewhere(self, channel: str) -> bool:
+        """Whether *channel*, under one of our own prefixes, may get messages from another
+        process that this one's must not overtake: it was the ``reply_channel`` of a message
+        this process sent through Redis lately, whose consumer (anywhere) may answer it."""
+        until = self._remote_replies.get(channel)
+        if until is None:
+            return False
+        if trio.current_time() < until:
+            return True
+        del self._remote_replies[channel]
+        return False
+
+    def _note_reply_channel(self, payload: Payload) -> None:
+        # An owned message (the interface's) sent through Redis: its consumer may run in any
+        # process and answer on its reply channel through Redis. Until it can no longer (twice
+        # the expiry: the message's life, then its consumer's), this process answers that
+        # channel through Redis as well, behind it: so a reply that a consumer here sends after
+        # one sent elsewhere (enforce_ordering's successor) cannot arrive first.
+        reply = payload.get("reply_channel") if isinstance(payload, dict) else None
+        if type(reply) is not str or non_local_name(reply) not in self._own:
+            return
+        now = trio.current_time()
+        table = self._remote_replies
+        if len(table) >= _IN_REDIS_LIMIT and reply not in table:
+            for old in [key for key, until in table.items() if until <= now]:
+                del table[old]
+            if len(table) >= _IN_REDIS_LIMIT:
+                del table[next(iter(table))]  # the oldest: it would have expired first
+        table.pop(reply, None)
+        table[reply] = now + 2 * self.expiry
 
     async def _send_to_redis(self, channel: str, name: str, payload: Payload) -> None:
         data = (
@@ -577,6 +614,8 @@ class RedisChannelLayer(ParkingLayer):
                 f"channel {channel!r} is full ({capacity} messages waiting); the message was not sent"
             )
         self._note_in_redis(name)
+        if self._own:
+            self._note_reply_channel(payload)
 
     async def _move_delayed(self, shard: int) -> None:
         pool = self._pools[shard]
@@ -1029,6 +1068,7 @@ class RedisChannelLayer(ParkingLayer):
         self._held.clear()
         self._forget.clear()
         self._in_redis.clear()
+        self._remote_replies.clear()
         self._all_room_freed()
         for pool in self._pools:
             cursor = b"0"

@@ -170,6 +170,31 @@ async def test_a_hand_over_never_overtakes_a_message_of_ours_in_redis(options: d
             assert got == [("fifo", {"n": 1}), ("fifo", {"n": 2})], attempt
 
 
+async def test_a_reply_channel_answered_elsewhere_is_answered_through_redis(
+    options: dict[str, Any], admin: ConnectionPool
+) -> None:
+    """Once this process sent a message through Redis whose consumer may answer on one of our
+    own reply channels from another process, our own replies to that channel go through Redis
+    too (queued behind that process's), so enforce_ordering's successor here cannot overtake
+    its predecessor's reply from there. A reply channel whose inputs stayed here is answered
+    here."""
+    async with RedisChannelLayer(**options) as interface, RedisChannelLayer(**options) as worker:
+        with interface.own_prefix("ans.p!"):
+            await interface.send_owned("work", {"reply_channel": "ans.p!x", "order": 1})  # to Redis
+            await receive_now(worker, ["work"])
+            await worker.send("ans.p!x", {"text": "from there"})
+            before = await _calls(admin)
+            await interface.send("ans.p!x", {"text": "from here"})
+            assert _delta(before, await _calls(admin), "rpush") == 2  # the item and its stamp
+            await interface.send("ans.p!y", {"text": "only here"})
+            assert _delta(before, await _calls(admin), "rpush") == 2
+            got = [await receive_now(interface, ["ans.p!"]) for _ in range(3)]
+        assert [text for channel, m in got if channel == "ans.p!x" for text in [m["text"]]] == [
+            "from there",
+            "from here",
+        ]
+
+
 async def test_capacity_per_channel_across_processes(options: dict[str, Any], admin: ConnectionPool) -> None:
     """A reply channel's capacity is its own, also when the sender is another process: a full
     ``p!a`` refuses, ``p!b`` under the same prefix does not; once the owner took one of
