@@ -2,18 +2,21 @@
 
 No channel layer, no workers: what Hypercorn's Trio worker alone can do on this machine.
 
-    python -m benchmarks.bare --bind 127.0.0.1:8001
+    python -m benchmarks.bare --bind 127.0.0.1:0
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+from functools import partial
 from typing import Any
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+
+from ._instrument import install
 
 ROOM = re.compile(r"^/chat/([a-zA-Z0-9_]+)/$")
 rooms: dict[str, set[trio.MemorySendChannel[str]]] = {}
@@ -69,12 +72,19 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         members.discard(outbox)
 
 
+async def main(config: Config) -> None:
+    async with trio.open_nursery() as nursery:
+        # serve() reports the bound URLs once it listens (port 0 becomes the real port).
+        urls = await nursery.start(partial(serve, app, config))  # type: ignore[arg-type]
+        print(f"bare hypercorn serving at {urls[0]}", flush=True)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bind", default="127.0.0.1:8001")
+    parser.add_argument("--bind", default="127.0.0.1:0", help="host:port (port 0: any free port)")
     args = parser.parse_args()
     config = Config()
     config.bind = [args.bind]
     config.accesslog = None
-    print(f"bare hypercorn serving at http://{args.bind}", flush=True)
-    trio.run(serve, app, config)  # type: ignore[arg-type]
+    install()
+    trio.run(main, config)

@@ -75,13 +75,15 @@ class RedisServer:
     """One redis-server on 127.0.0.1:<port>; ``stop()``/``start()`` for fault tests.
 
     Without persistence by default; ``appendonly=True`` keeps its data across a restart (AOF,
-    every write flushed before it is acknowledged, so even SIGKILL loses nothing).
+    every write flushed before it is acknowledged, so even SIGKILL loses nothing). *arguments*
+    come after ours, so they win (a later ``--appendonly yes`` overrides ``--appendonly no``).
     """
 
     port: int = attrs.Factory(_free_port)
     directory: str = attrs.Factory(lambda: tempfile.mkdtemp(prefix="trio-channels-redis-"))
     process: subprocess.Popen[bytes] | None = None
     appendonly: bool = False
+    arguments: tuple[str, ...] = ()
     #: The redis-server to run (default: the newest found).
     binary: str = attrs.Factory(redis_server_binary)
 
@@ -95,7 +97,7 @@ class RedisServer:
         )
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
-             "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning"],
+             "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning", *self.arguments],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
