@@ -23,10 +23,11 @@ prefixes, and starts a poller when a receiver parks (:meth:`ParkingLayer._will_p
 Waiting for room
 ----------------
 A send with ``wait=True`` to a full channel queues behind the other waiting senders of that
-channel in this process (one ``trio.Lock`` per channel: FIFO, and cancellation-safe). Only the
-first of them waits for room, on an event that the backend sets when this process removes a
-message of that channel (:meth:`ParkingLayer._room_freed`), or, where the channel drains
-elsewhere (another process pops a Redis list), for a backoff pause at most
+channel in this process (a ``trio.CapacityLimiter`` per channel: FIFO, cancellation-safe).
+Only the first of them (the first few, where each try is a round trip to a server:
+:meth:`ParkingLayer._room_window`) waits for room, on an event that the backend sets when this
+process removes a message of that channel (:meth:`ParkingLayer._room_freed`), or, where the
+channel drains elsewhere (another process pops a Redis list), for a backoff pause at most
 (:meth:`ParkingLayer._wait_for_room`); then it tries again. Waking one sender per channel,
 never all, keeps a crowd of waiting senders cheap, and since each new first sender tries before
 it waits, a sender cancelled right after being woken loses nobody else their turn.
@@ -163,7 +164,7 @@ class ParkingLayer(BaseChannelLayer):
     _receivers: Receivers = attrs.field(factory=Receivers, init=False, repr=False)
     _calls: int = attrs.field(default=0, init=False, repr=False)
     #: Per full channel name, while senders wait for room there (see the module docstring).
-    _room_queues: dict[str, trio.Lock] = attrs.field(factory=dict, init=False, repr=False)
+    _room_queues: dict[str, trio.CapacityLimiter] = attrs.field(factory=dict, init=False, repr=False)
     _room_events: dict[str, trio.Event] = attrs.field(factory=dict, init=False, repr=False)
 
     def _require_open(self) -> None:
@@ -225,7 +226,9 @@ class ParkingLayer(BaseChannelLayer):
                 return
             except ChannelFull:
                 pass
-            queue = self._room_queues.setdefault(channel, trio.Lock())
+            queue = self._room_queues.get(channel) or self._room_queues.setdefault(
+                channel, trio.CapacityLimiter(self._room_window(channel))
+            )
         try:
             async with queue:
                 failures = 0
@@ -239,10 +242,17 @@ class ParkingLayer(BaseChannelLayer):
                     # before the event is in place.
                     await self._wait_for_room(channel, failures)
         finally:
-            if not queue.locked() and not queue.statistics().tasks_waiting:
+            if not queue.borrowed_tokens and not queue.statistics().tasks_waiting:
                 if self._room_queues.get(channel) is queue:
                     del self._room_queues[channel]
                     self._room_events.pop(channel, None)
+
+    def _room_window(self, channel: str) -> int:
+        """How many waiting senders of *channel* may try at once: one where a try costs
+        nothing (the exact wake-up of :meth:`_room_freed` lets them in one by one, in order);
+        backends where each try is a server round trip let a few try at once, so that a queue
+        of senders drains at more than one per round trip."""
+        return 1
 
     async def _wait_for_room(self, channel: str, failures: int) -> None:
         """Wait until *channel* may have room: by default, until this process removes one of

@@ -285,7 +285,7 @@ def check_owned_message(message: dict[str, Any], max_size: int = DEFAULT_MAX_MES
     A dict whose top-level ``str``/``bytes`` values (the payload an interface puts in a
     message: a frame, a body chunk) add up to at most *max_size*; the exact encoded size is
     checked wherever the message is encoded (when it leaves the process). With
-    :data:`CHECK_OWNED`, everything :func:`encode_message` checks.
+    ``CHECK_OWNED``, everything ``encode_message`` checks.
     """
     if type(message) is not dict:
         raise TypeError(f"message must be a dict, not {type(message).__name__}: {message!r:.80}")
@@ -538,7 +538,8 @@ class BaseChannelLayer(abc.ABC):
         layer.send(c, m, wait=True)``; or see :func:`send_or_wait`). Senders waiting on one
         channel in one process get room in the order they started waiting; where the channel's
         receivers are in this process a receive wakes the first of them, elsewhere (another
-        process drains a Redis list) they retry with backoff. Delayed sends never wait.
+        process drains a Redis list) the first 16 retry with backoff, so their order is only
+        roughly kept there. Delayed sends never wait.
 
         Raises :exc:`ChannelFull`, :exc:`MessageTooLarge`, :exc:`TypeError` /
         :exc:`ValueError` for a bad name or message, and :exc:`ChannelLayerUnavailable`. If
@@ -561,14 +562,15 @@ class BaseChannelLayer(abc.ABC):
         interface's ``websocket.receive`` and ``http.request`` (the dict and everything in it
         must not be used by the caller afterwards). A receiver in this process gets this very
         object; where the message leaves the process (to Redis) it is encoded once. Only a
-        cheap check runs (:func:`check_owned_message`; all of :func:`validate_message` under
-        ``python -X dev``). ``wait`` as for :meth:`send`; there is no ``delay``. The default
-        implementation is :meth:`send`, with its copy.
+        cheap check runs (:func:`layers.base.check_owned_message`; all of
+        :func:`~layers.validate_message` under ``python -X dev``). ``wait`` as for
+        :meth:`send`; there is no ``delay``. The default implementation is :meth:`send`,
+        with its copy.
         """
         await self.send(channel, message, wait=wait)
 
     async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0, wait: bool = False) -> None:
-        """Send a message already made by :func:`encode_message` (validated, copied, sized).
+        """Send a message already made by ``encode_message`` (validated, copied, sized).
 
         Saves a second encoding where a caller buffered the message itself (consumer outboxes).
         Backends override it to store *data* as it is. ``delay`` and ``wait`` as for :meth:`send`.

@@ -313,7 +313,7 @@ class RedisChannelLayer(ParkingLayer):
     _local_wakeup: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
     _local_deadline: float = attrs.field(default=math.inf, init=False, repr=False)
     #: Our own prefixes, with the scopes of their pollers.
-    _own: dict[str, trio.CancelScope] = attrs.field(factory=dict, init=False, repr=False)
+    _own_prefixes: dict[str, trio.CancelScope] = attrs.field(factory=dict, init=False, repr=False)
     #: id(message) of a held, counted message -> (shard, stamps key, stamp).
     _held: dict[int, tuple[int, str, bytes]] = attrs.field(factory=dict, init=False, repr=False)
     #: Per shard: stamps of taken messages to remove, by stamps key.
@@ -380,9 +380,9 @@ class RedisChannelLayer(ParkingLayer):
             finally:
                 nursery.cancel_scope.cancel()
                 self._nursery = None
-                for scope in self._own.values():
+                for scope in self._own_prefixes.values():
                     scope.cancel()
-                self._own.clear()
+                self._own_prefixes.clear()
                 with trio.CancelScope(shield=True):
                     for pool in self._pools:
                         await pool.aclose()
@@ -430,17 +430,17 @@ class RedisChannelLayer(ParkingLayer):
         under *prefix* never touch Redis, and one poller pops what other processes send there."""
         _check_prefix(prefix)
         self._require_open()
-        if prefix in self._own:
+        if prefix in self._own_prefixes:
             raise RuntimeError(f"process prefix {prefix!r} is already owned in this process")
-        scope = self._own[prefix] = trio.CancelScope()
+        scope = self._own_prefixes[prefix] = trio.CancelScope()
         assert self._nursery is not None
         self._nursery.start_soon(self._poll_own, prefix, scope)
         try:
             yield
         finally:
             scope.cancel()
-            if self._own.get(prefix) is scope:
-                del self._own[prefix]
+            if self._own_prefixes.get(prefix) is scope:
+                del self._own_prefixes[prefix]
             self._local.drop(prefix)
 
     # -- keys and encoding -----------------------------------------------------------------
@@ -516,7 +516,7 @@ class RedisChannelLayer(ParkingLayer):
         through Redis. Raises :exc:`ChannelFull`."""
         self._require_open()
         name = non_local_name(channel)
-        if name in self._own:
+        if name in self._own_prefixes:
             local = not self._answered_elsewhere(channel)
         else:
             local = bool(self._receivers) and not self._sent_to_redis(name)
@@ -537,7 +537,7 @@ class RedisChannelLayer(ParkingLayer):
             message = decode_message(payload) if isinstance(payload, bytes) else payload
             waiter.wake((channel, message, now + self.expiry))
             return True
-        if name not in self._own:
+        if name not in self._own_prefixes:
             return False
         self._local.put(name, channel, payload, now)
         if self._local_deadline == math.inf:
@@ -563,7 +563,7 @@ class RedisChannelLayer(ParkingLayer):
         # channel through Redis as well, behind it: so a reply that a consumer here sends after
         # one sent elsewhere (enforce_ordering's successor) cannot arrive first.
         reply = payload.get("reply_channel") if isinstance(payload, dict) else None
-        if type(reply) is not str or non_local_name(reply) not in self._own:
+        if type(reply) is not str or non_local_name(reply) not in self._own_prefixes:
             return
         now = trio.current_time()
         table = self._remote_replies
@@ -603,7 +603,10 @@ class RedisChannelLayer(ParkingLayer):
         except BaseException:
             if forget:
                 self._forget.setdefault(shard, {}).setdefault(stamps_key, []).extend(forget)
-            self._note_in_redis(name)  # perhaps it was stored
+            # Perhaps it was stored.
+            self._note_in_redis(name)
+            if self._own_prefixes:
+                self._note_reply_channel(payload)
             raise
         if not sent:
             if before is None:
@@ -614,7 +617,7 @@ class RedisChannelLayer(ParkingLayer):
                 f"channel {channel!r} is full ({capacity} messages waiting); the message was not sent"
             )
         self._note_in_redis(name)
-        if self._own:
+        if self._own_prefixes:
             self._note_reply_channel(payload)
 
     async def _move_delayed(self, shard: int) -> None:
@@ -727,8 +730,13 @@ class RedisChannelLayer(ParkingLayer):
             with trio.move_on_at(deadline):
                 await wakeup.wait()
 
+    def _room_window(self, channel: str) -> int:
+        # Held here: exact wake-ups, one at a time. In Redis: up to 16 tries in flight (their
+        # round trips pipelined on one connection), in the order the senders came.
+        return 1 if non_local_name(channel) in self._own_prefixes else 16
+
     async def _wait_for_room(self, channel: str, failures: int) -> None:
-        if non_local_name(channel) in self._own:
+        if non_local_name(channel) in self._own_prefixes:
             # Held here: only a take here makes room.
             await super()._wait_for_room(channel, failures)
             return
@@ -785,7 +793,7 @@ class RedisChannelLayer(ParkingLayer):
     def _will_park(self, names: list[str]) -> None:
         by_shard: dict[int, list[str]] = {}
         for name in names:
-            if name not in self._own:  # our own prefixes have a poller of their own
+            if name not in self._own_prefixes:  # our own prefixes have a poller of their own
                 by_shard.setdefault(self._shard(name), []).append(name)
         for shard, shard_names in by_shard.items():
             key = (shard, frozenset(shard_names))

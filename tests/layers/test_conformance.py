@@ -885,13 +885,15 @@ def _run_waiting_scenario(
                     break
         assert received[:CAPACITY] == [-1 - index for index in range(CAPACITY)]
         numbers = received[CAPACITY:]
-        assert numbers == sorted(numbers), "waiting senders get room in the order they came"
         sent = {number for number, outcome in outcomes.items() if outcome == "sent"}
         assert sent <= set(numbers), "a send that returned was delivered"
+        assert len(numbers) == len(set(numbers)), "once"
         if backend in VIRTUAL_TIME:
+            assert numbers == sorted(numbers), "waiting senders get room in the order they came"
             assert set(numbers) == sent, "a sender that gave up sent nothing"
-        else:  # a Redis round trip cut short by the cancel may have stored the message
-            assert len(numbers) == len(set(numbers))
+        # On Redis, where another process may drain the channel, up to 16 waiting senders try
+        # at once (round trips in flight together), so their order is only roughly kept; and a
+        # round trip cut short by a cancel may have stored the message.
 
     clock = trio.testing.MockClock(autojump_threshold=0) if backend in VIRTUAL_TIME else None
     trio.run(run, clock=clock)
@@ -899,9 +901,9 @@ def _run_waiting_scenario(
 
 def test_waiting_senders_keep_their_turns(layer_factory: LayerFactory, backend: str) -> None:
     """Senders waiting on one full channel, some giving up at random moments while a receiver
-    drains it at random pauses: each that sent is delivered once, in the order the senders
-    started waiting, and (where no server round trip is cut short) one that gave up sent
-    nothing. None is left waiting while there is room: the test would hang."""
+    drains it at random pauses: each that sent is delivered once; in memory, in the order the
+    senders started waiting, and one that gave up sent nothing. None is left waiting while
+    there is room: the test would hang."""
     examples = 60 if backend in VIRTUAL_TIME else 6
 
     @hypothesis.settings(max_examples=examples, deadline=None, derandomize=True)
