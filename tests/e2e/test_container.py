@@ -34,6 +34,7 @@ from trio_channels import ServerConfig
 from trio_channels.cli import build_parser
 
 from ..redis_server import RedisServer
+from .demo_helpers import chat, next_chat
 from .processes import ENV, ROOT, started
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -252,13 +253,13 @@ async def check_demo(url: str) -> None:
             await echo.send_message("hello container")
             assert await echo.get_message() == "hello container"
         async with (
-            open_websocket_url(ws + "/chat/lobby/") as alice,
-            open_websocket_url(ws + "/chat/lobby/") as bob,
+            open_websocket_url(ws + "/chat/lobby/?name=alice") as alice,
+            open_websocket_url(ws + "/chat/lobby/?name=bob") as bob,
         ):
             # Accepted means joined: the demo adds a socket to its room before accepting it.
-            await alice.send_message("hello room")
-            assert await alice.get_message() == "hello room"
-            assert await bob.get_message() == "hello room"
+            await alice.send_message(chat("hello room"))
+            assert (await next_chat(alice))["text"] == "hello room"
+            assert (await next_chat(bob))["text"] == "hello room"
 
 
 # --- the checks -------------------------------------------------------------------------------
