@@ -12,7 +12,7 @@ import subprocess
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "tests_lowest", "docs"]
+nox.options.sessions = ["lint", "jslint", "typecheck", "tests", "tests_lowest", "docs"]
 nox.options.error_on_missing_interpreters = True
 
 PACKAGES = ["layers", "interface", "trio_channels"]
@@ -108,6 +108,48 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", *RUFF, *RUFF_RULES, *SOURCES)
     session.run("ruff", "format", "--check", *RUFF, *SOURCES)
+
+
+#: The npm packages of the jslint session, installed into .nox (the repository has no package.json).
+NPM_TOOLS = ["eslint@9", "typescript@5"]
+
+
+@nox.session(venv_backend="none")
+def jslint(session: nox.Session) -> None:
+    """eslint over the JavaScript (eslint.config.js), and tsc over the client's typings.
+
+    Node and npm come from the machine; eslint and typescript from npm, into a cache folder in
+    .nox (``npm install --no-save``), found by eslint.config.js through ``NODE_PATH``.
+    """
+    for tool in ("node", "npm"):
+        if shutil.which(tool) is None:
+            session.error(f"the jslint session needs {tool} on PATH (Debian: apt-get install nodejs npm)")
+    prefix = os.path.join(os.path.dirname(__file__), ".nox", "npm-tools")
+    os.makedirs(prefix, exist_ok=True)
+    session.run(
+        "npm",
+        "install",
+        "--no-save",
+        "--no-audit",
+        "--no-fund",
+        "--prefix",
+        prefix,
+        *NPM_TOOLS,
+        external=True,
+    )
+    modules = os.path.join(prefix, "node_modules")
+    bin_dir = os.path.join(modules, ".bin")
+    session.run(
+        os.path.join(bin_dir, "eslint"), "--max-warnings=0", ".", external=True, env={"NODE_PATH": modules}
+    )
+    session.run(
+        os.path.join(bin_dir, "tsc"),
+        "--noEmit",
+        "--strict",
+        *("--target", "es2022", "--module", "es2022", "--moduleResolution", "bundler", "--lib", "es2022,dom"),
+        "tests/js/typings.ts",
+        external=True,
+    )
 
 
 @nox.session

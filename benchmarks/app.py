@@ -23,12 +23,12 @@ async def hello(message: Message) -> None:
 
 
 async def echo(message: Message) -> None:
-    await message.reply_channel.send({"text": message["text"]})  # type: ignore[union-attr]
+    await message.reply_channel.send({"text": message["text"]})
 
 
 async def chat_connect(message: Message, room: str) -> None:
-    await Group(f"chat-{room}").add(message.reply_channel)  # type: ignore[arg-type]
-    await message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
+    await Group(f"chat-{room}").add(message.reply_channel)
+    await message.reply_channel.send({"accept": True})
 
 
 async def chat_receive(message: Message, room: str) -> None:
@@ -36,7 +36,7 @@ async def chat_receive(message: Message, room: str) -> None:
 
 
 async def chat_disconnect(message: Message, room: str) -> None:
-    await Group(f"chat-{room}").discard(message.reply_channel)  # type: ignore[arg-type]
+    await Group(f"chat-{room}").discard(message.reply_channel)
 
 
 routing = [

@@ -38,13 +38,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import attrs
 import trio
 
 from layers.concurrency import leaves
-from tests.e2e.processes import started
+from tests.e2e.processes import Running, started
 
 from ._instrument import TASKS_MARKER, raise_fd_limit
 from .loadgen import SCENARIOS, Probe
@@ -68,7 +68,7 @@ class Server:
 def _ours(layer: Callable[[argparse.Namespace], str]) -> Callable[[argparse.Namespace], list[str]]:
     return lambda args: [
         sys.executable, "-m", "benchmarks.ours", "run", "benchmarks.app.routing", "--bind", "127.0.0.1:0",
-        "--layer", layer(args), "-v", "0", "--grace-period", "1",
+        "--layer", layer(args), "--no-access-log", "--grace-period", "1",
     ]  # fmt: skip
 
 
@@ -126,25 +126,20 @@ def _server_preexec() -> None:
 class TaskReport:
     """Ask a server started with ``benchmarks._instrument.install`` for its Trio task count."""
 
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.buffer = b""
+    def __init__(self, server: Running) -> None:
+        self.server = server
+        self.asked = 0
 
     async def __call__(self) -> int | None:
-        assert self.process.stdout is not None
-        self.process.send_signal(signal.SIGUSR1)
-        marker = TASKS_MARKER.encode() + b" "
-        with trio.move_on_after(10):
-            while True:
-                while b"\n" in self.buffer:
-                    line, _, self.buffer = self.buffer.partition(b"\n")
-                    if line.startswith(marker):
-                        return int(line[len(marker) :])
-                chunk = await self.process.stdout.receive_some()
-                if not chunk:
-                    return None
-                self.buffer += chunk
-        return None
+        self.server.send_signal(signal.SIGUSR1)
+        self.asked += 1
+        marker = TASKS_MARKER + " "
+        try:
+            await self.server.output.wait_for_count(marker, self.asked, timeout=10)
+        except (trio.TooSlowError, AssertionError):
+            return None
+        last = self.server.output.stdout.decode(errors="replace").rsplit(marker, 1)[1]
+        return int(last.split()[0])
 
 
 async def _flush_redis(port: int) -> None:
@@ -154,10 +149,6 @@ async def _flush_redis(port: int) -> None:
         reply = await stream.receive_some()
         if not reply.startswith(b"+OK"):
             raise RuntimeError(f"redis FLUSHALL answered {reply!r}")
-
-
-def _open_log(path: Path) -> BinaryIO:
-    return open(path, "wb")  # the server's stderr: a real file, the child writes it
 
 
 def _describe(exc: BaseException) -> str:
@@ -185,20 +176,19 @@ async def measure(
         "scenario": scenario,
     }
     record["load_before"] = _load()
-    with _open_log(log_path) as log:
-        async with started(server.command(args), " at ", preexec_fn=_server_preexec, stderr=log) as (
-            process,
-            url,
-        ):
-            others = {"redis": args.redis_pid} if server.key == "redis" else {}
-            probe = Probe(process.pid, TaskReport(process) if server.reports_tasks else None, others)
-            try:
-                with trio.fail_after(args.scenario_timeout):
-                    record.update(await run_scenario(url, scenario, probe, **sizes(args)[scenario]))
-            except Exception as exc:  # a failed measurement is reported, and the run goes on
-                record["error"] = _describe(exc)
+    async with started(server.command(args), " at ", preexec_fn=_server_preexec) as running:
+        url = running.found
+        others = {"redis": args.redis_pid} if server.key == "redis" else {}
+        probe = Probe(running.pid, TaskReport(running) if server.reports_tasks else None, others)
+        try:
+            with trio.fail_after(args.scenario_timeout):
+                record.update(await run_scenario(url, scenario, probe, **sizes(args)[scenario]))
+        except Exception as exc:  # a failed measurement is reported, and the run goes on
+            record["error"] = _describe(exc)
+        output = running.output
+    log_path.write_bytes(bytes(output.stderr))
     record["load_after"] = _load()
-    record["server_log_lines"] = len(log_path.read_bytes().splitlines())
+    record["server_log_lines"] = len(output.stderr.splitlines())
     return record
 
 

@@ -22,7 +22,7 @@ from trio_channels import Message, route, run_worker
 
 
 async def reply(message: Message) -> None:
-    await message.reply_channel.send({"ok": True})  # type: ignore[union-attr]
+    await message.reply_channel.send({"ok": True})
 
 
 async def main(url: str, seconds: float, concurrency: int, inflight: int) -> None:

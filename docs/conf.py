@@ -27,14 +27,18 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(trio|attrs|re|os|collections\.abc|typing|contextlib|redis|hypercorn|trio_websocket)\..*"),
     (
         r"py:class",
-        r"(Consumer|Router|ASGIApp|interface\.core\.\w+|trio_channels\.http\.Headers|layers\.redis\.connection\.\w+|UserLoader|trio_channels\.routing\.RouteClass|T)",
+        r"(Consumer|Router|ASGIApp|interface\.core\.\w+|trio_channels\.http\.Headers|layers\.redis\.connection\.\w+|UserLoader|trio_channels\.routing\.(RouteClass|Routing)|T)",
     ),
-    (r"py:.*", r"(Any|Mapping|Sequence|Iterable|ClassVar|Final|_Entry|_Queue|_Waiter|_Pending)"),
+    (r"py:.*", r"(Any|Mapping|Sequence|Iterable|ClassVar|Final|_\w+|deque|HiredisRespSerializer)"),
+    (r"py:.*", r"(socket|ssl|ipaddress|logging)\..*"),
+    # Internals of the interface package that its public API names.
+    (r"py:.*", r"(interface\.(listeners|protocol|core)(\..*)?|ClientDisconnected|layers\._\w+\..*)"),
     (r"py:class", r"(ChannelFull|MessageTooLarge|BaseChannelLayer|CapacityMap|LayerStatistics)"),
+    (r"py:class", r"(GroupHistory|GroupSendReport|HistoryOptions|Since|Collection)"),
     # The type variables of the ParamSpec-typed decorators, and PyJWT's key types.
     (
         r"py:class",
-        r"(~?P|R|S|trio_channels\.\w+\.(P|R|S)|AllowedPublicKeys|RedisAddress|ConnectionPool|jwt\..*)",
+        r"(~?P|R|S|trio_channels\.\w+\.(P|R|S)|AllowedPublicKeys|RedisAddress|ServerAddress|ConnectionPool|jwt\..*)",
     ),
 ]
 html_theme = "alabaster"

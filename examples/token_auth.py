@@ -26,7 +26,7 @@ from interface import InterfaceConfig
 from trio_channels import Group, route
 from trio_channels.auth import channel_session_user, channel_session_user_from_token, token_user
 from trio_channels.http import Response, send_response
-from trio_channels.server import serve
+from trio_channels.server import ServerConfig, serve
 from trio_channels.tokens import JWTVerifier, TokenUser
 
 # The key your identity provider signs with (for RS256, its public key and algorithms=["RS256"]).
@@ -109,8 +109,10 @@ channel_routing = [
 async def main(bind):
     # A browser fails a WebSocket whose offered subprotocols the server answers with none of
     # them, so the server accepts "chat" (never the token's subprotocol).
-    config = InterfaceConfig(ws_protocols=("chat",))
-    run = partial(serve, channel_routing, bind=[bind], user_loader=load_user, interface_config=config)
+    config = ServerConfig(
+        bind=bind, user_loader=load_user, interface_config=InterfaceConfig(ws_protocols=("chat",))
+    )
+    run = partial(serve, channel_routing, config)
     async with trio.open_nursery() as nursery:
         info = await nursery.start(partial(run, handle_signals=True))
         print(f"token_auth example at {info.url}/", flush=True)

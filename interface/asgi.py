@@ -28,19 +28,25 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 
 from .core import ClientDisconnected, ConnectionInfo, InterfaceServer, WebSocketClosed
-from .listeners import IdleConnections, bind_sockets, open_listeners, serve_connections
+from .listeners import (
+    IdleConnections,
+    StartedWith,
+    bind_sockets,
+    close_sockets,
+    guarded,
+    open_listeners,
+    serve_connections,
+)
 from .protocol import Headers, clean_headers
 from .websocket import (
     ReplayStream,
-    _guarded,
-    _Relay,
     handle_websocket_stream,
     is_websocket_upgrade,
     parse_head,
     read_head,
 )
 
-__all__ = ["InterfaceApp", "serve_interface"]
+__all__ = ["InterfaceApp", "hypercorn_config", "serve_interface", "tls_context"]
 
 log = logging.getLogger("interface")
 
@@ -190,8 +196,10 @@ def hypercorn_config(
     certfile: str | None = None,
     keyfile: str | None = None,
     graceful_timeout: float = 10,
+    keep_alive_timeout: float = 5,
 ) -> Config:
     config = Config()
+    config.keep_alive_timeout = keep_alive_timeout
     config.bind = list(binds)
     config.certfile = certfile
     config.keyfile = keyfile
@@ -241,6 +249,7 @@ async def serve_interface(
         certfile=certfile,
         keyfile=keyfile,
         graceful_timeout=server.config.grace_period,
+        keep_alive_timeout=server.config.timeout_keep_alive,
     )
     ssl_context = tls_context(certfile, keyfile)
     sockets = await bind_sockets(binds, backlog=config.backlog)
@@ -275,17 +284,16 @@ async def serve_interface(
             await lifespan_nursery.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
             await serve_connections(
-                partial(_guarded, handle),
+                partial(guarded, handle),
                 listeners,
                 idle=idle,
                 shutdown=shutdown,
                 grace_period=server.config.grace_period,
                 on_shutdown=on_shutdown,
                 name=", ".join(urls),
-                task_status=_Relay(task_status, urls),
+                task_status=StartedWith(task_status, urls),
             )
             await lifespan.wait_for_shutdown()
             lifespan_nursery.cancel_scope.cancel()
     finally:
-        for sock in sockets:
-            sock.close()
+        close_sockets(sockets)

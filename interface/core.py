@@ -4,9 +4,10 @@ One :class:`InterfaceServer` per process owns the process prefix ``interface.<ra
 tells the layer so: ``layer.own_prefix``, so that replies from workers in this process never
 leave it). Its reply poller (one task) receives every reply for every connection of this
 process from the layer and hands each to its connection's bounded memory channel. Messages
-the interface builds are given up to the layer (``send_owned``: no copy, no validation walk). Each connection runs as a
-task of its listener and talks to the layer through :meth:`InterfaceServer.http` or
-:meth:`InterfaceServer.websocket`, under cancel scopes for every timeout.
+the interface builds are given up to the layer (``send_owned``: no copy, no validation walk).
+Each connection runs as a task of its listener and talks to the layer through
+:meth:`InterfaceServer.http` or :meth:`InterfaceServer.websocket`, under cancel scopes for
+every timeout.
 """
 
 from __future__ import annotations
@@ -27,10 +28,15 @@ from layers import BaseChannelLayer, ChannelFull, ChannelLayerUnavailable, Messa
 from layers.base import send_or_wait
 
 from . import protocol
+from .messages import as_layer_message
 from .protocol import Close, Reject, SendBytes, SendText, WebSocketProtocol, WebSocketState
+from .proxy import TrustedProxies, apply_proxy_headers, parse_trusted_proxies
 
 __all__ = [
     "ClientDisconnected",
+    "ConnectionInfo",
+    "DropLog",
+    "HttpResponder",
     "InterfaceConfig",
     "InterfaceServer",
     "WebSocketClosed",
@@ -47,37 +53,93 @@ BODY_CHUNK: int = 512 * 1024
 BODY_DRAIN_TIMEOUT: float = 5.0
 
 
+def _check(rule: str, test: Any) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not test(value):
+            raise ValueError(f"{attribute.name} must be {rule}, got {value!r}")
+
+    return check
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+_SECONDS = _check("a number of seconds > 0", lambda v: _number(v) and v > 0)
+_SECONDS_OR_ZERO = _check("a number of seconds >= 0", lambda v: _number(v) and v >= 0)
+_BYTES = _check("an int >= 1 (bytes)", lambda v: type(v) is int and v >= 1)
+_COUNT = _check("an int >= 1", lambda v: type(v) is int and v >= 1)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _trusted(value: Any) -> TrustedProxies:
+    return value if isinstance(value, TrustedProxies) else parse_trusted_proxies(value)
+
+
 @attrs.frozen(kw_only=True)
 class InterfaceConfig:
-    """Interface settings (Daphne's defaults unless noted); seconds unless named otherwise."""
+    """Interface settings (Daphne's defaults unless noted); seconds unless named otherwise.
 
-    http_timeout: float = 120
-    websocket_connect_timeout: float = 5
-    #: Maximum WebSocket lifetime; ``None`` means the layer's group_expiry.
-    websocket_timeout: float | None = None
-    ping_interval: float = 20
-    ping_timeout: float = 30
+    Every field is validated when the config is made: a bad value raises :exc:`ValueError`
+    naming the field and the value.
+    """
+
+    http_timeout: float = attrs.field(default=120, validator=_SECONDS)
+    websocket_connect_timeout: float = attrs.field(default=5, validator=_SECONDS)
+    #: Maximum WebSocket lifetime; ``None`` means the layer's group_expiry, a negative number none.
+    websocket_timeout: float | None = attrs.field(
+        default=None, validator=_check("a number of seconds or None", lambda v: v is None or _number(v))
+    )
+    #: Ping each WebSocket this often (0: never).
+    ping_interval: float = attrs.field(default=20, validator=_SECONDS_OR_ZERO)
+    ping_timeout: float = attrs.field(default=30, validator=_SECONDS)
     #: Largest request body accepted, in bytes (larger: 413).
-    max_body_size: int = 100 * 1024 * 1024
+    max_body_size: int = attrs.field(default=100 * 1024 * 1024, validator=_BYTES)
     #: Largest WebSocket message accepted, in bytes (larger: close 1009).
-    websocket_max_message_size: int = 1024 * 1024
-    root_path: str = ""
-    proxy_headers: bool = False
+    websocket_max_message_size: int = attrs.field(default=1024 * 1024, validator=_BYTES)
+    root_path: str = attrs.field(
+        default="",
+        validator=_check(
+            "'' or a path starting with '/'", lambda v: isinstance(v, str) and v[:1] in ("", "/")
+        ),
+    )
+    #: Honour ``X-Forwarded-For``/``-Proto``/``-Port`` from the proxies in ``forwarded_allow_ips``.
+    proxy_headers: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    #: The proxies trusted with those headers (uvicorn's ``--forwarded-allow-ips``): addresses,
+    #: networks or ``*``, as a comma-separated string or a sequence; see :mod:`interface.proxy`.
+    forwarded_allow_ips: TrustedProxies = attrs.field(
+        default=parse_trusted_proxies("127.0.0.1"), converter=_trusted
+    )
     #: Subprotocols the server accepts; the first one the client offers wins.
-    ws_protocols: tuple[str, ...] = ()
+    ws_protocols: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_names,
+        validator=_check("a sequence of str", lambda v: all(isinstance(name, str) for name in v)),
+    )
+    #: Requests in flight plus open WebSockets above which new ones get a 503 (uvicorn's
+    #: ``--limit-concurrency``); ``None``: no limit.
+    limit_concurrency: int | None = attrs.field(
+        default=None,
+        validator=_check("an int >= 1 or None", lambda v: v is None or (type(v) is int and v >= 1)),
+    )
+    #: An idle keep-alive HTTP connection is closed after this long (uvicorn's default).
+    timeout_keep_alive: float = attrs.field(default=5, validator=_SECONDS)
     #: How many undelivered replies one connection may hold. A WebSocket whose buffer is full
     #: is closed with 1013 ("try again later"), as Phoenix and Centrifugo close slow clients:
     #: dropping the newest replies would leave the client silently stale, and dropping the
     #: oldest would leave a silent gap; a close tells it to reconnect and catch up. An HTTP
     #: response cannot take a close code, so its overflowing replies are dropped. Either way
     #: the drops are logged as WARNINGs (a count per connection, not a line per reply).
-    reply_buffer: int = 1000
+    reply_buffer: int = attrs.field(default=1000, validator=_COUNT)
     #: Seconds a graceful shutdown waits for connections after closing them.
-    grace_period: float = 10
+    grace_period: float = attrs.field(default=10, validator=_SECONDS_OR_ZERO)
     #: How long a ``websocket.receive`` waits out a full channel before the socket is closed
     #: with 1013. Meanwhile the connection reads nothing more, so TCP holds the client back:
     #: a burst that workers drain in time loses nothing (a minute, the default expiry).
-    receive_full_timeout: float = 60.0
+    receive_full_timeout: float = attrs.field(default=60.0, validator=_SECONDS_OR_ZERO)
 
 
 #: A connection's first drop of each kind is logged at once; later ones are summed into at
@@ -206,28 +268,21 @@ class ConnectionInfo:
     subprotocols: tuple[str, ...] = ()
 
 
-def _proxied(info: ConnectionInfo) -> ConnectionInfo:
-    headers = {name: value for name, value in info.headers}
-    changes: dict[str, Any] = {}
-    forwarded_for = headers.get(b"x-forwarded-for")
-    if forwarded_for:
-        host = forwarded_for.split(b",")[0].strip().decode("latin-1")
-        port = headers.get(b"x-forwarded-port", b"0").strip()
-        changes["client"] = [host, int(port) if port.isdigit() else 0]
-    proto = headers.get(b"x-forwarded-proto")
-    if proto:
-        value = proto.split(b",")[0].strip().decode("latin-1").lower()
-        if info.scheme in ("ws", "wss"):
-            value = {"https": "wss", "http": "ws"}.get(value, value)
-        changes["scheme"] = value
-    return attrs.evolve(info, **changes) if changes else info
+def _proxied(info: ConnectionInfo, trusted: TrustedProxies) -> ConnectionInfo:
+    client, scheme = apply_proxy_headers(trusted, info.client, info.scheme, info.headers)
+    return (
+        attrs.evolve(info, client=client, scheme=scheme)
+        if (client, scheme) != (info.client, info.scheme)
+        else info
+    )
 
 
 def _log_access(client: list[Any] | None, request: str, status: int | str, size: int | str) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
-    host = client[0] if client else "-"
-    stamp = time.strftime("%d/%b/%Y:%H:%M:%S", time.localtime())
+    # Common Log Format with the client's port, as Daphne logs it: host:port - - [time] "request" status size
+    host = f"{client[0]}:{client[1]}" if client and len(client) > 1 else client[0] if client else "-"
+    stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
     access_log.info('%s - - [%s] "%s" %s %s', host, stamp, request, status, size)
 
 
@@ -319,6 +374,12 @@ class InterfaceServer:
     def connection_count(self) -> int:
         return len(self._connections)
 
+    def over_limit(self) -> bool:
+        """Whether ``limit_concurrency`` requests and WebSockets are in flight already: a new
+        request then gets a 503, a new handshake is denied with 503 (uvicorn's rule)."""
+        limit = self.config.limit_concurrency
+        return limit is not None and len(self._connections) >= limit
+
     async def close_websockets(self) -> None:
         """Graceful shutdown: close every WebSocket with 1001 ("going away")."""
         self.shutting_down.set()
@@ -363,8 +424,12 @@ class InterfaceServer:
         consumer reading the rest of the body is sent a ``closed`` chunk.
         """
         if self.config.proxy_headers:
-            info = _proxied(info)
-        request_line = f"{info.method} {info.path}"
+            info = _proxied(info, self.config.forwarded_allow_ips)
+        request_line = f"{info.method} {info.path} HTTP/{info.http_version}"
+        if self.over_limit():
+            await respond.simple(503, b"Service unavailable: too many requests in flight.")
+            _log_access(info.client, request_line, 503, "-")
+            return
         reader = _BodyReader(body, self.config.max_body_size)
         with self._register() as (reply_channel, replies):
             try:
@@ -408,7 +473,7 @@ class InterfaceServer:
             server=info.server,
         )
         try:
-            await self.layer.send_owned("http.request", message)
+            await self.layer.send_owned("http.request", as_layer_message(message))
         except ChannelFull:
             await respond.simple(503, b"Request queue full.")
             _log_access(info.client, request_line, 503, "-")
@@ -604,7 +669,11 @@ class InterfaceServer:
     async def websocket(self, info: ConnectionInfo, transport: WebSocketTransport) -> None:
         """Serve one WebSocket from handshake to close, following reference §3.7."""
         if self.config.proxy_headers:
-            info = _proxied(info)
+            info = _proxied(info, self.config.forwarded_allow_ips)
+        if self.over_limit():
+            await transport.reject(503, b"Service unavailable: too many connections.")
+            _log_access(info.client, f"WSREJECT {info.path}", 503, "-")
+            return
         with self._register() as (reply_channel, replies):
             ws = WebSocketProtocol(
                 reply_channel=reply_channel,
@@ -619,7 +688,7 @@ class InterfaceServer:
             )
             _log_access(info.client, f"WSCONNECTING {info.path}", "-", "-")
             try:
-                await self.layer.send_owned("websocket.connect", ws.connect_message())
+                await self.layer.send_owned("websocket.connect", as_layer_message(ws.connect_message()))
             except ChannelFull:
                 await transport.reject(503, b"Connection queue at capacity.")
                 _log_access(info.client, f"WSREJECT {info.path}", 503, "-")
@@ -705,7 +774,11 @@ class InterfaceServer:
                     break
                 try:
                     await send_or_wait(
-                        partial(self.layer.send_owned, "websocket.receive", ws.receive_message(data)),
+                        partial(
+                            self.layer.send_owned,
+                            "websocket.receive",
+                            as_layer_message(ws.receive_message(data)),
+                        ),
                         self.config.receive_full_timeout,
                     )
                 except trio.TooSlowError:
@@ -772,7 +845,10 @@ class InterfaceServer:
         reason = "the channel stayed full, or the layer did not answer, for 1 s"
         with trio.move_on_after(1, shield=True):
             try:
-                await send_or_wait(partial(self.layer.send_owned, "websocket.disconnect", message), math.inf)
+                await send_or_wait(
+                    partial(self.layer.send_owned, "websocket.disconnect", as_layer_message(message)),
+                    math.inf,
+                )
                 return
             except ChannelLayerUnavailable as exc:
                 reason = f"channel layer error: {type(exc).__name__}: {exc}"

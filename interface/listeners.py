@@ -22,7 +22,8 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -32,7 +33,10 @@ import trio
 __all__ = [
     "BindError",
     "IdleConnections",
+    "StartedWith",
     "bind_sockets",
+    "close_sockets",
+    "guarded",
     "open_listeners",
     "parse_bind",
     "serve_connections",
@@ -102,15 +106,47 @@ def _reason(exc: OSError) -> str:
     return reason
 
 
-async def _bind_one(bind: str, address: Address, backlog: int) -> socket.socket:
+#: The Unix socket files bound here, to remove when their socket is closed: (path, inode).
+_created: weakref.WeakKeyDictionary[socket.socket, tuple[str, int]] = weakref.WeakKeyDictionary()
+
+
+def _remove_stale_socket(bind: str, path: str) -> None:
+    """Remove the socket file at *path* if no server listens on it (a crashed run left it)."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return  # not a socket: binding fails with "address already in use", as it should
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        if probe.connect_ex(path) != errno.ECONNREFUSED:
+            raise BindError(
+                bind, "address already in use (a server is listening on that socket)", errno.EADDRINUSE
+            )
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def close_sockets(sockets: Iterable[socket.socket]) -> None:
+    """Close *sockets*; remove the Unix socket files :func:`bind_sockets` created for them
+    (unless another process has replaced the file since). Closing twice is harmless."""
+    for sock in sockets:
+        created = _created.pop(sock, None)
+        if created is not None:
+            path, inode = created
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:
+                    os.remove(path)
+        sock.close()
+
+
+async def _bind_one(bind: str, address: Address, backlog: int, uds_perms: int) -> socket.socket:
     target: Any = None
     if isinstance(address, FdAddress):
         # A socket handed over by a supervisor (systemd, circus): already bound, maybe listening.
         sock = socket.socket(fileno=address.fd)
     elif isinstance(address, UnixAddress):
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.stat(address.path).st_mode):
-                os.remove(address.path)  # a stale socket of an earlier run
+        _remove_stale_socket(bind, address.path)
         sock, target = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), address.path
     else:
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
@@ -125,18 +161,25 @@ async def _bind_one(bind: str, address: Address, backlog: int) -> socket.socket:
             raise BindError(bind, "it is not a stream socket")
         if target is not None:
             sock.bind(target)
+        if isinstance(address, UnixAddress):
+            os.chmod(address.path, uds_perms)
+            _created[sock] = (address.path, os.stat(address.path).st_ino)
         sock.listen(backlog)  # also where a port bound with SO_REUSEADDR turns out to be taken
         sock.setblocking(False)
     except BaseException:
-        sock.close()
+        close_sockets([sock])
         raise
     return sock
 
 
 async def bind_sockets(
-    binds: Sequence[str | socket.socket], *, backlog: int = BACKLOG
+    binds: Sequence[str | socket.socket], *, backlog: int = BACKLOG, uds_perms: int = 0o660
 ) -> list[socket.socket]:
     """Bind and listen on every address of *binds*, all or nothing; sockets pass through as they are.
+
+    A ``unix:PATH`` socket file gets the mode *uds_perms*; a stale one (nobody listens on it: a
+    crashed run left it) is replaced, a live one is :exc:`BindError` "address already in use".
+    :func:`close_sockets` closes the sockets and removes the files again.
 
     Raises :exc:`ValueError` for a spelling that cannot work (see :func:`parse_bind`) before
     binding anything, and :exc:`BindError` (an :exc:`OSError`) naming the address and the
@@ -147,7 +190,7 @@ async def bind_sockets(
     try:
         for bind, address in addresses:
             try:
-                bound.append(await _bind_one(bind, address, backlog))
+                bound.append(await _bind_one(bind, address, backlog, uds_perms))
             except socket.gaierror as exc:
                 raise BindError(bind, f"host not found ({(exc.strerror or str(exc)).lower()})") from None
             except BindError:
@@ -155,8 +198,7 @@ async def bind_sockets(
             except OSError as exc:
                 raise BindError(bind, _reason(exc), exc.errno) from None
     except BaseException:
-        for sock in bound:
-            sock.close()
+        close_sockets(bound)
         raise
     fresh = iter(bound)
     return [bind if isinstance(bind, socket.socket) else next(fresh) for bind in binds]
@@ -254,3 +296,24 @@ async def serve_connections(
         if on_shutdown is not None:
             await on_shutdown()
         connections.cancel_scope.deadline = trio.current_time() + grace_period
+
+
+async def guarded(handler: Callable[[trio.abc.Stream], Awaitable[None]], stream: trio.abc.Stream) -> None:
+    """Run ``handler(stream)``; an error in it closes that connection only (and is logged)."""
+    try:
+        await handler(stream)
+    except Exception:
+        log.exception("connection handler failed; closed that connection")
+        await trio.aclose_forcefully(stream)
+
+
+@attrs.define
+class StartedWith:
+    """A ``task_status`` that reports *value* instead of what it is started with
+    (a listener reports its URLs, where ``serve_listeners`` reports its listeners)."""
+
+    status: trio.TaskStatus[list[str]]
+    value: list[str]
+
+    def started(self, _: object = None) -> None:
+        self.status.started(self.value)

@@ -24,9 +24,15 @@ from urllib.parse import unquote
 
 import attrs
 
+from layers.groups import HISTORY_KEY
+
+from .frames import websocket_frame
+from .messages import Headers, HttpRequest, WebSocketConnect, WebSocketDisconnect, WebSocketReceive
+
 __all__ = [
     "Accept",
     "Close",
+    "Headers",
     "HttpResponseProtocol",
     "Reject",
     "ResponseAbort",
@@ -35,13 +41,13 @@ __all__ = [
     "ResponseStart",
     "SendBytes",
     "SendText",
+    "WebSocketAction",
     "WebSocketProtocol",
     "WebSocketState",
     "clean_headers",
+    "decode_path",
     "http_request_message",
 ]
-
-Headers = list[list[bytes]]
 
 REPLY_KEYS: Final = frozenset({"bytes", "text", "close", "accept"})
 
@@ -82,7 +88,7 @@ def http_request_message(
     body_channel: str | None,
     client: list[Any] | None,
     server: list[Any] | None,
-) -> dict[str, Any]:
+) -> HttpRequest:
     """The ``http.request`` message (reference §3.2); every key present."""
     return {
         "reply_channel": reply_channel,
@@ -262,7 +268,7 @@ class WebSocketProtocol:
     state: WebSocketState = WebSocketState.CONNECTING
     received: int = 0
 
-    def connect_message(self) -> dict[str, Any]:
+    def connect_message(self) -> WebSocketConnect:
         return {
             "reply_channel": self.reply_channel,
             "scheme": self.scheme,
@@ -280,10 +286,10 @@ class WebSocketProtocol:
     # transport hands over (wsproto's close codes are its CloseReason IntEnum, for one): the
     # layer accepts only exact builtin types, and the message would otherwise be refused.
 
-    def receive_message(self, data: str | bytes) -> dict[str, Any]:
+    def receive_message(self, data: str | bytes) -> WebSocketReceive:
         """``websocket.receive`` for one frame; an empty frame is a message too."""
         self.received += 1
-        message: dict[str, Any] = {
+        message: WebSocketReceive = {
             "reply_channel": self.reply_channel,
             "path": self.path,
             "order": self.received,
@@ -294,7 +300,7 @@ class WebSocketProtocol:
             message["bytes"] = data if type(data) is bytes else bytes(data)
         return message
 
-    def disconnect_message(self, code: int) -> dict[str, Any]:
+    def disconnect_message(self, code: int) -> WebSocketDisconnect:
         self.state = WebSocketState.CLOSED
         return {
             "reply_channel": self.reply_channel,
@@ -304,7 +310,13 @@ class WebSocketProtocol:
         }
 
     def reply(self, message: dict[str, Any]) -> list[WebSocketAction]:
-        """The actions for one Send/Close/Accept message; :exc:`ValueError` if malformed."""
+        """The actions for one Send/Close/Accept message; :exc:`ValueError` if malformed.
+
+        A group message's history position and a presence event become text frames first
+        (:func:`interface.frames.websocket_frame`).
+        """
+        if HISTORY_KEY in message or "presence" in message:
+            message = websocket_frame(message)
         unknown = set(message) - REPLY_KEYS
         if unknown:
             raise ValueError(

@@ -22,7 +22,15 @@ import trio_websocket
 from wsproto.frame_protocol import FrameProtocol
 
 from .core import ConnectionInfo, InterfaceServer, WebSocketClosed
-from .listeners import IdleConnections, bind_sockets, open_listeners, serve_connections
+from .listeners import (
+    IdleConnections,
+    StartedWith,
+    bind_sockets,
+    close_sockets,
+    guarded,
+    open_listeners,
+    serve_connections,
+)
 from .protocol import clean_headers, decode_path
 
 __all__ = [
@@ -342,34 +350,14 @@ async def serve_websocket_listener(
 
     try:
         await serve_connections(
-            partial(_guarded, handle),
+            partial(guarded, handle),
             listeners,
             idle=idle,
             shutdown=shutdown,
             grace_period=server.config.grace_period,
             on_shutdown=server.close_websockets,
             name=", ".join(urls),
-            task_status=_Relay(task_status, urls),
+            task_status=StartedWith(task_status, urls),
         )
     finally:
-        for sock in sockets:
-            sock.close()
-
-
-async def _guarded(handler: Any, stream: trio.abc.Stream) -> None:
-    try:
-        await handler(stream)
-    except Exception:
-        log.exception("connection handler failed; closed that connection")
-        await trio.aclose_forcefully(stream)
-
-
-@attrs.define
-class _Relay:
-    """Reports *value* instead of what serve_listeners reports."""
-
-    status: trio.TaskStatus[list[str]]
-    value: list[str]
-
-    def started(self, _: object = None) -> None:
-        self.status.started(self.value)
+        close_sockets(sockets)

@@ -30,15 +30,20 @@ from .base import (
     validate_group_name,
     validate_message,
 )
+from .groups import HISTORY_KEY, CannotRecover, GroupHistory, GroupSendReport
 from .inmemory import InMemoryChannelLayer
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "HISTORY_KEY",
     "BaseChannelLayer",
+    "CannotRecover",
     "CapacityMap",
     "ChannelFull",
     "ChannelLayerError",
     "ChannelLayerUnavailable",
+    "GroupHistory",
+    "GroupSendReport",
     "InMemoryChannelLayer",
     "LayerStatistics",
     "MembershipLost",
@@ -61,6 +66,12 @@ def from_url(url: str, **options: Any) -> BaseChannelLayer:
     * ``memory://`` (optionally ``memory://?expiry=30&capacity=200``): :class:`InMemoryChannelLayer`.
     * ``redis://host:port/db``, ``rediss://…``, ``unix:///path.sock``: the Redis layer, with
       several hosts separated by commas for sharding.
+    * ``redis+sentinel://[[user]:password@]host1:26379,host2:26379/SERVICE_NAME/DB`` (and
+      ``rediss+sentinel://`` for TLS): the Redis layer on the primary that Redis Sentinel
+      manages for ``SERVICE_NAME``, following it through failovers. The password is the
+      primary's; sentinels with a password of their own take ``?sentinel_password=…``
+      (``sentinel_username``, ``sentinel_socket_timeout`` too). Several such URLs, or a mix
+      with ``redis://`` ones, separated by commas, shard.
 
     Raises :exc:`ValueError` naming the URL if the scheme or an option is not understood.
     """
@@ -72,7 +83,7 @@ def from_url(url: str, **options: Any) -> BaseChannelLayer:
         if parts.netloc or parts.path not in ("", "/"):
             raise ValueError(f"layer URL {url!r} is invalid: write it as 'memory://' (no host or path)")
         return InMemoryChannelLayer(**{**query_options(url, parts.query, strict=True), **options})
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
         try:
             from .redis import RedisChannelLayer
         except ImportError as exc:
@@ -82,5 +93,5 @@ def from_url(url: str, **options: Any) -> BaseChannelLayer:
         return RedisChannelLayer.from_url(url, **options)
     raise ValueError(
         f"layer URL {url!r} is invalid: unknown scheme {parts.scheme!r}; "
-        "use memory://, redis://host:6379/0, rediss:// or unix://"
+        "use memory://, redis://host:6379/0, rediss://, unix:// or redis+sentinel://host:26379/mymaster/0"
     )

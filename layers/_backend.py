@@ -39,7 +39,7 @@ import abc
 import random
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, Final, TypeVar
 
@@ -54,6 +54,7 @@ from .base import (
     validate_channel_name,
     validate_receive_channels,
 )
+from .groups import GroupSendReport
 
 __all__ = [
     "Delivery",
@@ -208,11 +209,15 @@ class ParkingLayer(BaseChannelLayer):
     @abc.abstractmethod
     async def send_owned(self, channel: str, message: dict[str, Any], *, wait: bool = False) -> None: ...
 
-    async def send_group(self, group: str, message: dict[str, Any]) -> None:
-        await self.send_group_encoded(group, self._encode(message))
+    async def send_group(
+        self, group: str, message: dict[str, Any], *, exclude: str | Collection[str] | None = None
+    ) -> GroupSendReport:
+        return await self.send_group_encoded(group, self._encode(message), exclude=exclude)
 
     @abc.abstractmethod
-    async def send_group_encoded(self, group: str, data: bytes) -> None: ...
+    async def send_group_encoded(
+        self, group: str, data: bytes, *, exclude: str | Collection[str] | None = None
+    ) -> GroupSendReport: ...
 
     # -- waiting for room ------------------------------------------------------------------
 
@@ -323,21 +328,30 @@ def single_reader_names(pattern: str) -> Iterator[str]:
 _NUMBER_OPTIONS: Final = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int}
 
 
-def query_options(url: str, query: str, text: Sequence[str] = (), *, strict: bool = False) -> dict[str, Any]:
-    """The layer options in a URL's *query*: the numbers every layer takes, and the *text* ones.
+def query_options(
+    url: str,
+    query: str,
+    text: Sequence[str] = (),
+    *,
+    strict: bool = False,
+    numbers: Mapping[str, Callable[[str], Any]] | None = None,
+) -> dict[str, Any]:
+    """The layer options in a URL's *query*: the numbers every layer takes (and the layer's own
+    *numbers*), and the *text* ones.
 
     Unknown keys are ignored, or with *strict* refused. Raises :exc:`ValueError` naming *url*
     for a number that is not one, or an unknown key when *strict*.
     """
+    known_numbers: dict[str, Callable[[str], Any]] = {**_NUMBER_OPTIONS, **(numbers or {})}
     options: dict[str, Any] = {}
     for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         if key in text:
             options[key] = value
             continue
-        convert = _NUMBER_OPTIONS.get(key)
+        convert = known_numbers.get(key)
         if convert is None:
             if strict:
-                known = ", ".join([*_NUMBER_OPTIONS, *text])
+                known = ", ".join([*known_numbers, *text])
                 raise ValueError(f"layer URL {url!r} is invalid: unknown option {key!r}; use {known}")
             continue
         try:

@@ -24,7 +24,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
@@ -32,7 +32,8 @@ import msgpack
 import trio
 
 if TYPE_CHECKING:
-    from .redis.connection import RedisAddress
+    from .groups import GlobMap, GroupHistory, GroupSendReport, HistoryOptions, PresenceOptions, Since
+    from .redis.connection import ServerAddress
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -62,6 +63,7 @@ __all__ = [
     "validate_channel_name",
     "validate_group_name",
     "validate_message",
+    "validate_process_prefix",
     "validate_receive_channels",
 ]
 
@@ -167,7 +169,9 @@ def validate_group_name(name: object) -> str:
     return name
 
 
-def _check_prefix(prefix: object) -> str:
+def validate_process_prefix(prefix: object) -> str:
+    """Return *prefix* if it is a valid process prefix (a channel name ending in ``!``), else
+    raise :exc:`TypeError`."""
     if not isinstance(prefix, str) or not prefix.endswith("!"):
         raise TypeError(f"process prefix {prefix!r} is invalid: it must be a str ending in '!'")
     return validate_channel_name(prefix)
@@ -455,13 +459,24 @@ class BaseChannelLayer(abc.ABC):
     capacity: int = attrs.field(default=100, validator=_positive_int)
     channel_capacity: Mapping[Any, int] | None = None
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive_int)
+    #: Per group-name glob: ``{"chat-*": {"size": 100, "ttl": 300}}`` keeps the last 100
+    #: messages of every matching group until 300 s after the last one (see ``layers.groups``).
+    history: Mapping[Any, Mapping[str, Any]] | None = None
+    #: Per group-name glob: ``{"chat-*": {"events": True}}`` sends join/leave events to members.
+    presence: Mapping[Any, Mapping[str, Any]] | None = None
     _capacities: CapacityMap = attrs.field(init=False, repr=False)
+    _history_map: GlobMap[HistoryOptions] = attrs.field(init=False, repr=False)
+    _presence_map: GlobMap[PresenceOptions] = attrs.field(init=False, repr=False)
     _exit_stack: contextlib.AsyncExitStack | None = attrs.field(default=None, init=False, repr=False)
     _membership_lost: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
     _last_membership_lost: MembershipLost | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        from .groups import history_map, presence_map  # it builds on this module
+
         self._capacities = CapacityMap.build(self.capacity, self.channel_capacity)
+        self._history_map = history_map(self.history)
+        self._presence_map = presence_map(self.presence)
 
     # -- lost memberships --------------------------------------------------------------
 
@@ -496,6 +511,15 @@ class BaseChannelLayer(abc.ABC):
     def get_capacity(self, channel: str) -> int:
         """The capacity that applies to *channel*."""
         return self._capacities.get(channel)
+
+    def history_options(self, group: str) -> HistoryOptions | None:
+        """The history *group* keeps (the first matching ``history=`` pattern), or ``None``."""
+        return self._history_map.get(group)
+
+    def presence_events(self, group: str) -> bool:
+        """Whether *group* sends join/leave events (the first matching ``presence=`` pattern)."""
+        options = self._presence_map.get(group)
+        return options is not None and options.events
 
     def _encode(self, message: object) -> bytes:
         return encode_message(message, self.max_message_size)
@@ -577,9 +601,11 @@ class BaseChannelLayer(abc.ABC):
         """
         await self.send(channel, decode_message(data), delay=delay, wait=wait)
 
-    async def send_group_encoded(self, group: str, data: bytes) -> None:
+    async def send_group_encoded(
+        self, group: str, data: bytes, *, exclude: str | Collection[str] | None = None
+    ) -> GroupSendReport:
         """:meth:`send_group` for a message already made by :func:`encode_message`."""
-        await self.send_group(group, decode_message(data))
+        return await self.send_group(group, decode_message(data), exclude=exclude)
 
     @contextlib.contextmanager
     def own_prefix(self, prefix: str) -> Iterator[None]:
@@ -594,7 +620,7 @@ class BaseChannelLayer(abc.ABC):
         everything is in one process anyway: there the declaration only does that. Raises
         :exc:`TypeError` unless *prefix* is a valid name ending in ``!``.
         """
-        _check_prefix(prefix)
+        validate_process_prefix(prefix)
         yield
 
     async def receive(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
@@ -629,20 +655,66 @@ class BaseChannelLayer(abc.ABC):
         """Return a new single-reader channel name: *pattern* (ending in ``?``) + a random part."""
 
     @abc.abstractmethod
-    async def group_add(self, group: str, channel: str) -> None:
-        """Add *channel* to *group* (again: refresh its membership)."""
+    async def group_add(self, group: str, channel: str, *, info: dict[str, Any] | None = None) -> None:
+        """Add *channel* to *group* (again: refresh its membership and replace its info).
+
+        *info* is what :meth:`group_presence` shows for the member: a small dict of JSON
+        values (``layers.groups.validate_info`` says exactly what is allowed). A new member of
+        a group with presence events makes the other members receive
+        ``{"presence": "join", "group": ..., "channel": ..., "info": ...}``.
+        """
+
+    @abc.abstractmethod
+    async def group_recover(
+        self, group: str, channel: str, since: Since, *, info: dict[str, Any] | None = None
+    ) -> GroupHistory:
+        """:meth:`group_add`, and queue for *channel* the messages of *group*'s history it
+        missed, in order, ahead of any message the group sends after the add.
+
+        *since* is a position ``(epoch, offset)`` (every message after it), or an int *n* for a
+        channel without one (the latest *n* messages there are). Returns what was queued
+        (``messages``, with offsets) and the group's position at the add. Raises
+        :exc:`~layers.groups.CannotRecover` if the history does not cover the position, the
+        group keeps none, or the replay does not fit in the channel; the channel is a member
+        all the same, and nothing was queued. Atomic with respect to group sends: each
+        message reaches the channel once, from the replay or live, in offset order.
+        """
 
     @abc.abstractmethod
     async def group_discard(self, group: str, channel: str) -> None:
-        """Remove *channel* from *group*; no error if it is not a member."""
+        """Remove *channel* from *group*; no error if it is not a member. In a group with
+        presence events, the remaining members receive a ``"leave"`` event."""
 
     @abc.abstractmethod
     async def group_channels(self, group: str) -> list[str]:
         """The current members of *group*."""
 
     @abc.abstractmethod
-    async def send_group(self, group: str, message: dict[str, Any]) -> None:
-        """Send *message* to every member of *group*. Never raises :exc:`ChannelFull`."""
+    async def group_presence(self, group: str) -> dict[str, dict[str, Any] | None]:
+        """The current members of *group*, each with the info it was last added with."""
+
+    @abc.abstractmethod
+    async def group_history(
+        self, group: str, *, since: int | None = None, limit: int | None = None
+    ) -> GroupHistory:
+        """Messages of *group*'s history, oldest first: those after offset *since* (at most
+        *limit*, the earliest), or without *since* the latest *limit* (all if ``None``).
+
+        A group without history returns no messages and ``epoch``/``offset`` ``None``. A group
+        with history that has none yet gets its epoch now (offset 0), so a client told that
+        position can recover from it.
+        """
+
+    @abc.abstractmethod
+    async def send_group(
+        self, group: str, message: dict[str, Any], *, exclude: str | Collection[str] | None = None
+    ) -> GroupSendReport:
+        """Send *message* to every member of *group* but those in *exclude*; return the report.
+
+        Never raises :exc:`ChannelFull` (full members are counted in the report). In a group
+        with history the message is stored and numbered first; every member receives it with
+        its position under ``layers.groups.HISTORY_KEY``.
+        """
 
     @abc.abstractmethod
     async def flush(self) -> None:
@@ -657,7 +729,7 @@ class BaseChannelLayer(abc.ABC):
         synchronously as well: ``InMemoryChannelLayer.state.statistics(now)``.
         """
 
-    def shared_store_address(self) -> tuple[RedisAddress, str] | None:
+    def shared_store_address(self) -> tuple[ServerAddress, str] | None:
         """A Redis server and key prefix that every process on this layer shares, or ``None``.
 
         ``serve()`` keeps sessions there unless told otherwise, so sessions are as shared as

@@ -9,6 +9,10 @@ receiver first and hands it over without queueing, else the state queues it. One
 delivers delayed messages and sweeps expired ones: it sleeps until the state's next deadline
 and is woken, not polled, when earlier work arrives.
 
+Presence events are queued by the state (:attr:`InMemoryState.events`) and sent here, as
+group sends without history, right after the operation that caused them: a discard, an add,
+a send or receive that found a member gone, the timer finding a membership lapsed.
+
 Capacity is per channel, also under a process prefix (``interface.abc!x`` and
 ``interface.abc!y`` each hold ``capacity`` messages, in one FIFO that a receive on
 ``interface.abc!`` reads in sending order). A sender that waits for room (``wait=True``) is
@@ -25,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from typing import Any
 
 import attrs
@@ -39,12 +43,26 @@ from .base import (
     LayerStatistics,
     check_owned_message,
     decode_message,
+    encode_message,
     non_local_name,
     parse_delay_message,
     validate_channel_name,
     validate_group_name,
 )
 from .concurrency import open_service_nursery
+from .groups import (
+    FULL_CHANNELS_LIMIT,
+    GroupHistory,
+    GroupSendReport,
+    Since,
+    cannot_recover,
+    refuse_position,
+    validate_exclude,
+    validate_history_range,
+    validate_info,
+    validate_since,
+    with_position,
+)
 
 __all__ = ["InMemoryChannelLayer"]
 
@@ -61,9 +79,10 @@ class InMemoryChannelLayer(ParkingLayer):
     sends need the timer.
     """
 
-    extensions = ("groups", "flush", "statistics", "delay")
+    extensions = ("groups", "flush", "statistics", "delay", "presence", "history")
 
     _state: InMemoryState = attrs.field(init=False, repr=False)
+    _flushing_events: bool = attrs.field(default=False, init=False, repr=False)
     _timer_running: bool = attrs.field(default=False, init=False, repr=False)
     _timer_deadline: float = attrs.field(default=math.inf, init=False, repr=False)
     _timer_wakeup: trio.Event | None = attrs.field(default=None, init=False, repr=False)
@@ -75,6 +94,8 @@ class InMemoryChannelLayer(ParkingLayer):
             group_expiry=self.group_expiry,
             capacities=self._capacities,
             on_remove=self._removed,
+            history=self.history_options,
+            presence_events=self.presence_events,
         )
 
     def _removed(self, channel: str, payload: Payload, taken: bool) -> None:
@@ -108,6 +129,7 @@ class InMemoryChannelLayer(ParkingLayer):
                     except ChannelFull:
                         log.warning("dropped a delayed message: channel %r is full", channel)
                 self._timer_deadline = deadline = self._state.sweep(now)
+                self._flush_events(now)
                 self._timer_wakeup = wakeup = trio.Event()
                 with trio.move_on_at(deadline):
                     await wakeup.wait()
@@ -199,14 +221,52 @@ class InMemoryChannelLayer(ParkingLayer):
             # waiter.wake(), inlined: this is the hot path
             trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, message, now + self.expiry)))
             return
-        self._state.put(key, channel, data, now)
+        try:
+            self._state.put(key, channel, data, now)
+        finally:
+            if self._state.events:
+                self._flush_events(now)
         if self._timer_deadline == math.inf:
             self._wake_timer()
+
+    def _flush_events(self, now: float) -> None:
+        """Send the presence events the state queued (and those sending them caused)."""
+        if self._flushing_events:
+            return  # the outer call sends them
+        self._flushing_events = True
+        try:
+            events = self._state.events
+            while events:
+                group, event, leave_out = events.popleft()
+                self._fan_out(group, encode_message(event), frozenset((leave_out,)) if leave_out else (), now)
+        finally:
+            self._flushing_events = False
+
+    def _fan_out(self, group: str, data: bytes, excluded: Collection[str], now: float) -> GroupSendReport:
+        targets, gone = self._state.group_targets(group, now)
+        delivered = full = 0
+        full_channels: list[str] = []
+        for channel in targets:
+            if channel in excluded:
+                continue
+            try:
+                self._deliver(channel, data, now)
+                delivered += 1
+            except ChannelFull:  # at-most-once: a full member misses this message
+                full += 1
+                if len(full_channels) < FULL_CHANNELS_LIMIT:
+                    full_channels.append(channel)
+        return GroupSendReport(
+            delivered=delivered, full=full, expired=gone, full_channels=tuple(full_channels)
+        )
 
     # -- receiving -------------------------------------------------------------------------
 
     def _take(self, names: list[str]) -> Delivery | None:
-        entry = self._state.take(names, trio.current_time())
+        now = trio.current_time()
+        entry = self._state.take(names, now)
+        if self._state.events:
+            self._flush_events(now)
         if entry is None:
             return None
         deadline, channel, data = entry
@@ -230,33 +290,95 @@ class InMemoryChannelLayer(ParkingLayer):
 
     # -- groups ----------------------------------------------------------------------------
 
-    async def group_add(self, group: str, channel: str) -> None:
+    async def group_add(self, group: str, channel: str, *, info: dict[str, Any] | None = None) -> None:
         await trio.lowlevel.checkpoint()
         validate_group_name(group)
         validate_channel_name(channel)
-        self._state.group_add(group, channel, trio.current_time())
+        encoded = validate_info(info)
+        now = trio.current_time()
+        self._state.group_add(group, channel, now, encoded)
+        self._flush_events(now)
+
+    async def group_recover(
+        self, group: str, channel: str, since: Since, *, info: dict[str, Any] | None = None
+    ) -> GroupHistory:
+        await trio.lowlevel.checkpoint()
+        validate_group_name(group)
+        validate_channel_name(channel)
+        since = validate_since(since)
+        encoded = validate_info(info)
+        now = trio.current_time()
+        # No checkpoint from here on: the add, the replay and later group sends are ordered.
+        self._state.group_add(group, channel, now, encoded)
+        found, current_epoch, latest = self._state.recover(group, since, now)
+        if not isinstance(found, str) and len(found) > self._state.room(channel, now):
+            found = "no room"
+        if isinstance(found, str):
+            self._flush_events(now)
+            raise cannot_recover(group, found, since, current_epoch, latest)
+        assert current_epoch is not None
+        for entry_offset, data in found:
+            self._deliver(channel, with_position(data, group, current_epoch, entry_offset), now)
+        self._flush_events(now)
+        return GroupHistory(
+            messages=[(entry_offset, decode_message(data)) for entry_offset, data in found],
+            epoch=current_epoch,
+            offset=latest,
+        )
 
     async def group_discard(self, group: str, channel: str) -> None:
         await trio.lowlevel.checkpoint()
         validate_group_name(group)
         validate_channel_name(channel)
         self._state.group_discard(group, channel)
+        self._flush_events(trio.current_time())
 
     async def group_channels(self, group: str) -> list[str]:
         await trio.lowlevel.checkpoint()
         validate_group_name(group)
-        return self._state.group_members(group, trio.current_time())
+        now = trio.current_time()
+        members = self._state.group_members(group, now)
+        self._flush_events(now)
+        return members
 
-    async def send_group_encoded(self, group: str, data: bytes) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+    async def group_presence(self, group: str) -> dict[str, dict[str, Any] | None]:
+        await trio.lowlevel.checkpoint()
         validate_group_name(group)
         now = trio.current_time()
-        for channel in self._state.group_targets(group, now):
-            try:
-                self._deliver(channel, data, now)
-            except ChannelFull:
-                pass  # at-most-once: a full member misses this message
+        members = self._state.group_presence(group, now)
+        self._flush_events(now)
+        return {channel: None if info is None else decode_message(info) for channel, info in members.items()}
+
+    async def group_history(
+        self, group: str, *, since: int | None = None, limit: int | None = None
+    ) -> GroupHistory:
+        await trio.lowlevel.checkpoint()
+        validate_group_name(group)
+        validate_history_range(since, limit)
+        entries, epoch, offset = self._state.history_read(group, since, limit, trio.current_time())
+        return GroupHistory(
+            messages=[(entry_offset, decode_message(data)) for entry_offset, data in entries],
+            epoch=epoch,
+            offset=offset,
+        )
+
+    async def send_group_encoded(
+        self, group: str, data: bytes, *, exclude: str | Collection[str] | None = None
+    ) -> GroupSendReport:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        validate_group_name(group)
+        excluded = validate_exclude(exclude)
+        refuse_position(data)
+        now = trio.current_time()
+        position = self._state.history_append(group, data, now)
+        if position is not None:
+            data = with_position(data, group, *position)
+        report = self._fan_out(group, data, excluded, now)
+        self._flush_events(now)
         await trio.lowlevel.cancel_shielded_checkpoint()
+        if position is None:
+            return report
+        return attrs.evolve(report, epoch=position[0], offset=position[1])
 
     # -- housekeeping ----------------------------------------------------------------------
 

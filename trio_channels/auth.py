@@ -268,7 +268,7 @@ class _TokenAuth:
             log.warning(
                 "%s: refused the token from the %s on %s: %s; %s", self.name, source, where, reason, outcome
             )
-        if message.reply_channel is None:
+        if not message.has_reply_channel:
             return
         if channel == "http.request":
             await send_response(message, response)

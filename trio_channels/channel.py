@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 import attrs
 import trio
 
+from interface.messages import Reply
 from layers import BaseChannelLayer, ChannelLayerUnavailable
 from layers.base import (
     ChannelFull,
@@ -26,12 +27,14 @@ from layers.base import (
     validate_channel_name,
     validate_group_name,
 )
+from layers.groups import GroupHistory, GroupSendReport, refuse_position, validate_exclude
 
 __all__ = [
     "Channel",
     "ContextSetter",
     "Group",
     "Message",
+    "NoReplyChannel",
     "Outbox",
     "current_layer",
     "current_outbox",
@@ -109,6 +112,7 @@ class _Pending:
     name: str
     data: bytes
     delay: float
+    exclude: frozenset[str] = frozenset()
 
 
 @attrs.define(eq=False)
@@ -125,9 +129,19 @@ class Outbox:
     #: this outbox is current (the worker follows an HTTP response this way).
     watcher: Callable[[str, dict[str, Any]], None] | None = None
 
-    def add(self, *, group: bool, name: str, content: dict[str, Any], delay: float = 0) -> None:
+    def add(
+        self,
+        *,
+        group: bool,
+        name: str,
+        content: dict[str, Any],
+        delay: float = 0,
+        exclude: frozenset[str] = frozenset(),
+    ) -> None:
         data = encode_message(content, self.layer.max_message_size)
-        self._pending.append(_Pending(group, name, data, delay))
+        if group:
+            refuse_position(data)
+        self._pending.append(_Pending(group, name, data, delay, exclude))
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -175,7 +189,7 @@ class Outbox:
         for index, item in enumerate(pending):
             try:
                 if item.group:  # never full
-                    await self.layer.send_group_encoded(item.name, item.data)
+                    await self._send_group(item)
                     continue
                 send = partial(self.layer.send_encoded, item.name, item.data, delay=item.delay)
                 try:
@@ -195,6 +209,9 @@ class Outbox:
                 log.error("gave up delivering %d buffered message(s): %s", len(pending) - index, exc)
                 return
 
+    async def _send_group(self, item: _Pending) -> None:
+        await self.layer.send_group_encoded(item.name, item.data, exclude=item.exclude)
+
 
 # ----------------------------------------------------------------------------- channels
 
@@ -206,7 +223,7 @@ def _ascii_name(value: str | bytes) -> str:
 def _content(content: object, what: str) -> dict[str, Any]:
     if type(content) is not dict:
         raise TypeError(f"{what} needs a dict message, not {type(content).__name__}: {content!r:.80}")
-    return content
+    return content  # a TypedDict reply is a plain dict at run time
 
 
 @attrs.define(eq=False, repr=False)
@@ -224,24 +241,25 @@ class Channel:
         return self._layer if self._layer is not None else current_layer()
 
     async def send(
-        self, content: dict[str, Any], *, immediately: bool = False, delay: float | None = None
+        self, content: dict[str, Any] | Reply, *, immediately: bool = False, delay: float | None = None
     ) -> None:
-        """Send *content* to this channel.
+        """Send *content* (a dict; replies may be typed as :mod:`interface.messages` says) to
+        this channel.
 
         Inside a consumer the send is buffered until the consumer finishes, unless
         ``immediately=True``; ``delay`` (seconds) asks the layer to deliver it later. Raises
         :exc:`TypeError`/:exc:`ValueError` for a bad message (also when buffering), and
         :exc:`layers.ChannelFull` for an immediate send to a full channel.
         """
-        _content(content, f"Channel({self.name!r}).send()")
+        message = _content(content, f"Channel({self.name!r}).send()")
         outbox = _current_outbox.get()
         if outbox is not None and not immediately:
-            outbox.add(group=False, name=self.name, content=content, delay=delay or 0)
+            outbox.add(group=False, name=self.name, content=message, delay=delay or 0)
             await trio.lowlevel.checkpoint_if_cancelled()
             return
-        await self.layer.send(self.name, content, delay=delay or 0)
+        await self.layer.send(self.name, message, delay=delay or 0)
         if outbox is not None and outbox.watcher is not None:
-            outbox.watcher(self.name, content)
+            outbox.watcher(self.name, message)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Channel) and other.name == self.name
@@ -274,9 +292,37 @@ class Group:
     def layer(self) -> BaseChannelLayer:
         return self._layer if self._layer is not None else current_layer()
 
-    async def add(self, channel: Channel | str) -> None:
-        """Add *channel* (a :class:`Channel` or a name); re-adding refreshes its membership."""
-        await self.layer.group_add(self.name, _channel_name(channel))
+    @overload
+    async def add(
+        self, channel: Channel | str, *, info: dict[str, Any] | None = None, recover: None = None
+    ) -> None: ...
+
+    @overload
+    async def add(
+        self, channel: Channel | str, *, info: dict[str, Any] | None = None, recover: tuple[str, int] | int
+    ) -> GroupHistory: ...
+
+    async def add(
+        self,
+        channel: Channel | str,
+        *,
+        info: dict[str, Any] | None = None,
+        recover: tuple[str, int] | int | None = None,
+    ) -> GroupHistory | None:
+        """Add *channel* (a :class:`Channel` or a name); re-adding refreshes its membership.
+
+        *info* (a small dict of JSON values: a user id, a name) is what :meth:`presence` shows
+        for it. With *recover* (a client's last position ``(epoch, offset)``, or an int *n*: the
+        latest *n* messages), the messages it missed are queued for it first, in order, and
+        returned (:class:`~layers.groups.GroupHistory`); :exc:`~layers.groups.CannotRecover`
+        if the history does not cover them (the channel is added all the same: reload the
+        client's state). Not buffered inside a consumer: the add takes effect at once.
+        """
+        name = _channel_name(channel)
+        if recover is None:
+            await self.layer.group_add(self.name, name, info=info)
+            return None
+        return await self.layer.group_recover(self.name, name, recover, info=info)
 
     async def discard(self, channel: Channel | str) -> None:
         """Remove *channel*; no error if it is not a member."""
@@ -286,21 +332,56 @@ class Group:
         """The names of the current members."""
         return await self.layer.group_channels(self.name)
 
-    async def send(self, content: dict[str, Any], *, immediately: bool = False) -> None:
-        """Send *content* to every member (buffered inside a consumer unless ``immediately``)."""
-        _content(content, f"Group({self.name!r}).send()")
+    async def presence(self) -> dict[str, dict[str, Any] | None]:
+        """Who is here: each member's channel name with the info it was added with."""
+        return await self.layer.group_presence(self.name)
+
+    async def history(self, *, since: int | None = None, limit: int | None = None) -> GroupHistory:
+        """The group's stored messages after offset *since* (or the latest *limit*), oldest
+        first, with its epoch and latest offset (see ``BaseChannelLayer.group_history``)."""
+        return await self.layer.group_history(self.name, since=since, limit=limit)
+
+    async def send(
+        self,
+        content: dict[str, Any] | Reply,
+        *,
+        immediately: bool = False,
+        exclude: Channel | str | Collection[Channel | str] | None = None,
+    ) -> GroupSendReport | None:
+        """Send *content* to every member but *exclude* (a channel or several: the sender,
+        say); return the layer's :class:`~layers.groups.GroupSendReport`.
+
+        Inside a consumer the send is buffered until the consumer finishes, unless
+        ``immediately=True``, and returns ``None`` (there is no report yet).
+        """
+        content = _content(content, f"Group({self.name!r}).send()")
+        if exclude is None:
+            excluded: frozenset[str] = frozenset()
+        elif isinstance(exclude, (Channel, str)):
+            excluded = frozenset((_channel_name(exclude),))
+        else:
+            excluded = validate_exclude([_channel_name(item) for item in exclude])
         outbox = _current_outbox.get()
         if outbox is not None and not immediately:
-            outbox.add(group=True, name=self.name, content=content)
+            outbox.add(group=True, name=self.name, content=content, exclude=excluded)
             await trio.lowlevel.checkpoint_if_cancelled()
-            return
-        await self.layer.send_group(self.name, content)
+            return None
+        return await self.layer.send_group(self.name, content, exclude=excluded)
 
     def __repr__(self) -> str:
         return f"Group({self.name!r})"
 
 
 # ----------------------------------------------------------------------------- messages
+
+
+class NoReplyChannel(AttributeError):
+    """The message has no ``reply_channel``: only connection messages (``http.request``,
+    ``websocket.*``) carry one.
+
+    An :exc:`AttributeError`, so ``getattr(message, "reply_channel", None)`` and ``hasattr``
+    work as they did in Channels 1, where the attribute was ``None``.
+    """
 
 
 @attrs.define(eq=False)
@@ -316,14 +397,33 @@ class Message:
     channel: Channel
     channel_layer: BaseChannelLayer
     deadline: float = math.inf
-    reply_channel: Channel | None = attrs.field(init=False)
+    _reply_channel: Channel | None = attrs.field(init=False)
     channel_session: Any = attrs.field(default=None, init=False)
     http_session: Any = attrs.field(default=None, init=False)
     user: Any = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         reply = self.content.get("reply_channel")
-        self.reply_channel = Channel(reply, layer=self.channel_layer) if reply else None
+        self._reply_channel = Channel(reply, layer=self.channel_layer) if reply else None
+
+    @property
+    def reply_channel(self) -> Channel:
+        """The connection's reply channel.
+
+        Raises :exc:`NoReplyChannel` (an :exc:`AttributeError`) naming the channel when the
+        message has none; :attr:`has_reply_channel` tells beforehand.
+        """
+        if self._reply_channel is None:
+            raise NoReplyChannel(
+                f"the message on {self.channel.name!r} has no reply_channel: only connection messages "
+                "(http.request, websocket.*) carry one"
+            )
+        return self._reply_channel
+
+    @property
+    def has_reply_channel(self) -> bool:
+        """Whether the message carries a ``reply_channel`` (connection messages do)."""
+        return self._reply_channel is not None
 
     def __getitem__(self, key: str) -> Any:
         return self.content[key]

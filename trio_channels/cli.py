@@ -1,383 +1,569 @@
 """``python -m trio_channels``: ``run`` (interface + workers) and ``worker`` (workers only).
 
+Every option is also an environment variable, ``TRIO_CHANNELS_`` and the flag's name
+(``--ws-max-size`` is ``TRIO_CHANNELS_WS_MAX_SIZE``; repeatable options take a
+comma-separated list; switches take ``1``/``true``/``yes`` or ``0``/``false``/``no``); uvicorn's
+``FORWARDED_ALLOW_IPS`` works too. A flag beats its variable, which beats a ``--settings``
+module, which beats the :class:`~trio_channels.config.ServerConfig` default.
+:doc:`configuration` lists them all.
+
 Exit status: 0 after a clean shutdown; 2 for anything wrong at start-up (a bad routing path,
-settings module, layer URL, ASGI app, TLS file, or an address that cannot be bound), printed
-as one line on stderr like argparse's own usage errors; 130 after a second Ctrl+C (or one
-before start-up finished); 1 for an error while running.
+settings module, layer URL, ASGI app, TLS file, log config, environment variable, an address
+that cannot be bound, or a layer that cannot start: no sentinel of a ``redis+sentinel://`` URL
+answers), printed as one line on stderr like argparse's own usage errors; 130 after a second
+Ctrl+C (or one before start-up finished); 1 for an error while running.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
+import platform
 import sys
-import sysconfig
-import traceback
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import attrs
 import trio
 
-import layers
 from interface import InterfaceConfig
+from interface.listeners import bind_sockets, close_sockets
+from layers import ChannelLayerUnavailable
 
+from . import __version__
+from .config import DEMO_ROUTING, ConfigurationError, ServerConfig, Settings, describe_error, load_settings
 from .http import http_fallback
-from .routing import Router, import_by_path
-from .server import DEFAULT_CHANNEL_CAPACITY, ServerInfo
+from .logconfig import LOG_LEVELS, configure_logging
+from .reload import Reloader, child_sockets
+from .routing import Router
+from .server import ServerInfo
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["main"]
 
-DEMO_ROUTING = "trio_channels.demo.routing.routing"
-BACKEND_ALIASES = {
-    "asgiref.inmemory.ChannelLayer": "layers.InMemoryChannelLayer",
-    "asgi_redis.RedisChannelLayer": "layers.redis.RedisChannelLayer",
-}
+log = logging.getLogger("trio_channels")
+
+ENV_PREFIX = "TRIO_CHANNELS_"
+#: Environment variables other servers use, honoured as aliases (uvicorn's, gunicorn's).
+ENV_ALIASES = {"forwarded_allow_ips": "FORWARDED_ALLOW_IPS"}
+_VERBOSITY = {0: "warning", 1: "info", 2: "debug"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
-class ConfigurationError(Exception):
-    """A user configuration problem: reported as one line, exit status 2."""
+@attrs.frozen
+class Option:
+    """One command-line option: its flags, the config field it sets, and its environment variable."""
+
+    action: argparse.Action
+    commands: tuple[str, ...]
+    #: ``"concurrency"``, ``"interface_config.http_timeout"``, or ``None`` for the CLI's own.
+    field: str | None
+    #: ``value`` (one value), ``list`` (repeatable), ``switch`` (no value).
+    kind: str
+
+    @property
+    def flag(self) -> str:
+        """The long flag (``--ws-max-size``), or the positional's name (``ROUTING``)."""
+        long = [flag for flag in self.action.option_strings if flag.startswith("--")]
+        return long[0] if long else str(self.action.metavar or self.action.dest).upper()
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.flag.lstrip("-").upper().replace("-", "_")
 
 
-_OURS = tuple(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + package + os.sep
-    for package in ("trio_channels", "layers", "interface")
-)
-_STDLIB = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
+def _octal(text: str) -> int:
+    """An octal file mode (``660``, ``0660``, ``0o660``)."""
+    value = int(text.removeprefix("0o"), 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError(text)
+    return value
 
 
-def _user_location(exc: BaseException) -> str | None:
-    """``FILE, line N`` of the innermost frame in the user's code that *exc* came from."""
-    while exc.__cause__ is not None:  # the original error, not our re-raise of it
-        exc = exc.__cause__
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return f"{exc.filename}, line {exc.lineno}"
-    found = None
-    for frame, line in traceback.walk_tb(exc.__traceback__):
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if frame.f_code.co_filename.startswith("<") or filename.startswith((*_OURS, _STDLIB)):
-            continue
-        found = f"{filename}, line {line}"
-    return found
+_octal.__name__ = "octal mode"  # argparse names the type in its error: "invalid octal mode value"
 
 
-def _one_line(what: str, value: str, exc: BaseException) -> str:
-    """*exc*, raised while loading *value* (a *what*), as one line naming the value and where."""
-    frames = list(traceback.walk_tb(exc.__traceback__))
-    ours = bool(frames) and os.path.abspath(frames[-1][0].f_code.co_filename).startswith(_OURS)
-    if isinstance(exc, SyntaxError):
-        message = f"SyntaxError: {exc.msg}"
-    elif ours and str(exc):  # our messages say what is wrong; the type adds nothing
-        message = str(exc)
-    else:
-        message = f"{type(exc).__name__}: {exc}"
-    if repr(value) not in message:
-        message = f"{what} {value!r}: {message}"
-    location = _user_location(exc)
-    if location is not None:
-        message += f" ({location})"
-    return " ".join(message.split())  # a multi-line message would not be one line
+class _Builder:
+    """Adds options to the parsers and remembers them (for environment variables and the docs)."""
+
+    def __init__(self) -> None:
+        self.options: list[Option] = []
+
+    def add(
+        self,
+        parsers: Sequence[tuple[str, argparse._ActionsContainer]],
+        *flags: str,
+        field: str | None = None,
+        help: str,
+        **kwargs: Any,
+    ) -> None:
+        action_name = kwargs.get("action", "store")
+        kind = (
+            "list"
+            if action_name == "append"
+            else "switch"
+            if action_name in ("store_true", "store_const")
+            else "value"
+        )
+        kwargs.setdefault("default", None)  # unset: the config's default (or the settings module's) applies
+        actions = [parser.add_argument(*flags, help=help, **kwargs) for _, parser in parsers]
+        option = Option(actions[0], tuple(command for command, _ in parsers), field, kind)
+        env = option.env + (
+            f" or {ENV_ALIASES[option.action.dest]}" if option.action.dest in ENV_ALIASES else ""
+        )
+        for action in actions:
+            action.help = f"{help} [env {env}]"
+        self.options.append(option)
 
 
-def _load_settings(path: str) -> dict[str, Any]:
-    try:
-        module = importlib.import_module(path)
-    except ImportError as exc:
-        reason = "no module of that name" if getattr(exc, "name", None) == path else str(exc)
-        raise ConfigurationError(f"settings module {path!r} could not be imported: {reason}") from exc
-    except Exception as exc:
-        raise ConfigurationError(_one_line("settings module", path, exc)) from exc
-    layers_setting = getattr(module, "CHANNEL_LAYERS", None)
-    if not isinstance(layers_setting, dict) or "default" not in layers_setting:
-        raise ConfigurationError(f"settings module {path!r} needs CHANNEL_LAYERS = {{'default': {{...}}}}")
-    default = layers_setting["default"]
-    result: dict[str, Any] = {
-        "routing": default.get("ROUTING"),
-        "allowed_hosts": getattr(module, "ALLOWED_HOSTS", None),
-        "session_store": getattr(module, "SESSION_STORE", None),
-    }
-    loader = getattr(module, "AUTH_USER_LOADER", None)
-    if isinstance(loader, str):
-        try:
-            loader = import_by_path(loader, "AUTH_USER_LOADER")
-        except ImportError as exc:
-            raise ConfigurationError(str(exc)) from exc
-    result["user_loader"] = loader
-    backend = default.get("BACKEND")
-    config = dict(default.get("CONFIG", {}))
-    if backend is None:
-        raise ConfigurationError(f"settings module {path!r}: CHANNEL_LAYERS['default'] has no BACKEND")
-    try:
-        if "://" in backend:
-            result["layer"] = layers.from_url(backend, **config)
-        else:
-            cls = import_by_path(BACKEND_ALIASES.get(backend, backend), "channel layer BACKEND")
-            result["layer"] = cls(**config)
-    except Exception as exc:
-        raise ConfigurationError(f"settings module {path!r}: {_one_line('BACKEND', backend, exc)}") from exc
-    return result
+def _default(field: str) -> Any:
+    """The default of a ServerConfig field, or of ``interface_config.<name>``."""
+    owner: Any = ServerConfig
+    if field.startswith("interface_config."):
+        owner, field = InterfaceConfig, field.split(".", 1)[1]
+    default = attrs.fields_dict(owner)[field].default
+    factory = getattr(default, "factory", None)
+    return factory() if factory is not None else default
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "routing",
-        nargs="?",
-        help="dotted path to a routing list, e.g. myproject.routing.channel_routing (default: the built-in demo)",
-    )
-    parser.add_argument(
-        "--layer",
-        metavar="URL",
-        help="channel layer URL: memory:// (default), redis://host:6379/0, rediss://...",
-    )
-    parser.add_argument(
-        "--settings",
-        metavar="MODULE",
-        help="a module with CHANNEL_LAYERS (BACKEND, CONFIG, ROUTING) and ALLOWED_HOSTS, like Channels' settings",
-    )
-    parser.add_argument(
-        "--session-store",
-        metavar="URL",
-        help="where sessions live: memory:// or redis://... (default: the Redis layer's server, else memory)",
-    )
-    parser.add_argument(
-        "--concurrency", type=int, default=100, help="consumers running at once per worker (100)"
-    )
-    parser.add_argument(
-        "--consumer-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="cancel a consumer after this long (default: its message's expiry)",
-    )
-    parser.add_argument(
-        "-v",
-        "--verbosity",
-        type=int,
-        default=1,
-        choices=(0, 1, 2),
-        help="0 quiet, 1 info (default), 2 debug: log every message",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
+def _build() -> tuple[argparse.ArgumentParser, list[Option]]:
     parser = argparse.ArgumentParser(
         prog="python -m trio_channels",
         description="Channel layers, groups and routed consumers on Trio: serve HTTP and WebSockets, run workers.",
     )
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"trio_channels {__version__} ({python}, Trio {trio.__version__}) on {platform.system()}",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
     run = commands.add_parser(
         "run",
         help="serve HTTP and WebSockets, with workers in the same process (unless --noworker)",
         description="Serve HTTP and WebSockets and run workers in one process. With no ROUTING, serves the built-in demo.",
     )
-    _add_common(run)
-    net = run.add_argument_group("listening")
-    net.add_argument(
-        "--bind",
-        action="append",
-        metavar="ADDRESS",
-        help="host:port, unix:PATH or fd://N; repeatable (default 127.0.0.1:8000)",
-    )
-    net.add_argument(
-        "--ws-bind",
-        action="append",
-        default=[],
-        metavar="HOST:PORT",
-        help="an extra WebSocket-only listener; repeatable",
-    )
-    net.add_argument("--certfile", help="TLS certificate (PEM) for --bind listeners")
-    net.add_argument("--keyfile", help="TLS private key (PEM) for --bind listeners")
-    net.add_argument(
-        "--noworker",
-        action="store_true",
-        help="no workers here: run them with 'worker' (needs a cross-process layer)",
-    )
-    timeouts = run.add_argument_group("timeouts (seconds)")
-    timeouts.add_argument(
-        "--http-timeout", type=float, default=120, help="answer 503 if no response comes (120)"
-    )
-    timeouts.add_argument(
-        "--websocket-connect-timeout",
-        type=float,
-        default=5,
-        help="deny (403) a handshake not accepted in time (5)",
-    )
-    timeouts.add_argument(
-        "--websocket-timeout",
-        type=float,
-        help="maximum WebSocket lifetime; -1 for none (default: the layer's group_expiry)",
-    )
-    timeouts.add_argument("--ping-interval", type=float, default=20, help="ping WebSockets this often (20)")
-    timeouts.add_argument(
-        "--ping-timeout", type=float, default=30, help="close a WebSocket whose pong is this late (30)"
-    )
-    timeouts.add_argument(
-        "--grace-period",
-        type=float,
-        default=10,
-        help="on SIGINT/SIGTERM, let in-flight work finish this long (10)",
-    )
-    http = run.add_argument_group("HTTP")
-    http.add_argument(
-        "--proxy-headers", action="store_true", help="trust X-Forwarded-For/-Proto/-Port from a proxy"
-    )
-    http.add_argument("--root-path", default="", help="ASGI root_path when mounted below a URL prefix")
-    http.add_argument(
-        "--access-log",
-        metavar="PATH",
-        help="access log file, or - for stdout (default: stdout at -v 1 and up)",
-    )
-    http.add_argument(
-        "--http-app",
-        metavar="MODULE:APP",
-        help="an ASGI-3 app for un-routed HTTP requests (Starlette, Quart-Trio...)",
-    )
-    http.add_argument("--static-root", metavar="DIR", help="serve files from DIR for un-routed HTTP requests")
-    http.add_argument("--static-url", default="/static/", help="URL prefix of --static-root (/static/)")
-    http.add_argument(
-        "--max-body-size", type=int, default=100 * 1024 * 1024, help="largest request body in bytes (100 MiB)"
-    )
-
     worker = commands.add_parser(
         "worker",
         help="run workers only, against a cross-process layer (Redis)",
         description="Run a worker: consume messages from the layer and route them to consumers.",
     )
-    _add_common(worker)
-    worker.add_argument(
-        "--only-channels",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="listen only on matching channels; repeatable",
+    b = _Builder()
+    both = [("run", run), ("worker", worker)]
+
+    def groups(title: str, *commands: str) -> list[tuple[str, argparse._ActionsContainer]]:
+        parsers = {"run": run, "worker": worker}
+        return [(command, parsers[command].add_argument_group(title)) for command in commands or parsers]
+
+    b.add(
+        both,
+        "routing",
+        nargs="?",
+        metavar="ROUTING",
+        help="the routing list, as module:name or a dotted path, e.g. myproject.routing:channel_routing "
+        "(default: the --settings module's ROUTING, else the built-in demo)",
     )
-    worker.add_argument(
-        "--exclude-channels",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="never listen on matching channels; repeatable",
+    app = groups("application")
+    b.add(
+        app,
+        "--layer",
+        metavar="URL",
+        field="layer",
+        help="channel layer URL: memory:// (default), redis://host:6379/0, rediss://..., "
+        "redis+sentinel://host1:26379,host2:26379/SERVICE/0",
     )
-    worker.add_argument(
+    b.add(
+        app,
+        "--settings",
+        metavar="MODULE",
+        help="a module with CHANNEL_LAYERS (BACKEND, CONFIG, ROUTING) and ALLOWED_HOSTS, like Channels' settings",
+    )
+    b.add(
+        app,
+        "--session-store",
+        metavar="URL",
+        field="session_store",
+        help="where sessions live: memory:// or redis://... (default: the Redis layer's server, else memory)",
+    )
+    b.add(
+        app,
+        "--concurrency",
+        type=int,
+        metavar="N",
+        field="concurrency",
+        help=f"consumers running at once per worker ({_default('concurrency')})",
+    )
+    b.add(
+        app,
+        "--consumer-timeout",
+        type=float,
+        metavar="SECONDS",
+        field="consumer_timeout",
+        help="cancel a consumer after this long (default: its message's expiry)",
+    )
+    b.add(
+        app,
         "--grace-period",
         type=float,
-        default=10,
-        help="on SIGINT/SIGTERM, let running consumers finish this long (10)",
+        metavar="SECONDS",
+        field="grace_period",
+        help=f"on SIGINT/SIGTERM, let in-flight work finish this long ({_default('grace_period')})",
     )
-    return parser
-
-
-def _configure_logging(verbosity: int, access_log: str | None, command: str) -> None:
-    level = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}[verbosity]
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    channels = groups("channels", "worker")
+    b.add(
+        channels,
+        "--only-channels",
+        action="append",
+        metavar="GLOB",
+        field="only_channels",
+        help="listen only on matching channels; repeatable",
     )
-    for noisy in ("hpack", "h2", "h11", "trio-websocket", "interface.hypercorn"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    access = logging.getLogger("interface.access")
-    access.propagate = False
-    if command != "run" or (access_log is None and verbosity < 1):
-        access.setLevel(logging.WARNING)
-        return
-    handler: logging.Handler
-    if access_log in (None, "-"):
-        handler = logging.StreamHandler(sys.stdout)
-    else:
-        handler = logging.FileHandler(access_log)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
+    b.add(
+        channels,
+        "--exclude-channels",
+        action="append",
+        metavar="GLOB",
+        field="exclude_channels",
+        help="never listen on matching channels; repeatable",
+    )
+
+    net = groups("listening", "run")
+    b.add(
+        net,
+        "--bind",
+        action="append",
+        metavar="ADDRESS",
+        field="bind",
+        help="host:port, [v6]:port, unix:PATH or fd://N; repeatable (default 127.0.0.1:8000)",
+    )
+    b.add(
+        net,
+        "--ws-bind",
+        action="append",
+        metavar="ADDRESS",
+        field="ws_bind",
+        help="an extra WebSocket-only listener, written like --bind; repeatable",
+    )
+    b.add(
+        net,
+        "--uds-perms",
+        type=_octal,
+        metavar="MODE",
+        field="uds_perms",
+        help="file mode of the unix: sockets, in octal (0660: owner and group)",
+    )
+    b.add(
+        net,
+        "--certfile",
+        metavar="PEM",
+        field="certfile",
+        help="TLS certificate for the --bind listeners (with --keyfile)",
+    )
+    b.add(net, "--keyfile", metavar="PEM", field="keyfile", help="TLS private key for the --bind listeners")
+    b.add(
+        net,
+        "--noworker",
+        action="store_const",
+        const=0,
+        dest="workers",
+        field="workers",
+        help="no workers here: run them with 'worker' (needs a cross-process layer)",
+    )
+
+    limits = groups("limits and timeouts", "run")
+    i = "interface_config."
+    b.add(
+        limits,
+        "--http-timeout",
+        type=float,
+        metavar="SECONDS",
+        field=i + "http_timeout",
+        help=f"answer 503 if no response comes in time ({_default(i + 'http_timeout')})",
+    )
+    b.add(
+        limits,
+        "--websocket-connect-timeout",
+        type=float,
+        metavar="SECONDS",
+        field=i + "websocket_connect_timeout",
+        help=f"deny (403) a handshake not accepted in time ({_default(i + 'websocket_connect_timeout')})",
+    )
+    b.add(
+        limits,
+        "--websocket-timeout",
+        type=float,
+        metavar="SECONDS",
+        field=i + "websocket_timeout",
+        help="maximum WebSocket lifetime; -1 for none (default: the layer's group_expiry)",
+    )
+    b.add(
+        limits,
+        "--ping-interval",
+        type=float,
+        metavar="SECONDS",
+        field=i + "ping_interval",
+        help=f"ping WebSockets this often; 0 for never ({_default(i + 'ping_interval')})",
+    )
+    b.add(
+        limits,
+        "--ping-timeout",
+        type=float,
+        metavar="SECONDS",
+        field=i + "ping_timeout",
+        help=f"close a WebSocket whose pong is this late ({_default(i + 'ping_timeout')})",
+    )
+    b.add(
+        limits,
+        "--timeout-keep-alive",
+        type=float,
+        metavar="SECONDS",
+        field=i + "timeout_keep_alive",
+        help=f"close an idle keep-alive connection after this long ({_default(i + 'timeout_keep_alive')})",
+    )
+    b.add(
+        limits,
+        "--limit-concurrency",
+        type=int,
+        metavar="N",
+        field=i + "limit_concurrency",
+        help="answer 503 to new requests and WebSockets while N are in flight (default: no limit)",
+    )
+    b.add(
+        limits,
+        "--max-body-size",
+        type=int,
+        metavar="BYTES",
+        field=i + "max_body_size",
+        help=f"largest request body; larger: 413 ({_default(i + 'max_body_size')})",
+    )
+    b.add(
+        limits,
+        "--ws-max-size",
+        type=int,
+        metavar="BYTES",
+        field=i + "websocket_max_message_size",
+        help=f"largest WebSocket message; larger: close 1009 ({_default(i + 'websocket_max_message_size')})",
+    )
+
+    http = groups("HTTP and WebSockets", "run")
+    b.add(
+        http,
+        "--ws-protocol",
+        action="append",
+        metavar="NAME",
+        field=i + "ws_protocols",
+        help="a subprotocol the server accepts (the client's first one it knows is chosen); repeatable",
+    )
+    b.add(
+        http,
+        "--proxy-headers",
+        action="store_true",
+        field=i + "proxy_headers",
+        help="honour X-Forwarded-For/-Proto/-Port from the --forwarded-allow-ips proxies",
+    )
+    b.add(
+        http,
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        field=i + "forwarded_allow_ips",
+        help="proxies trusted with proxy headers: IPs and networks, comma-separated, or * (127.0.0.1); implies --proxy-headers",
+    )
+    b.add(
+        http,
+        "--root-path",
+        metavar="PATH",
+        field=i + "root_path",
+        help="ASGI root_path when mounted below a URL prefix",
+    )
+    b.add(
+        http,
+        "--http-app",
+        metavar="MODULE:APP",
+        field="http_app",
+        help="an ASGI-3 app for un-routed HTTP requests (Starlette, Quart-Trio...)",
+    )
+    b.add(
+        http,
+        "--static-root",
+        metavar="DIR",
+        field="static_root",
+        help="serve files from DIR for un-routed HTTP requests",
+    )
+    b.add(
+        http,
+        "--static-url",
+        metavar="URL",
+        field="static_url",
+        help=f"URL prefix of --static-root ({_default('static_url')})",
+    )
+
+    logs = groups("logging")
+    b.add(
+        logs,
+        "--log-level",
+        choices=list(LOG_LEVELS),
+        metavar="LEVEL",
+        help="critical, error, warning, info (default), debug (every message) or trace (also the protocol libraries)",
+    )
+    b.add(
+        logs,
+        "-v",
+        "--verbosity",
+        type=int,
+        choices=(0, 1, 2),
+        help="Daphne's spelling: 0 is --log-level warning, 1 info, 2 debug",
+    )
+    b.add(
+        logs,
+        "--log-config",
+        metavar="FILE",
+        help="a logging dictConfig file (.json, or .yaml/.yml with PyYAML), applied over the defaults",
+    )
+    b.add(
+        logs[:1],
+        "--access-log",
+        metavar="PATH",
+        help="access log file, or - for stdout (the default at log level info and below)",
+    )
+    b.add(logs[:1], "--no-access-log", action="store_true", help="no access log")
+
+    dev = groups("development", "run")
+    b.add(
+        dev,
+        "--reload",
+        action="store_true",
+        help="restart when a .py file changes (needs watchfiles: pip install 'trio-channels[reload]')",
+    )
+    b.add(
+        dev,
+        "--reload-dir",
+        action="append",
+        metavar="DIR",
+        help="a directory --reload watches; repeatable (default: the current directory)",
+    )
+    return parser, b.options
 
 
-def _prepare(args: argparse.Namespace) -> dict[str, Any]:
-    settings = _load_settings(args.settings) if args.settings else {}
-    routing = args.routing or settings.get("routing") or DEMO_ROUTING
-    if args.layer:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser."""
+    return _build()[0]
+
+
+def options() -> list[Option]:
+    """Every option of every command (what :doc:`configuration` documents)."""
+    return _build()[1]
+
+
+def _from_environment(parser: argparse.ArgumentParser, args: argparse.Namespace, found: list[Option]) -> None:
+    """Fill the options not given on the command line from their environment variables."""
+    for option in found:
+        action = option.action
+        if args.command not in option.commands or getattr(args, action.dest, None) is not None:
+            continue
+        names = [option.env] + ([ENV_ALIASES[action.dest]] if action.dest in ENV_ALIASES else [])
+        name = next((name for name in names if name in os.environ), None)
+        if name is None:
+            continue
+        text = os.environ[name]
         try:
-            layer = layers.from_url(args.layer, channel_capacity=DEFAULT_CHANNEL_CAPACITY)
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(str(exc)) from exc
-    else:
-        layer = settings.get("layer") or layers.InMemoryChannelLayer(
-            channel_capacity=DEFAULT_CHANNEL_CAPACITY
-        )
+            value = _env_value(option, text)
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            parser.error(f"environment variable {name}={text!r} is invalid for {option.flag}")
+        setattr(args, action.dest, value)
+
+
+def _env_value(option: Option, text: str) -> Any:
+    action = option.action
+    if option.kind == "switch":
+        if text.strip().lower() in _TRUE:
+            return action.const
+        if text.strip().lower() in _FALSE:
+            return None
+        raise ValueError(text)
+    convert = cast("Callable[[str], Any]", action.type or str)
+    values = (
+        [convert(part.strip()) for part in text.split(",") if part.strip()]
+        if option.kind == "list"
+        else [convert(text)]
+    )
+    if action.choices is not None and any(value not in action.choices for value in values):
+        raise ValueError(text)
+    return values if option.kind == "list" else values[0]
+
+
+@attrs.frozen
+class _Prepared:
+    routing: Any
+    config: ServerConfig
+
+    @property
+    def demo(self) -> bool:
+        return self.routing == DEMO_ROUTING
+
+
+def _config(args: argparse.Namespace, found: list[Option], settings: Settings | None) -> ServerConfig:
+    """The ServerConfig the command line asks for, on top of the settings module's fields."""
+    fields: dict[str, Any] = dict(settings.options) if settings else {}
+    interface: dict[str, Any] = {}
+    for option in found:
+        value = getattr(args, option.action.dest, None)
+        if option.field is None or args.command not in option.commands or value is None:
+            continue
+        if option.field.startswith("interface_config."):
+            interface[option.field.split(".", 1)[1]] = value
+        else:
+            fields[option.field] = value
+    if "forwarded_allow_ips" in interface:
+        interface.setdefault("proxy_headers", True)  # naming the proxies means trusting them
+    if args.command == "worker":
+        fields["interface"] = False
     try:
-        Router(routing)  # import everything now: a typo is one line, not a traceback
+        return ServerConfig(**fields, interface_config=InterfaceConfig(**interface))
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+def _in_memory(layer: Any) -> bool:
+    try:
+        return ServerConfig(layer=layer).in_memory
+    except (ValueError, TypeError):
+        return False  # a bad layer: _config says what is wrong with it
+
+
+def _prepare(args: argparse.Namespace, found: list[Option], *, load_app: bool = True) -> _Prepared:
+    """The routing and config the command line asks for; with *load_app*, the routing and
+    the ASGI app are imported too, so a typo is one line now, not a traceback later."""
+    settings = load_settings(args.settings) if args.settings else None
+    routing = args.routing or (settings.routing if settings else None) or DEMO_ROUTING
+    layer = args.layer or (settings.options.get("layer") if settings else None)
+    if args.command == "worker" or getattr(args, "workers", None) == 0:
+        if _in_memory(layer):
+            what = "'worker'" if args.command == "worker" else "'run --noworker'"
+            raise ConfigurationError(
+                f"{what} needs a cross-process channel layer, and the in-memory layer lives in one process: "
+                "use --layer redis://localhost:6379/0 (or plain 'run', which runs workers in-process)"
+            )
+    config = _config(args, found, settings)
+    if not load_app:
+        return _Prepared(routing, config)
+    try:
+        Router(routing)
     except Exception as exc:
-        raise ConfigurationError(_one_line("routing", routing, exc)) from exc
-    if args.command == "run" and args.http_app:
+        raise ConfigurationError(describe_error("routing", routing, exc)) from exc
+    if config.http_app is not None:
         try:
-            http_fallback(args.http_app)
+            http_fallback(config.http_app)
         except Exception as exc:
-            raise ConfigurationError(_one_line("ASGI app", args.http_app, exc)) from exc
-    in_memory = isinstance(layer, layers.InMemoryChannelLayer)
-    if in_memory and (args.command == "worker" or getattr(args, "noworker", False)):
-        what = "'worker'" if args.command == "worker" else "'run --noworker'"
-        raise ConfigurationError(
-            f"{what} needs a cross-process channel layer, and the in-memory layer lives in one process: "
-            "use --layer redis://localhost:6379/0 (or plain 'run', which runs workers in-process)"
-        )
-    return {
-        "routing": routing,
-        "layer": layer,
-        "demo": routing == DEMO_ROUTING,
-        "session_store": args.session_store or settings.get("session_store"),
-        "user_loader": settings.get("user_loader"),
-        "allowed_hosts": settings.get("allowed_hosts"),
-    }
-
-
-async def _run(args: argparse.Namespace, prepared: dict[str, Any], announce: _Announce) -> None:
-    from .server import serve
-
-    options: dict[str, Any] = {
-        "layer": prepared["layer"],
-        "concurrency": args.concurrency,
-        "consumer_timeout": args.consumer_timeout,
-        "grace_period": args.grace_period,
-        "handle_signals": True,
-        "session_store": prepared["session_store"],
-        "user_loader": prepared["user_loader"],
-        "allowed_hosts": prepared["allowed_hosts"],
-    }
-    if args.command == "run":
-        options.update(
-            bind=args.bind or ["127.0.0.1:8000"],
-            ws_bind=args.ws_bind,
-            workers=not args.noworker,
-            certfile=args.certfile,
-            keyfile=args.keyfile,
-            http_app=args.http_app,
-            static_root=args.static_root,
-            static_url=args.static_url,
-            interface_config=InterfaceConfig(
-                http_timeout=args.http_timeout,
-                websocket_connect_timeout=args.websocket_connect_timeout,
-                websocket_timeout=args.websocket_timeout,
-                ping_interval=args.ping_interval,
-                ping_timeout=args.ping_timeout,
-                root_path=args.root_path,
-                proxy_headers=args.proxy_headers,
-                max_body_size=args.max_body_size,
-                grace_period=args.grace_period,
-            ),
-        )
-    else:
-        options.update(
-            interface=False, only_channels=args.only_channels, exclude_channels=args.exclude_channels
-        )
-
-    await serve(prepared["routing"], task_status=announce, **options)
+            raise ConfigurationError(describe_error("ASGI app", str(config.http_app), exc)) from exc
+    return _Prepared(routing, config)
 
 
 @attrs.define
 class _Announce:
-    """The CLI's ``task_status``: prints where it serves once ``serve()`` is ready."""
+    """The CLI's ``task_status``: says where it serves once ``serve()`` is ready."""
 
     command: str
     what: str
@@ -389,34 +575,85 @@ class _Announce:
         layer_name = type(info.layer).__name__
         if self.command == "run":
             for url in info.urls + info.ws_urls:
-                print(
-                    f"trio_channels: serving {self.what} at {url} ({layer_name}); press Ctrl+C to stop",
-                    flush=True,
-                )
+                log.info("serving %s at %s (%s); press Ctrl+C to stop", self.what, url, layer_name)
         else:
             channels = ", ".join(info.workers[0].channels) if info.workers else ""
-            print(
-                f"trio_channels: worker listening on {channels} ({layer_name}); press Ctrl+C to stop",
-                flush=True,
-            )
+            log.info("worker listening on %s (%s); press Ctrl+C to stop", channels, layer_name)
+
+
+async def _run(prepared: _Prepared, announce: _Announce) -> None:
+    from .server import serve
+
+    await serve(prepared.routing, prepared.config, handle_signals=True, task_status=announce)
+
+
+async def _reload(argv: Sequence[str], prepared: _Prepared, directories: Sequence[str]) -> int:
+    config = prepared.config
+    sockets = await bind_sockets([*config.bind, *config.ws_bind], uds_perms=config.uds_perms)
+    try:
+        reloader = Reloader(
+            argv=argv,
+            directories=directories,
+            binds=sockets[: len(config.bind)],
+            ws_binds=sockets[len(config.bind) :],
+            grace_period=config.grace_period,
+        )
+        return await reloader.run()
+    finally:
+        close_sockets(sockets)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """Run ``python -m trio_channels`` with *argv* (default: ``sys.argv[1:]``); the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, found = _build()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbosity, getattr(args, "access_log", None), args.command)
+    _from_environment(parser, args, found)
+    prog = f"{parser.prog} {args.command}"
+    level = args.log_level or _VERBOSITY.get(args.verbosity if args.verbosity is not None else 1, "info")
+    access_log: str | None = None
+    if (
+        args.command == "run"
+        and not args.no_access_log
+        and (args.access_log or LOG_LEVELS[level] <= logging.INFO)
+    ):
+        access_log = args.access_log or "-"
     try:
-        prepared = _prepare(args)
-    except ConfigurationError as exc:
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        configure_logging(level, access_log=access_log, log_config=args.log_config)
+    except (ValueError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    announce = _Announce(args.command, "the built-in demo" if prepared["demo"] else prepared["routing"])
+    inherited = child_sockets()
+    if inherited is not None:  # a child of --reload: serve the supervisor's sockets
+        args.bind, args.ws_bind = inherited
+        args.reload = None
+    reloading = args.command == "run" and bool(args.reload)
     try:
-        trio.run(_run, args, prepared, announce)
-    except (OSError, ValueError, TypeError, ImportError) as exc:
-        if announce.started_ and not isinstance(exc, OSError):
+        # The reloader's child imports the application: an error in it waits for the next change.
+        prepared = _prepare(args, found, load_app=not reloading)
+        if reloading:
+            for directory in args.reload_dir or []:
+                if not os.path.isdir(directory):
+                    raise ConfigurationError(f"--reload-dir {directory!r} is not a directory")
+            try:
+                import watchfiles  # noqa: F401
+            except ImportError:
+                raise ConfigurationError(
+                    "--reload needs watchfiles: pip install 'trio-channels[reload]'"
+                ) from None
+    except ConfigurationError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    announce = _Announce(args.command, "the built-in demo" if prepared.demo else str(prepared.routing))
+    try:
+        if reloading:
+            directories = [os.path.abspath(directory) for directory in args.reload_dir or ["."]]
+            return trio.run(_reload, argv, prepared, directories)
+        trio.run(_run, prepared, announce)
+    except (OSError, ValueError, TypeError, ImportError, ChannelLayerUnavailable) as exc:
+        if announce.started_ and not isinstance(exc, (OSError, ChannelLayerUnavailable)):
             raise  # a bug, not a configuration problem: the traceback helps
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1 if announce.started_ else 2
     except BaseException as exc:
         if _interrupted(exc):

@@ -3,13 +3,22 @@
 An instance is made for each message with ``(message, **kwargs)`` and its async
 :meth:`BaseConsumer.dispatch` runs the method that ``method_mapping`` names for the message's
 channel, wrapped in the session/auth/ordering decorators the class flags ask for.
+
+Also here: the server side of the browser client's requests (:func:`reply_to`,
+:meth:`WebsocketMultiplexer.reply`) and of its recovery (:func:`join_stream`,
+:func:`recover_positions`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, ClassVar
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
+
+from interface.messages import WebSocketReply
+from layers.groups import CannotRecover, GroupHistory, GroupSendReport
 
 from .auth import (
     channel_and_http_session_user_from_http,
@@ -23,13 +32,19 @@ from .routing import RouteClass
 from .sessions import channel_session
 
 __all__ = [
+    "REQUEST_KEY",
     "AsyncHttpConsumer",
     "BaseConsumer",
+    "BaseWebsocketConsumer",
     "JsonWebsocketConsumer",
     "SendNotAvailableOnDemultiplexer",
     "WebsocketConsumer",
     "WebsocketDemultiplexer",
     "WebsocketMultiplexer",
+    "join_stream",
+    "recover_positions",
+    "reply_to",
+    "request_id",
 ]
 
 log = logging.getLogger("trio_channels.generic")
@@ -78,8 +93,10 @@ class BaseConsumer:
         await self.get_handler(self.message, **self.kwargs)(self.message, **self.kwargs)
 
 
-class WebsocketConsumer(BaseConsumer):
-    """A WebSocket connection's three events as ``connect``, ``receive`` and ``disconnect``.
+class BaseWebsocketConsumer(BaseConsumer):
+    """What both WebSocket consumers share: ``connect``, ``disconnect``, ``close``, groups and
+    flags. Subclass :class:`WebsocketConsumer` (frames as text/bytes) or
+    :class:`JsonWebsocketConsumer` (frames as JSON), which add ``receive``/``send``.
 
     Class flags: ``http_user`` (``message.user`` from the HTTP session, kept in the channel
     session), ``http_user_and_session`` (also ``message.http_session``), ``channel_session``,
@@ -120,14 +137,50 @@ class WebsocketConsumer(BaseConsumer):
 
     async def raw_connect(self, message: Message, **kwargs: Any) -> None:
         for group in self.connection_groups(**kwargs):
-            await Group(group, layer=message.channel_layer).add(self._reply(message))
+            await Group(group, layer=message.channel_layer).add(message.reply_channel)
         await self.connect(message, **kwargs)
 
     async def connect(self, message: Message, **kwargs: Any) -> None:
         """Called on ``websocket.connect``; the default accepts the connection (under a
         demultiplexer, which has accepted it already, it does nothing)."""
         if self.multiplexer is None:
-            await self._reply(message).send({"accept": True})
+            await message.reply_channel.send({"accept": True})
+
+    async def raw_receive(self, message: Message, **kwargs: Any) -> None:
+        """Decode one ``websocket.receive`` and call ``receive`` (each subclass decodes its way)."""
+        raise NotImplementedError(
+            f"{type(self).__name__}: subclass WebsocketConsumer or JsonWebsocketConsumer, not BaseWebsocketConsumer"
+        )
+
+    async def raw_disconnect(self, message: Message, **kwargs: Any) -> None:
+        for group in self.connection_groups(**kwargs):
+            await Group(group, layer=message.channel_layer).discard(message.reply_channel)
+        await self.disconnect(message, **kwargs)
+
+    async def disconnect(self, message: Message, **kwargs: Any) -> None:
+        """Called on ``websocket.disconnect``; override it."""
+
+    async def close(self, code: bool | int = True) -> None:
+        """Close the connection (``True`` for code 1000)."""
+        await self.message.reply_channel.send({"close": code})
+
+    @staticmethod
+    def _frame(text: str | None, data: bytes | None, close: bool | int) -> WebSocketReply:
+        frame: WebSocketReply
+        if text is not None:
+            frame = {"text": text}
+        elif data is not None:
+            frame = {"bytes": data}
+        else:
+            raise ValueError("send() needs text or bytes")
+        if close:
+            frame["close"] = close
+        return frame
+
+
+class WebsocketConsumer(BaseWebsocketConsumer):
+    """A WebSocket connection's three events as ``connect``, ``receive`` and ``disconnect``,
+    its frames as ``text`` or ``bytes``; see :class:`BaseWebsocketConsumer` for the flags."""
 
     async def raw_receive(self, message: Message, **kwargs: Any) -> None:
         if message.get("text") is not None:
@@ -138,42 +191,11 @@ class WebsocketConsumer(BaseConsumer):
     async def receive(self, text: str | None = None, bytes: bytes | None = None, **kwargs: Any) -> None:
         """Called for each message from the client; override it."""
 
-    async def raw_disconnect(self, message: Message, **kwargs: Any) -> None:
-        for group in self.connection_groups(**kwargs):
-            await Group(group, layer=message.channel_layer).discard(self._reply(message))
-        await self.disconnect(message, **kwargs)
-
-    async def disconnect(self, message: Message, **kwargs: Any) -> None:
-        """Called on ``websocket.disconnect``; override it."""
-
-    def _reply(self, message: Message) -> Channel:
-        if message.reply_channel is None:
-            raise ValueError(
-                f"{type(self).__name__}: the message on {message.channel.name!r} has no reply_channel"
-            )
-        return message.reply_channel
-
     async def send(
         self, text: str | None = None, bytes: bytes | None = None, close: bool | int = False
     ) -> None:
         """Send a text or binary frame to this connection (and close it, if *close*)."""
-        await self._reply(self.message).send(self._frame(text, bytes, close))
-
-    async def close(self, code: bool | int = True) -> None:
-        """Close the connection (``True`` for code 1000)."""
-        await self._reply(self.message).send({"close": code})
-
-    @staticmethod
-    def _frame(text: str | None, data: bytes | None, close: bool | int) -> dict[str, Any]:
-        if text is not None:
-            frame: dict[str, Any] = {"text": text}
-        elif data is not None:
-            frame = {"bytes": data}
-        else:
-            raise ValueError("send() needs text or bytes")
-        if close:
-            frame["close"] = close
-        return frame
+        await self.message.reply_channel.send(self._frame(text, bytes, close))
 
     @classmethod
     async def group_send(
@@ -182,12 +204,14 @@ class WebsocketConsumer(BaseConsumer):
         text: str | None = None,
         bytes: bytes | None = None,
         close: bool | int = False,
-    ) -> None:
-        """Send a frame to every connection in group *name*."""
-        await Group(name).send(cls._frame(text, bytes, close))
+        *,
+        exclude: Channel | str | None = None,
+    ) -> GroupSendReport | None:
+        """Send a frame to every connection in group *name* (but *exclude*, e.g. the sender)."""
+        return await Group(name).send(cls._frame(text, bytes, close), exclude=exclude)
 
 
-class JsonWebsocketConsumer(WebsocketConsumer):
+class JsonWebsocketConsumer(BaseWebsocketConsumer):
     """A WebSocket consumer speaking JSON: ``receive(content)`` and ``send(content)``.
 
     A frame that is not valid JSON text closes the connection with 1007 (binary frames: 1003)
@@ -208,21 +232,29 @@ class JsonWebsocketConsumer(WebsocketConsumer):
             return
         await self.receive(content, **kwargs)
 
-    async def receive(self, content: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+    async def receive(self, content: Any = None, **kwargs: Any) -> None:
         """Called with each decoded message; override it."""
 
-    async def send(self, content: Any, close: bool | int = False) -> None:  # type: ignore[override]
+    async def send(self, content: Any = None, close: bool | int = False) -> None:
         """Send *content* as JSON (through the multiplexer when demultiplexed)."""
         if self.multiplexer is not None:
             await self.multiplexer.send(content)
             if close:
                 await self.close(close)
             return
-        await super().send(text=self.encode_json(content), close=close)
+        await self.message.reply_channel.send(self._frame(self.encode_json(content), None, close))
 
     @classmethod
-    async def group_send(cls, name: str, content: Any, close: bool | int = False) -> None:  # type: ignore[override]
-        await Group(name).send(WebsocketConsumer._frame(cls.encode_json(content), None, close))
+    async def group_send(
+        cls,
+        name: str,
+        content: Any = None,
+        close: bool | int = False,
+        *,
+        exclude: Channel | str | None = None,
+    ) -> GroupSendReport | None:
+        """Send *content* as JSON to every connection in group *name* (but *exclude*, e.g. the sender)."""
+        return await Group(name).send(cls._frame(cls.encode_json(content), None, close), exclude=exclude)
 
     @classmethod
     def decode_json(cls, text: str) -> Any:
@@ -238,25 +270,176 @@ class SendNotAvailableOnDemultiplexer(Exception):
 
 
 class WebsocketMultiplexer:
-    """Sends ``{"stream": ..., "payload": ...}`` frames for one stream of one connection."""
+    """Sends ``{"stream": ..., "payload": ...}`` frames for one stream of one connection.
 
-    def __init__(self, stream: str, reply_channel: Channel) -> None:
+    *message* is the connection's ``websocket.connect`` message when the demultiplexer has it
+    (:meth:`join` reads the client's recovery position from it).
+    """
+
+    def __init__(self, stream: str, reply_channel: Channel, message: Message | None = None) -> None:
         self.stream = stream
         self.reply_channel = reply_channel
+        self.message = message
 
     async def send(self, payload: Any) -> None:
         await self.reply_channel.send(self.encode(self.stream, payload))
 
+    async def join(
+        self, group: str, *, info: dict[str, Any] | None = None, last: int = 0
+    ) -> GroupHistory | None:
+        """Add this connection to *group* for this stream, recovering what the client missed
+        (see :func:`join_stream`)."""
+        if self.message is None:
+            raise ValueError(f"the multiplexer of stream {self.stream!r} has no connect message to read")
+        return await join_stream(self.message, self.stream, group, info=info, last=last)
+
+    async def reply(self, request: Any, payload: Any = None, *, error: Any = None) -> bool:
+        """Answer *request* (a payload this stream's consumer received) with *payload*, or fail it
+        with *error*; see :func:`reply_to`. False (nothing sent) if it is not a request."""
+        ident = request_id(request, path=self.message.get("path") if self.message else None)
+        if ident is None:
+            return False
+        await self.reply_channel.send(self.encode_reply(self.stream, ident, payload, error=error))
+        return True
+
     @classmethod
-    def encode(cls, stream: str, payload: Any) -> dict[str, Any]:
+    def encode(cls, stream: str, payload: Any) -> WebSocketReply:
         return {"text": json.dumps({"stream": stream, "payload": payload})}
 
     @classmethod
-    async def group_send(cls, name: str, stream: str, payload: Any, close: bool | int = False) -> None:
+    def encode_reply(
+        cls, stream: str, ident: int | str, payload: Any = None, *, error: Any = None
+    ) -> WebSocketReply:
+        """The reply frame ``{"stream": ..., "reply": <id>, "payload": ...}`` (with *error*:
+        ``"error": {"message": ...}`` instead of the payload)."""
+        frame: dict[str, Any] = {"stream": stream, "reply": ident}
+        if error is not None:
+            frame["error"] = error if isinstance(error, Mapping) else {"message": str(error)}
+        else:
+            frame["payload"] = payload
+        return {"text": json.dumps(frame)}
+
+    @classmethod
+    async def group_send(
+        cls,
+        name: str,
+        stream: str,
+        payload: Any,
+        close: bool | int = False,
+        *,
+        exclude: Channel | str | None = None,
+    ) -> GroupSendReport | None:
+        """Send *payload* on *stream* to every connection in group *name* (but *exclude*).
+
+        In a group with history, each connection's frame gains ``"offset"`` and ``"epoch"``
+        on its way out of the interface server (``docs/presence-history.rst``).
+        """
         frame = cls.encode(stream, payload)
         if close:
             frame["close"] = close
-        await Group(name).send(frame)
+        return await Group(name).send(frame, exclude=exclude)
+
+
+#: The key of a request's correlation id in its payload: ``trio-channels.js`` sends
+#: ``client.request("chat", {"get": "history"})`` as ``{"stream": "chat", "payload": {"get":
+#: "history", "__request__": 7}}`` and waits for the frame ``{"stream": "chat", "reply": 7,
+#: "payload": ...}``.
+REQUEST_KEY: Final = "__request__"
+
+
+def request_id(payload: Any, *, path: str | None = None) -> int | str | None:
+    """The correlation id in a request's *payload*, or ``None`` if it is not a request (the
+    client sent it with ``send()``, not ``request()``). An id that is not an int or a str is
+    logged and taken as no request: the client's promise times out, nothing else breaks."""
+    if not isinstance(payload, Mapping) or REQUEST_KEY not in payload:
+        return None
+    ident = payload[REQUEST_KEY]
+    if isinstance(ident, bool) or not isinstance(ident, (int, str)):
+        log.warning("ignored a request id that is not an int or a str on %s: %r", path, ident)
+        return None
+    return ident
+
+
+async def reply_to(message: Message, frame: Any, payload: Any = None, *, error: Any = None) -> bool:
+    """Answer the client's request *frame* (the frame it sent, decoded: ``{"stream": ...,
+    "payload": {..., "__request__": id}}``) with *payload*, on its stream, through *message*'s
+    reply channel (buffered like any send of the consumer).
+
+    With *error* (a str, or a JSON object with a ``"message"``) the client's promise rejects
+    with a ``RequestError`` carrying it instead. Returns whether a reply was sent: ``False`` if
+    *frame* is not a request (one consumer can serve sends and requests alike). In a
+    demultiplexed stream consumer, use :meth:`WebsocketMultiplexer.reply` with the payload.
+    """
+    if not isinstance(frame, Mapping) or not isinstance(frame.get("stream"), str):
+        return False
+    ident = request_id(frame.get("payload"), path=message.get("path"))
+    if ident is None:
+        return False
+    await message.reply_channel.send(
+        WebsocketMultiplexer.encode_reply(frame["stream"], ident, payload, error=error)
+    )
+    return True
+
+
+def recover_positions(message: Message) -> dict[str, tuple[str, int]]:
+    """The positions a reconnecting client sent in its URL: ``?recover=<stream>:<epoch>:<offset>``
+    (one per stream, repeated), as ``{stream: (epoch, offset)}``.
+
+    A malformed value is logged and ignored (that stream is joined without recovery), so a
+    confused client costs itself a reload, nothing more.
+    """
+    query = message.get("query_string", b"")
+    text = query.decode("latin-1") if isinstance(query, bytes) else str(query)
+    positions: dict[str, tuple[str, int]] = {}
+    for key, value in urllib.parse.parse_qsl(text, keep_blank_values=True):
+        if key != "recover":
+            continue
+        stream, _, rest = value.rpartition(":")
+        stream, _, epoch = stream.rpartition(":")
+        if not stream or not epoch or not rest.isdigit():
+            log.warning("ignored recover=%r on %s: use <stream>:<epoch>:<offset>", value, message.get("path"))
+            continue
+        positions[stream] = (epoch, int(rest))
+    return positions
+
+
+async def join_stream(
+    message: Message, stream: str, group: str, *, info: dict[str, Any] | None = None, last: int = 0
+) -> GroupHistory | None:
+    """Add the connection of *message* (its ``websocket.connect``) to *group*, carried on
+    *stream*, and tell the client where it stands.
+
+    If the client's URL holds a position for *stream* (:func:`recover_positions`), the
+    messages it missed are queued for it at once; else the latest *last* messages are. Then
+    the client gets the frame ``{"stream": ..., "join": {"group", "epoch", "offset",
+    "recovered", "replayed"}}`` (buffered like any send of the consumer): ``recovered`` false
+    means its position could not be recovered (a ``reason`` says why) and it should reload its
+    state. Returns what was replayed (``None`` if the group keeps no history).
+
+    A replayed frame reaches the client before the consumer's buffered sends, so in a connect
+    consumer it opens the connection before the consumer returns: a later consumer of the
+    connection must not rely on state the connect consumer saves after the join (save first,
+    or use ``enforce_ordering``).
+    """
+    reply = message.reply_channel
+    if reply is None:
+        raise ValueError(f"join_stream: the message on {message.channel.name!r} has no reply_channel")
+    position = recover_positions(message).get(stream)
+    since: tuple[str, int] | int = position if position is not None else last
+    joined: dict[str, Any] = {"group": group}
+    replayed: GroupHistory | None = None
+    try:
+        replayed = await Group(group, layer=message.channel_layer).add(reply, info=info, recover=since)
+        joined.update(
+            epoch=replayed.epoch, offset=replayed.offset, recovered=True, replayed=len(replayed.messages)
+        )
+    except CannotRecover as exc:
+        joined.update(epoch=exc.epoch, offset=exc.offset, recovered=exc.reason == "no history")
+        if exc.reason != "no history":
+            joined["reason"] = exc.reason
+        joined["replayed"] = 0
+    await reply.send({"text": json.dumps({"stream": stream, "join": joined})})
+    return replayed
 
 
 class WebsocketDemultiplexer(JsonWebsocketConsumer):
@@ -268,15 +451,15 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
     is logged and the connection closed with 1007.
     """
 
-    consumers: ClassVar[dict[str, type[WebsocketConsumer]]] = {}
+    consumers: ClassVar[dict[str, type[BaseWebsocketConsumer]]] = {}
     multiplexer_class: ClassVar[type[WebsocketMultiplexer]] = WebsocketMultiplexer
 
-    def _sub(self, stream: str, message: Message) -> WebsocketConsumer:
-        multiplexer = self.multiplexer_class(stream, self._reply(message))
+    def _sub(self, stream: str, message: Message) -> BaseWebsocketConsumer:
+        multiplexer = self.multiplexer_class(stream, message.reply_channel, message)
         return self.consumers[stream](message, **{**self.kwargs, "multiplexer": multiplexer})
 
     async def connect(self, message: Message, **kwargs: Any) -> None:
-        await self._reply(message).send({"accept": True})
+        await message.reply_channel.send({"accept": True})
         for stream in self.consumers:
             await self._sub(stream, message).dispatch()
 
@@ -284,7 +467,7 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
         for stream in self.consumers:
             await self._sub(stream, message).dispatch()
 
-    async def receive(self, content: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+    async def receive(self, content: Any = None, **kwargs: Any) -> None:
         problem = None
         if not isinstance(content, dict) or "stream" not in content or "payload" not in content:
             problem = 'frames must be {"stream": ..., "payload": ...}'
@@ -299,13 +482,20 @@ class WebsocketDemultiplexer(JsonWebsocketConsumer):
         self.message.content["text"] = self.encode_json(content["payload"])
         await self._sub(content["stream"], self.message).dispatch()
 
-    async def send(self, content: Any = None, close: bool | int = False) -> None:  # type: ignore[override]
+    async def send(self, content: Any = None, close: bool | int = False) -> None:
         raise SendNotAvailableOnDemultiplexer(
             "a demultiplexer has no stream of its own: send through the stream consumer's multiplexer"
         )
 
     @classmethod
-    async def group_send(cls, name: str, content: Any = None, close: bool | int = False) -> None:  # type: ignore[override]
+    async def group_send(
+        cls,
+        name: str,
+        content: Any = None,
+        close: bool | int = False,
+        *,
+        exclude: Channel | str | None = None,
+    ) -> GroupSendReport | None:
         raise SendNotAvailableOnDemultiplexer("use WebsocketMultiplexer.group_send(group, stream, payload)")
 
 
@@ -338,23 +528,18 @@ class AsyncHttpConsumer(BaseConsumer):
     async def disconnect(self, **kwargs: Any) -> None:
         """Called on ``http.disconnect`` (for every request, answered or not)."""
 
-    def _reply(self) -> Channel:
-        if self.message.reply_channel is None:
-            raise ValueError(f"{type(self).__name__}: this message has no reply_channel")
-        return self.message.reply_channel
-
     async def send_headers(self, status: int = 200, headers: list[tuple[str, str]] | None = None) -> None:
         """Start a streamed response."""
         encoded = [[name.encode("latin-1"), value.encode("latin-1")] for name, value in headers or []]
-        await self._reply().send(
+        await self.message.reply_channel.send(
             {"status": status, "headers": encoded, "more_content": True}, immediately=True
         )
 
     async def send_body(self, body: bytes, *, more_body: bool = False) -> None:
         """Send a chunk of a streamed response (``more_body=False`` ends it)."""
-        await self._reply().send({"content": body, "more_content": more_body}, immediately=True)
+        await self.message.reply_channel.send({"content": body, "more_content": more_body}, immediately=True)
 
     async def send_response(self, response: Response) -> None:
         """Send a whole response (buffered until the consumer returns, like any send)."""
         for part in response.encode():
-            await self._reply().send(part)
+            await self.message.reply_channel.send(part)

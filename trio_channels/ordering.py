@@ -77,7 +77,6 @@ def _ordered(consumer: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R 
                 f"enforce_ordering on {name}: the message on {message.channel.name!r} has no integer 'order'"
             )
         reply = message.reply_channel
-        assert reply is not None  # channel_session checked it
         session: Session = message.channel_session
         layer = message.channel_layer
         # Receives exist only after the connect consumer finished (the interface waits for

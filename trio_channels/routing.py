@@ -52,20 +52,30 @@ class Routing(Protocol):
 
 
 def import_by_path(path: str, what: str) -> Any:
-    """Import ``package.module.attribute``; an :exc:`ImportError` names the path on failure."""
-    module_path, _, attribute = path.rpartition(".")
-    if not module_path:
-        raise ImportError(f"{what} {path!r} is not a dotted path like 'myapp.consumers.ws_message'")
+    """Import ``package.module:attribute`` (uvicorn's form; ``attribute`` may be dotted) or
+    ``package.module.attribute``; an :exc:`ImportError` names the path on failure."""
+    if ":" in path:
+        module_path, _, attribute = path.partition(":")
+        if not module_path or not attribute or ":" in attribute:
+            raise ImportError(f"{what} {path!r} must be written 'package.module:name'")
+    else:
+        module_path, _, attribute = path.rpartition(".")
+        if not module_path:
+            raise ImportError(
+                f"{what} {path!r} is not an import path like 'myapp.consumers:ws_message' "
+                "or 'myapp.consumers.ws_message'"
+            )
     try:
-        module = importlib.import_module(module_path)
+        found: Any = importlib.import_module(module_path)
     except ImportError as exc:
         raise ImportError(f"{what} {path!r} could not be imported: {exc}") from exc
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise ImportError(
-            f"{what} {path!r} could not be imported: module {module_path!r} has no {attribute!r}"
-        ) from None
+    for depth, name in enumerate(attribute.split(".")):
+        try:
+            found = getattr(found, name)
+        except AttributeError:
+            owner = module_path if depth == 0 else f"{module_path}:{'.'.join(attribute.split('.')[:depth])}"
+            raise ImportError(f"{what} {path!r} could not be imported: {owner!r} has no {name!r}") from None
+    return found
 
 
 def _is_async_callable(consumer: object) -> bool:
@@ -314,11 +324,13 @@ include = Include
 
 @attrs.define(eq=False, init=False)
 class Router:
-    """The root of a routing: resolves everything up front and appends the default routes.
+    """The root of a routing: resolves everything up front and adds the default routes.
 
     Default routes come last: ``websocket.connect`` accepts, ``websocket.receive``,
     ``websocket.disconnect`` and ``http.disconnect`` do nothing, and ``http.request`` goes to
-    the HTTP fallback (by default a 404 response).
+    the HTTP fallback (by default a 404 response). One comes first: the browser client's files
+    (:func:`trio_channels.http.client_route`), unless the routing places that route itself.
+    With ``defaults=False`` the routing is used as it is.
     """
 
     root: Include
@@ -330,13 +342,14 @@ class Router:
         defaults: bool = True,
         http_fallback: Consumer | None = None,
     ) -> None:
-        entries = list(_as_routing_list(routing))
+        self.root = Include(list(_as_routing_list(routing)))
+        self.root.resolve()
         if defaults:
             from . import _defaults
 
-            entries.extend(_defaults.default_routes(http_fallback))
-        self.root = Include(entries)
-        self.root.resolve()
+            first = _defaults.first_routes(self.root)
+            self.root = Include([*first, self.root, *_defaults.default_routes(http_fallback)])
+            self.root.resolve()
 
     def channels(self) -> set[str]:
         """Every channel some route listens on: what a worker must receive from."""

@@ -18,43 +18,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import attrs
 import trio
 
-import layers
-from interface import BindError, InterfaceConfig, InterfaceServer, serve_interface, serve_websocket_listener
+from interface import BindError, InterfaceServer, serve_interface, serve_websocket_listener
 from interface.asgi import tls_context
-from interface.listeners import bind_sockets
-from layers import BaseChannelLayer, InMemoryChannelLayer
+from interface.listeners import bind_sockets, close_sockets
+from layers import BaseChannelLayer
 from layers.concurrency import open_service_nursery
 
-from .auth import UserLoader, use_user_loader
+from .auth import use_user_loader
 from .channel import use_layer
-from .http import ASGIApp, http_fallback
+from .config import DEFAULT_CHANNEL_CAPACITY, DEMO_ROUTING, ServerConfig
+from .http import http_fallback
 from .routing import Router
 from .security import use_allowed_hosts
 from .stores import InMemorySessionStore, RedisSessionStore, SessionStore, use_session_store
 from .worker import Worker, run_worker
 
-__all__ = ["BindError", "ServerInfo", "serve"]
+__all__ = ["DEFAULT_CHANNEL_CAPACITY", "BindError", "ServerConfig", "ServerInfo", "serve"]
 
 log = logging.getLogger("trio_channels.server")
-
-
-#: Capacities for the layer serve() and the CLI make. An interface process's prefix carries the
-#: replies of all its connections, so it needs room for a group send to every member at once;
-#: the request channels absorb a burst of a thousand connects or requests before answering 503.
-DEFAULT_CHANNEL_CAPACITY: dict[str, int] = {
-    "interface.*!": 10_000,
-    "http.request": 1_000,
-    "websocket.connect": 1_000,
-    "websocket.receive": 1_000,
-    "websocket.disconnect": 1_000,
-}
 
 
 @attrs.frozen(kw_only=True)
@@ -67,6 +54,7 @@ class ServerInfo:
     interface: InterfaceServer | None
     workers: list[Worker]
     shutdown: trio.Event
+    config: ServerConfig
 
     @property
     def url(self) -> str:
@@ -114,94 +102,66 @@ async def _open_session_store(
     return InMemorySessionStore()
 
 
-def _is_open(layer: BaseChannelLayer) -> bool:
-    return bool(getattr(layer, "is_open", False))
+def _layer_options(routing: Any) -> dict[str, Any]:
+    """The options of a layer made for *routing*: the demo's (history, presence events)."""
+    if not (isinstance(routing, str) and routing == DEMO_ROUTING):
+        return {}
+    from .demo.routing import LAYER_OPTIONS
+
+    return LAYER_OPTIONS
 
 
 async def serve(
     routing: Any = None,
+    config: ServerConfig | None = None,
     *,
-    layer: BaseChannelLayer | str | None = None,
-    bind: Sequence[str] = ("127.0.0.1:8000",),
-    ws_bind: Sequence[str] = (),
-    interface: bool = True,
-    workers: bool | int = True,
-    concurrency: int = 100,
-    only_channels: Sequence[str] = (),
-    exclude_channels: Sequence[str] = (),
-    consumer_timeout: float | None = None,
-    interface_config: InterfaceConfig | None = None,
-    http_app: ASGIApp | str | None = None,
-    static_root: str | None = None,
-    static_url: str = "/static/",
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    grace_period: float = 10,
-    session_store: SessionStore | str | None = None,
-    user_loader: UserLoader | None = None,
-    allowed_hosts: Sequence[str] | None = None,
     shutdown: trio.Event | None = None,
     handle_signals: bool = False,
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run interface listeners and workers for *routing* on *layer* until shut down.
+    """Run interface listeners and workers for *routing*, as *config* says, until shut down.
 
-    *routing* is a routing list, a dotted path to one, or ``None`` for the built-in demo.
-    *layer* is a layer, a URL (``"redis://localhost:6379/0"``) or ``None`` (in-memory); a
-    layer that is not open yet is opened here and closed on the way out. ``bind`` takes
-    ``host:port`` (port 0 picks a free one), ``unix:PATH`` and ``fd://N``; ``ws_bind`` adds
-    WebSocket-only listeners. ``workers`` is ``True`` (one worker), ``False`` (interface only)
-    or a number of worker tasks.
+    *routing* is a routing list, its import path (``"myproject.routing:channel_routing"`` or
+    ``"myproject.routing.channel_routing"``), or ``None`` for the built-in demo. *config* is a
+    :class:`~trio_channels.config.ServerConfig` (``None``: the defaults, the demo's
+    ``127.0.0.1:8000`` on an in-memory layer). A layer made from a URL for the demo gets the
+    demo's history and presence options (``trio_channels.demo.routing.LAYER_OPTIONS``).
 
     ``task_status.started()`` hands back a :class:`ServerInfo` once every listener is bound and
     every worker is pulling. Stops when *shutdown* is set, or on SIGINT/SIGTERM with
     ``handle_signals=True``, gracefully (see the module docstring); cancelling it is a hard stop,
     and so is a second signal (after a second SIGINT it raises :exc:`KeyboardInterrupt`).
 
-    Consumers' sessions live in *session_store* (a store, a ``redis://`` URL, or ``None``: the
-    Redis layer's first server for a Redis layer, else in memory); *user_loader* loads users
-    for ``message.user``; *allowed_hosts* is ``ALLOWED_HOSTS`` for origin checks.
-
-    Every address is bound before anything else starts. Raises :exc:`ValueError` for a
-    configuration that cannot work (an in-memory layer without both an interface and workers,
-    an address that is not ``host:port``, ``unix:PATH`` or ``fd://N``, a certfile without a
-    keyfile), :exc:`ImportError` for a bad routing path, and :exc:`BindError` (an
+    Every address is bound before anything else starts. Raises :exc:`ImportError` for a bad
+    routing path, :exc:`ValueError` for TLS files that do not load, and :exc:`~trio_channels.server.BindError` (an
     :exc:`OSError` naming the address and the reason) if a bind fails; never an exception
-    group for these.
+    group for these. (A config that cannot work fails earlier, when it is made.)
     """
+    config = config if config is not None else ServerConfig()
+    if not isinstance(config, ServerConfig):
+        raise TypeError(
+            f"serve() takes a ServerConfig as its config, not {type(config).__name__}: "
+            "serve(routing, ServerConfig(bind=[...], ...))"
+        )
     if routing is None:
-        routing = "trio_channels.demo.routing.routing"
-    bind = [bind] if isinstance(bind, str) else list(bind)  # one address, not its characters
-    ws_bind = [ws_bind] if isinstance(ws_bind, str) else list(ws_bind)
-    if layer is None:
-        layer = InMemoryChannelLayer(channel_capacity=DEFAULT_CHANNEL_CAPACITY)
-    elif isinstance(layer, str):
-        layer = layers.from_url(layer)
-    n_workers = int(workers) if not isinstance(workers, bool) else (1 if workers else 0)
-    if isinstance(layer, InMemoryChannelLayer) and not (interface and n_workers):
-        raise ValueError(
-            "the in-memory layer is not cross-process: run the interface and the workers in one "
-            "process, or use a Redis layer (--layer redis://localhost:6379/0)"
-        )
-    router = (
-        Router(routing, http_fallback=http_fallback(http_app, static_root, static_url)) if n_workers else None
-    )
-    config = interface_config or InterfaceConfig(grace_period=grace_period)
-    if bool(certfile) != bool(keyfile):
-        raise ValueError(
-            f"TLS needs both a certfile and a keyfile, got certfile={certfile!r} keyfile={keyfile!r}"
-        )
-    tls_context(certfile, keyfile)  # fail now, not after the workers started
+        routing = DEMO_ROUTING
+    layer = config.make_layer(**_layer_options(routing))
+    n_workers = config.workers
+    http_fallback_consumer = http_fallback(config.http_app, config.static_root, config.static_url)
+    router = Router(routing, http_fallback=http_fallback_consumer) if n_workers else None
+    # One shutdown budget for the process: the interface's is the config's.
+    interface_config = attrs.evolve(config.interface_config, grace_period=config.grace_period)
+    tls_context(config.certfile, config.keyfile)  # fail now, not after the workers started
+    user_loader = config.resolved_user_loader()
     shutdown = shutdown or trio.Event()
     signals = _Signals(shutdown) if handle_signals else None
 
-    hosts_setting = use_allowed_hosts(allowed_hosts) if allowed_hosts is not None else None
+    hosts_setting = use_allowed_hosts(config.allowed_hosts) if config.allowed_hosts is not None else None
 
     async def run() -> None:
-        assert isinstance(layer, BaseChannelLayer)
         # The ambient settings are context variables, seen by every task started below.
         async with contextlib.AsyncExitStack() as stack:
-            store = await _open_session_store(stack, session_store, layer)
+            store = await _open_session_store(stack, config.session_store, layer)
             stack.enter_context(use_session_store(store))
             if user_loader is not None:
                 stack.enter_context(use_user_loader(user_loader))
@@ -211,7 +171,6 @@ async def serve(
                 await run_servers()
 
     async def run_servers() -> None:
-        assert isinstance(layer, BaseChannelLayer)
         # Workers stop only after the listeners finished, so the websocket.disconnect messages
         # sent while closing WebSockets with 1001 are still consumed.
         workers_shutdown = trio.Event()
@@ -229,11 +188,11 @@ async def serve(
                                     run_worker,
                                     layer,
                                     router,
-                                    only_channels=only_channels,
-                                    exclude_channels=exclude_channels,
-                                    concurrency=concurrency,
-                                    consumer_timeout=consumer_timeout,
-                                    grace_period=grace_period,
+                                    only_channels=config.only_channels,
+                                    exclude_channels=config.exclude_channels,
+                                    concurrency=config.concurrency,
+                                    consumer_timeout=config.consumer_timeout,
+                                    grace_period=config.grace_period,
                                     shutdown=workers_shutdown,
                                 )
                             )
@@ -242,8 +201,8 @@ async def serve(
                         urls: list[str] = []
                         ws_urls: list[str] = []
                         server = None
-                        if interface:
-                            server = InterfaceServer(layer, config)
+                        if config.interface:
+                            server = InterfaceServer(layer, interface_config)
                             await outer.start(server.run_reply_poller)
                             await outer.start(server.run_membership_watcher)
                             if sockets:
@@ -252,8 +211,8 @@ async def serve(
                                         serve_interface,
                                         server,
                                         sockets,
-                                        certfile=certfile,
-                                        keyfile=keyfile,
+                                        certfile=config.certfile,
+                                        keyfile=config.keyfile,
                                         shutdown=shutdown,
                                     )
                                 )
@@ -269,6 +228,7 @@ async def serve(
                                 interface=server,
                                 workers=started,
                                 shutdown=shutdown,
+                                config=config,
                             )
                         )
                         await shutdown.wait()
@@ -277,16 +237,16 @@ async def serve(
 
     # Bind before anything starts, so a bad address fails at once, before anything said it is
     # listening; the listeners own the sockets from then on (closing one twice is harmless).
-    bound = await bind_sockets([*bind, *ws_bind]) if interface else []
-    sockets, ws_sockets = bound[: len(bind)], bound[len(bind) :]
+    binds = [*config.bind, *config.ws_bind] if config.interface else []
+    bound = await bind_sockets(binds, uds_perms=config.uds_perms)
+    sockets, ws_sockets = bound[: len(config.bind)], bound[len(config.bind) :]
     try:
-        if _is_open(layer):
+        if layer.is_open:
             await run()
         else:
             async with layer:
                 await run()
     finally:
-        for sock in bound:
-            sock.close()
+        close_sockets(bound)  # and remove the Unix socket files they made
     if signals and signals.forced_by == signal.SIGINT:
         raise KeyboardInterrupt

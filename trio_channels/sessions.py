@@ -192,7 +192,7 @@ def session_cookie(cookie_name: str, session: Session) -> bytes:
 
 def _set_cookie_on_buffered_response(message: Message, session: Session, cookie_name: str) -> None:
     outbox = current_outbox()
-    if outbox is None or message.reply_channel is None:
+    if outbox is None or not message.has_reply_channel:
         return
     header = [b"Set-Cookie", session_cookie(cookie_name, session)]
     if not outbox.amend(message.reply_channel.name, lambda content: _add_header(content, header)):
@@ -222,7 +222,7 @@ def channel_session(consumer: Callable[P, Awaitable[R]]) -> Callable[P, Awaitabl
     async def around(message: Message, proceed: Callable[[], Awaitable[R]]) -> R:
         if message.channel_session is not None:  # nested decorators share one session
             return await proceed()
-        if message.reply_channel is None:
+        if not message.has_reply_channel:
             raise ValueError(
                 f"channel_session needs a message with a reply_channel (channel {message.channel.name!r})"
             )

@@ -22,7 +22,8 @@ from layers.base import decode_message, encode_message
 from .channel import ContextSetter
 
 if TYPE_CHECKING:
-    from layers.redis import ConnectionPool, RedisAddress
+    from layers.redis import ConnectionPool
+    from layers.redis.connection import ServerAddress
 
 __all__ = [
     "DEFAULT_SESSION_AGE",
@@ -100,22 +101,24 @@ class InMemorySessionStore:
 class RedisSessionStore:
     """Sessions in Redis, shared by every process: ``async with RedisSessionStore(url) as store``.
 
-    *url* is a ``redis://`` / ``rediss://`` / ``unix://`` URL or a
-    ``layers.redis.RedisAddress``. Uses the Redis layer's Trio-native connection. Values
-    are msgpack; keys expire with the session (``SET ... PX``).
+    *url* is a ``redis://`` / ``rediss://`` / ``unix://`` URL, a ``redis+sentinel://`` /
+    ``rediss+sentinel://`` one (the primary Redis Sentinel manages, followed through
+    failovers), or a ``layers.redis.RedisAddress`` / ``SentinelAddress``: the layer's forms.
+    Uses the Redis layer's Trio-native connection. Values are msgpack; keys expire with the
+    session (``SET ... PX``).
     """
 
-    url: str | RedisAddress = "redis://localhost:6379/0"
+    url: str | ServerAddress = "redis://localhost:6379/0"
     prefix: str = "trio_channels:session"
     _pool: ConnectionPool | None = None
     _stack: contextlib.AsyncExitStack | None = None
 
     async def __aenter__(self) -> RedisSessionStore:
-        from layers.redis import ConnectionPool, RedisAddress
+        from layers.redis import ConnectionPool, server_address
 
+        address = server_address(self.url)  # a bad URL fails before anything starts
         stack = contextlib.AsyncExitStack()
         nursery = await stack.enter_async_context(trio.open_nursery())
-        address = self.url if isinstance(self.url, RedisAddress) else RedisAddress.from_url(self.url)
         self._pool = ConnectionPool(address, nursery)
         stack.callback(nursery.cancel_scope.cancel)
         stack.push_async_callback(self._pool.aclose)

@@ -16,7 +16,7 @@ worker — so a consumer's exception fails your test. Replies are read from the 
 channel. Clients sharing a ``layer`` see each other's group messages.
 
 With real sockets, the pytest plugin installed with trio_channels
-(``trio_channels.pytest_plugin``) gives ``live_server`` and ``channel_layer`` fixtures, and
+(``trio_channels.pytest_plugin``) gives ``channels_live_server`` and ``channel_layer`` fixtures, and
 :func:`open_websocket` connects to a server by URL.
 """
 
@@ -32,6 +32,7 @@ import attrs
 import trio
 import trio_websocket
 
+from interface.frames import websocket_frame
 from layers import BaseChannelLayer, InMemoryChannelLayer
 
 from .channel import Channel, Message, use_layer
@@ -272,6 +273,13 @@ class WebsocketClient(Client, _Cookies):
         self.order += 1
         await self.send_and_consume("websocket.receive", {"path": self.path, "order": self.order, key: value})
 
+    async def receive(self) -> dict[str, Any] | None:
+        """The next reply, as the interface server would put it on the wire: a group message's
+        history position is in its demultiplexer frame, a presence event is a JSON text frame
+        (``interface.frames.websocket_frame``)."""
+        message = await super().receive()
+        return None if message is None else websocket_frame(message)
+
     async def send_text(self, text: str) -> None:
         await self._frame("text", text)
 
@@ -300,7 +308,7 @@ class WebsocketClient(Client, _Cookies):
 async def open_websocket(
     url: str, path: str = "", *, headers: Iterable[tuple[bytes, bytes]] = (), **options: Any
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """A real WebSocket client to *url* (``http://`` or ``ws://``; e.g. ``live_server.url``) + *path*."""
+    """A real WebSocket client to *url* (``http://`` or ``ws://``; e.g. ``channels_live_server.url``) + *path*."""
     target = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip("/") + path
     async with trio_websocket.open_websocket_url(
         target, extra_headers=list(headers), **options

@@ -1,4 +1,4 @@
-"""The worker: one layer poller feeding consumer tasks, under a capacity limiter.
+"""The worker: ``concurrency`` long-lived consumer tasks, each pulling from the layer while free.
 
 Theory of operation
 -------------------
@@ -17,7 +17,7 @@ answer at once, through the reply channel like any reply: a 500 (503 when the wo
 stopping) if no part of the response reached the client, else the response is aborted.
 ``ConsumeLater`` re-queues the message (10 times at most); ``DenyConnection`` on
 ``websocket.connect`` sends ``{"close": True}``. Layer errors (Redis down) are retried with
-backoff. Shutdown (the ``shutdown`` event) stops the poller, gives running consumers
+backoff. Shutdown (the ``shutdown`` event) stops the consumer tasks pulling, gives running consumers
 ``grace_period`` seconds, then cancels them.
 """
 
@@ -290,7 +290,7 @@ async def run_consumer(
             await consumer(message, **kwargs)
         failure = "timeout" if scope.cancelled_caught else None
     except DenyConnection:
-        if message.channel.name != "websocket.connect" or message.reply_channel is None:
+        if message.channel.name != "websocket.connect" or not message.has_reply_channel:
             raise
         failure = None
         outbox.add(group=False, name=message.reply_channel.name, content={"close": True})
@@ -338,7 +338,7 @@ class _HttpReply:
 
     @classmethod
     def of(cls, message: Message) -> _HttpReply | None:
-        if message.channel.name == "http.request" and message.reply_channel is not None:
+        if message.channel.name == "http.request" and message.has_reply_channel:
             return cls(message.reply_channel.name)
         return None
 
@@ -365,11 +365,6 @@ class _HttpReply:
             name=self.reply_channel,
             content={"status": status, "headers": headers, "content": text, "more_content": False},
         )
-
-
-async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
 
 
 async def run_worker(

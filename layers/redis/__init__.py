@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from .connection import ConnectionPool, RedisAddress, RedisConnection
+from .connection import ConnectionPool, RedisAddress, RedisConnection, SentinelAddress, server_address
 from .layer import RedisChannelLayer, consistent_hash
 
-__all__ = ["ConnectionPool", "RedisAddress", "RedisChannelLayer", "RedisConnection", "consistent_hash"]
+__all__ = [
+    "ConnectionPool",
+    "RedisAddress",
+    "RedisChannelLayer",
+    "RedisConnection",
+    "SentinelAddress",
+    "consistent_hash",
+    "server_address",
+]

@@ -16,15 +16,28 @@ Errors are redis-py's: socket problems become ``redis.exceptions.ConnectionError
 subclasses by the table redis-py's parsers use (:data:`_ERROR_CLASSES`, public classes only:
 nothing here imports a private redis-py module). A connection that failed once is dead; the
 :class:`ConnectionPool` makes a new one on the next request.
+
+Where a pool connects is decided in one place, per new connection: its *resolver*. For a
+:class:`RedisAddress` that is the address itself; for a :class:`SentinelAddress` it is a
+:class:`SentinelResolver`, which asks the sentinels for the primary (``SENTINEL
+get-master-addr-by-name``, each sentinel in turn, each within a timeout) and checks with
+``ROLE`` that the server it names is a primary. A reply saying that a server is not (or not
+yet) the primary -- ``READONLY``, ``LOADING`` -- means the command did not run there: the pool
+then retires that connection (it takes no new commands and closes once its replies are in)
+and runs the command once more on a connection to the primary the sentinels name now.
+Connection loss needs nothing special: the next connection is resolved anew. Nothing above
+the pool knows whether its server is fixed or Sentinel-managed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
+import urllib.parse
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Final, TypeAlias
 
 import attrs
 import hiredis
@@ -33,7 +46,19 @@ from redis import exceptions as errors
 from redis.connection import HiredisRespSerializer, parse_url
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
-__all__ = ["ConnectionPool", "RedisAddress", "RedisConnection", "RequestCounter"]
+__all__ = [
+    "ConnectionPool",
+    "RedisAddress",
+    "RedisConnection",
+    "RequestCounter",
+    "SentinelAddress",
+    "SentinelResolver",
+    "ServerAddress",
+    "server_address",
+    "split_urls",
+]
+
+log = logging.getLogger("layers.redis")
 
 _NOT_ENOUGH_DATA = object()
 
@@ -80,6 +105,293 @@ class RedisAddress:
     def __str__(self) -> str:
         where = f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
         return f"{'rediss' if self.tls else 'redis'}://{where}/{self.db}"
+
+
+#: The URL schemes of a Sentinel-managed primary (``rediss+`` is TLS to sentinels and servers).
+SENTINEL_SCHEMES: Final = ("redis+sentinel", "rediss+sentinel")
+DEFAULT_SENTINEL_PORT: Final = 26379
+
+
+def _is_sentinel_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in SENTINEL_SCHEMES
+
+
+def split_urls(text: str) -> list[str]:
+    """Comma-separated URLs (one per shard), keeping the commas of a Sentinel URL's host list:
+    ``redis+sentinel://a:26379,b:26379/m/0,redis://c:6379/0`` is two URLs."""
+    urls: list[str] = []
+    for piece in (part.strip() for part in text.split(",")):
+        if not piece:
+            continue
+        if urls and "://" not in piece and _is_sentinel_url(urls[-1]):
+            # Still in the previous URL's sentinel list if nothing after its host list began.
+            after_scheme = urls[-1].partition("://")[2]
+            if not any(mark in after_scheme for mark in "/?#"):
+                urls[-1] += "," + piece
+                continue
+        urls.append(piece)
+    return urls
+
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port); *what* prefixes errors."""
+    host, port = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{what}: {text!r} is not host:port")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    elif ":" in text:
+        raise ValueError(f"{what}: write the IPv6 address {text!r} in brackets, like [::1]:26379")
+    if not host:
+        raise ValueError(f"{what}: {text!r} has no host")
+    if not port:
+        return host, DEFAULT_SENTINEL_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what}: the port in {text!r} must be a number from 1 to 65535")
+    return host, int(port)
+
+
+def _number(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of seconds, got {value!r}") from None
+    if not number > 0:
+        raise ValueError(f"{what} must be more than 0 seconds, got {value!r}")
+    return number
+
+
+@attrs.frozen(kw_only=True)
+class SentinelAddress:
+    """A primary that Redis Sentinel manages: the sentinels to ask, the service (the name in
+    their ``sentinel monitor`` line), and how to talk to the primary once found.
+
+    ``username``/``password`` are the primary's (and its replicas'); the sentinels, if they
+    have a password of their own, take ``sentinel_username``/``sentinel_password``. ``tls``
+    applies to both. Each sentinel gets ``sentinel_socket_timeout`` seconds to answer.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    socket_timeout: float = 10.0
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    sentinel_socket_timeout: float = 2.0
+
+    def __attrs_post_init__(self) -> None:
+        if not self.sentinels:
+            raise ValueError("a Sentinel-managed Redis needs at least one sentinel")
+        if not isinstance(self.service_name, str) or not self.service_name:
+            raise ValueError(f"the Sentinel service name must be a non-empty str, got {self.service_name!r}")
+        if not isinstance(self.db, int) or isinstance(self.db, bool) or self.db < 0:
+            raise ValueError(f"the database must be a number >= 0, got {self.db!r}")
+
+    @classmethod
+    def from_url(cls, url: str) -> SentinelAddress:
+        """``redis+sentinel://[[user]:password@]host[:port][,host2[:port2]...]/SERVICE[/DB]``
+        (``rediss+sentinel://`` for TLS; sentinel ports default to 26379) with the query
+        options ``socket_timeout``, ``sentinel_username``, ``sentinel_password`` and
+        ``sentinel_socket_timeout`` (others are left to the layer). Raises :exc:`ValueError`
+        naming *url* if it cannot be parsed."""
+        what = f"Redis Sentinel URL {url!r} is invalid"
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in SENTINEL_SCHEMES:
+            raise ValueError(f"{what}: the scheme must be redis+sentinel:// or rediss+sentinel://")
+        rest, _, _fragment = rest.partition("#")
+        rest, _, query = rest.partition("?")
+        netloc, _, path = rest.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, secret = userinfo.partition(":")
+            if not colon:
+                raise ValueError(
+                    f"{what}: put a colon before the password (':PASSWORD@', or 'USER:PASSWORD@' "
+                    "for an ACL user)"
+                )
+            username = urllib.parse.unquote(user) or None
+            password = urllib.parse.unquote(secret)
+        sentinels = tuple(_host_port(part.strip(), what) for part in hosts.split(",") if part.strip())
+        if not sentinels:
+            raise ValueError(
+                f"{what}: name at least one sentinel, like redis+sentinel://host:26379/mymaster/0"
+            )
+        segments = [urllib.parse.unquote(part) for part in path.split("/")] if path else []
+        while segments and not segments[-1]:
+            segments.pop()
+        if not segments or not segments[0]:
+            raise ValueError(
+                f"{what}: the service name is missing; write redis+sentinel://host:26379/SERVICE_NAME/DB"
+            )
+        if len(segments) > 2:
+            raise ValueError(f"{what}: the path must be /SERVICE_NAME or /SERVICE_NAME/DB")
+        database = segments[1] if len(segments) == 2 else "0"
+        if not database.isdigit():
+            raise ValueError(f"{what}: the database {database!r} must be a number, like /mymaster/0")
+        options: dict[str, Any] = {}
+        for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            if key in ("sentinel_username", "sentinel_password"):
+                options[key] = value
+            elif key in ("socket_timeout", "sentinel_socket_timeout"):
+                options[key] = _number(value, f"{what}: option {key}")
+        return cls(
+            sentinels=sentinels,
+            service_name=segments[0],
+            db=int(database),
+            username=username,
+            password=password,
+            tls=scheme.lower() == "rediss+sentinel",
+            **options,
+        )
+
+    #: The keys of the dict form (``CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]``).
+    DICT_KEYS: ClassVar = (
+        "sentinels",
+        "master_name",
+        "service_name",
+        "db",
+        "username",
+        "password",
+        "ssl",
+        "socket_timeout",
+        "sentinel_username",
+        "sentinel_password",
+        "sentinel_socket_timeout",
+        "sentinel_kwargs",
+    )
+    _SENTINEL_KWARGS: ClassVar = ("username", "password", "socket_timeout")
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> SentinelAddress:
+        """The dict form, channels_redis's keys with redis-py's names beside them::
+
+            {"sentinels": [("sentinel-1", 26379), "sentinel-2:26379"],
+             "master_name": "mymaster",          # or "service_name", redis-py's word
+             "db": 0, "username": ..., "password": ...,   # the primary's
+             "ssl": False, "socket_timeout": 10,
+             "sentinel_password": ...,           # or "sentinel_kwargs": {"password": ...}
+             "sentinel_username": ..., "sentinel_socket_timeout": 2}
+
+        Raises :exc:`ValueError` naming the key or value that is wrong.
+        """
+        what = "a Redis Sentinel host"
+        unknown = [key for key in config if key not in cls.DICT_KEYS]
+        if unknown:
+            raise ValueError(
+                f"{what} has the unknown key {unknown[0]!r}; the keys are {', '.join(cls.DICT_KEYS)}"
+            )
+        raw = config.get("sentinels")
+        if isinstance(raw, str) or (isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], int)):
+            raw = [raw]  # one sentinel
+        if not raw or not isinstance(raw, (list, tuple)):
+            raise ValueError(
+                f"{what} needs 'sentinels': a list of (host, port), like [('sentinel-1', 26379)]; got {raw!r}"
+            )
+        sentinels = []
+        for entry in raw:
+            if isinstance(entry, str):
+                sentinels.append(_host_port(entry, what))
+            elif (
+                isinstance(entry, (tuple, list))
+                and len(entry) == 2
+                and isinstance(entry[0], str)
+                and entry[0]
+                and isinstance(entry[1], int)
+                and 0 < entry[1] < 65536
+            ):
+                sentinels.append((entry[0], entry[1]))
+            else:
+                raise ValueError(f"{what}: the sentinel {entry!r} is not (host, port) or 'host:port'")
+        if "master_name" in config and "service_name" in config:
+            raise ValueError(f"{what}: give 'master_name' or 'service_name' (the same thing), not both")
+        service = config.get("master_name", config.get("service_name"))
+        if service is None:
+            raise ValueError(f"{what} needs 'master_name': the service name the sentinels monitor")
+        options = {key: config[key] for key in ("db", "username", "password") if key in config}
+        if "ssl" in config:
+            if not isinstance(config["ssl"], bool):
+                raise ValueError(f"{what}: 'ssl' must be True or False, got {config['ssl']!r}")
+            options["tls"] = config["ssl"]
+        for key in ("sentinel_username", "sentinel_password"):
+            if key in config:
+                options[key] = config[key]
+        for key in ("socket_timeout", "sentinel_socket_timeout"):
+            if key in config:
+                options[key] = _number(config[key], f"{what}: {key!r}")
+        extra = config.get("sentinel_kwargs") or {}
+        if not isinstance(extra, Mapping) or any(key not in cls._SENTINEL_KWARGS for key in extra):
+            raise ValueError(
+                f"{what}: 'sentinel_kwargs' takes {', '.join(cls._SENTINEL_KWARGS)}; got {extra!r}"
+            )
+        for key, value in extra.items():
+            name = f"sentinel_{key}" if key != "socket_timeout" else "sentinel_socket_timeout"
+            if name in options:
+                raise ValueError(f"{what}: {key!r} is given twice, in 'sentinel_kwargs' and as {name!r}")
+            options[name] = (
+                _number(value, f"{what}: 'sentinel_kwargs' socket_timeout")
+                if key == "socket_timeout"
+                else value
+            )
+        return cls(sentinels=tuple(sentinels), service_name=service, **options)
+
+    def primary(self, host: str, port: int) -> RedisAddress:
+        """The address of the primary at *host*:*port*, with this service's credentials."""
+        return RedisAddress(
+            host=host,
+            port=port,
+            db=self.db,
+            username=self.username,
+            password=self.password,
+            tls=self.tls,
+            socket_timeout=self.socket_timeout,
+        )
+
+    def sentinel(self, host: str, port: int) -> RedisAddress:
+        """The address of the sentinel at *host*:*port* (database 0, the sentinels' credentials)."""
+        return RedisAddress(
+            host=host,
+            port=port,
+            username=self.sentinel_username,
+            password=self.sentinel_password,
+            tls=self.tls,
+            socket_timeout=self.sentinel_socket_timeout,
+        )
+
+    def __str__(self) -> str:
+        hosts = ",".join(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.sentinels
+        )
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://{hosts}/{urllib.parse.quote(self.service_name, safe='')}/{self.db}"
+
+
+#: Where a pool connects: a fixed server, or whichever one the sentinels name the primary.
+ServerAddress: TypeAlias = RedisAddress | SentinelAddress
+
+
+def server_address(value: str | Mapping[str, Any] | RedisAddress | SentinelAddress) -> ServerAddress:
+    """A server from a URL (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
+    ``rediss+sentinel://``), a Sentinel dict (:meth:`SentinelAddress.from_dict`) or an address.
+
+    Raises :exc:`ValueError` naming the value if it is none of those.
+    """
+    if isinstance(value, (RedisAddress, SentinelAddress)):
+        return value
+    if isinstance(value, str):
+        return SentinelAddress.from_url(value) if _is_sentinel_url(value) else RedisAddress.from_url(value)
+    if isinstance(value, Mapping):
+        return SentinelAddress.from_dict(value)
+    raise ValueError(
+        f"Redis host {value!r} is invalid: use a URL ('redis://host:6379/0', "
+        "'redis+sentinel://host:26379/mymaster/0') or a Sentinel dict"
+    )
 
 
 @contextlib.contextmanager
@@ -134,6 +446,12 @@ _ERR_CLASSES: Final[dict[str, type[RedisError]]] = {
 def _error_reply(text: str) -> RedisError:
     word, _, rest = text.partition(" ")
     if word == "ERR":
+        if rest.startswith("Error running script"):
+            # Redis < 7 wraps the error of a script's failed call in an ERR ("...: @user_script:
+            # 12: -READONLY You can't write..."); Redis 7 passes it on as it is. Same class.
+            inner = rest.rpartition(": -")[2].partition(" ")[0]
+            if inner in _ERROR_CLASSES and inner not in ("MOVED", "ASK"):
+                return _ERROR_CLASSES[inner](rest)
         return _ERR_CLASSES.get(rest, ResponseError)(rest)
     error_class = _ERROR_CLASSES.get(word)
     try:
@@ -155,7 +473,6 @@ class RedisConnection:
     """One connection; see the module docstring. Use :meth:`open` inside a nursery."""
 
     address: RedisAddress
-    counter: RequestCounter | None = None
     _stream: trio.abc.Stream | None = None
     _pending: deque[_Pending] = attrs.Factory(deque)
     _outgoing: bytearray = attrs.Factory(bytearray)
@@ -163,15 +480,14 @@ class RedisConnection:
     _serializer: HiredisRespSerializer = attrs.Factory(HiredisRespSerializer)
     _closed: trio.Event = attrs.Factory(trio.Event)
     _failure: BaseException | None = None
+    _retired: bool = False
+    #: Where its requests are counted (its pool's), if anywhere.
+    counter: RequestCounter | None = None
 
     @classmethod
-    async def open(
-        cls, address: RedisAddress, nursery: trio.Nursery, counter: RequestCounter | None = None
-    ) -> RedisConnection:
-        """Connect, start the reader in *nursery*, authenticate and select the database.
-
-        Its requests are counted in *counter*, if given."""
-        connection = cls(address, counter)
+    async def open(cls, address: RedisAddress, nursery: trio.Nursery) -> RedisConnection:
+        """Connect, start the reader in *nursery*, authenticate and select the database."""
+        connection = cls(address)
         with _map_errors(address), trio.fail_after(address.socket_timeout):
             if address.path:
                 stream: trio.abc.Stream = await trio.open_unix_socket(address.path)
@@ -201,7 +517,15 @@ class RedisConnection:
 
     @property
     def broken(self) -> bool:
-        return self._closed.is_set()
+        """Closed, or retired: a pool hands it out no more."""
+        return self._retired or self._closed.is_set()
+
+    async def retire(self) -> None:
+        """Take no new commands; close once the replies already asked for are in (their
+        callers still get them). For a server that stopped being the one to talk to."""
+        self._retired = True
+        if not self._pending:
+            await self.aclose()
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and wait for its reply (error replies are raised)."""
@@ -214,6 +538,8 @@ class RedisConnection:
         """Send several commands in one write; error replies are returned, not raised."""
         if self._closed.is_set():
             raise ConnectionError(f"Redis at {self.address}: connection closed ({self._failure})")
+        if self._retired:
+            raise ConnectionError(f"Redis at {self.address}: connection retired (not sent)")
         if self.counter is not None:
             self.counter.requests += 1
         for command in commands:
@@ -275,6 +601,8 @@ class RedisConnection:
                     if not slot.abandoned:
                         slot.result = reply
                         slot.event.set()
+                if self._retired and not self._pending:
+                    return  # every reply it owed is in: close (below)
         except (ConnectionError, hiredis.ProtocolError) as exc:
             self._fail(exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc)))
         finally:
@@ -304,6 +632,175 @@ class RedisConnection:
         await self._close_stream()
 
 
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    """Why *exc* happened, in a few words ("connection refused", not trio's whole story)."""
+    cause = exc.__cause__
+    if isinstance(cause, trio.TooSlowError):
+        return "no answer in time"
+    if isinstance(cause, OSError):
+        inner = cause.__cause__
+        for candidate in getattr(inner, "exceptions", None) or [inner, cause]:
+            if isinstance(candidate, OSError) and candidate.strerror:
+                # trio's is "error connecting to ('h', 1): connection refused": the end will do
+                return candidate.strerror.rpartition(": ")[2].lower()
+        return str(cause) or type(cause).__name__
+    return str(exc) or type(exc).__name__
+
+
+#: Replies meaning "this server is not (or not yet) the primary": the command did not run.
+_NOT_THE_PRIMARY: Final = (errors.ReadOnlyError, errors.BusyLoadingError, errors.MasterDownError)
+
+
+@attrs.define(eq=False)
+class _FixedServer:
+    """The resolver of a :class:`RedisAddress`: always that server."""
+
+    address: RedisAddress
+    follows_primary: ClassVar[bool] = False
+
+    async def connect(self, nursery: trio.Nursery) -> RedisConnection:
+        return await RedisConnection.open(self.address, nursery)
+
+
+@attrs.define(eq=False)
+class SentinelResolver:
+    """The resolver of a :class:`SentinelAddress`: connects to the primary its sentinels name.
+
+    Each new connection asks the sentinels in turn (the last one that answered first, as
+    redis-py does), each within ``sentinel_socket_timeout``; connects to the server named and
+    checks with ``ROLE`` that it is a primary (a sentinel can be behind during a failover);
+    and otherwise goes on to the next sentinel. If no sentinel leads to a primary, it raises
+    redis-py's :exc:`~redis.exceptions.ConnectionError` naming every sentinel and what each did.
+    """
+
+    address: SentinelAddress
+    follows_primary: ClassVar[bool] = True
+    #: The primary of the last connection made.
+    primary: RedisAddress | None = None
+    _order: list[tuple[str, int]] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._order = list(self.address.sentinels)
+
+    async def _ask(self, sentinel: tuple[str, int]) -> RedisAddress | None:
+        """What *sentinel* names as the primary (None: it does not know the service)."""
+        address = self.address.sentinel(*sentinel)
+        failure: RedisError | None = None
+        async with trio.open_nursery() as nursery:  # for the connection's reader and writer
+            try:
+                # One deadline for connecting, authenticating and the answer.
+                with _map_errors(address), trio.fail_after(address.socket_timeout):
+                    connection = await RedisConnection.open(address, nursery)
+                    try:
+                        reply = await connection.execute(
+                            "SENTINEL", "get-master-addr-by-name", self.address.service_name
+                        )
+                    finally:
+                        await connection.aclose()
+            except RedisError as exc:  # raised out here, not wrapped in the nursery's group
+                failure = exc
+        if failure is not None:
+            raise failure
+        if reply is None:
+            return None
+        host, port = reply
+        return self.address.primary(host.decode(), int(port))
+
+    async def _ask_noting(self, sentinel: tuple[str, int], failures: list[str]) -> RedisAddress | None:
+        """:meth:`_ask`, with a failure noted in *failures* (and None returned)."""
+        try:
+            primary = await self._ask(sentinel)
+        except RedisError as exc:
+            failures.append(f"{_where(*sentinel)}: {_reason(exc)}")
+            return None
+        if primary is None:
+            failures.append(f"{_where(*sentinel)}: does not know {self.address.service_name!r}")
+        return primary
+
+    def _prefer(self, sentinel: tuple[str, int]) -> None:
+        self._order.remove(sentinel)
+        self._order.insert(0, sentinel)
+
+    def _nothing_found(self, failures: list[str]) -> ConnectionError:
+        return ConnectionError(
+            f"no sentinel named a primary for {self.address.service_name!r} ({'; '.join(failures)})"
+        )
+
+    async def locate(self) -> RedisAddress:
+        """The primary the first sentinel to answer names (without connecting to it)."""
+        failures: list[str] = []
+        for sentinel in list(self._order):
+            primary = await self._ask_noting(sentinel, failures)
+            if primary is not None:
+                self._prefer(sentinel)
+                return primary
+        raise self._nothing_found(failures)
+
+    async def connect(self, nursery: trio.Nursery) -> RedisConnection:
+        """A connection to the primary, checked with ``ROLE``."""
+        failures: list[str] = []
+        tried: set[RedisAddress] = set()
+        for sentinel in list(self._order):
+            primary = await self._ask_noting(sentinel, failures)
+            if primary is None:
+                continue
+            where = _where(primary.host, primary.port)
+            if primary in tried:
+                failures.append(f"{_where(*sentinel)}: named {where} too")
+                continue
+            tried.add(primary)
+            where = f"{where} (named by {_where(*sentinel)})"
+            try:
+                connection = await RedisConnection.open(primary, nursery)
+            except RedisError as exc:
+                failures.append(f"{where}: {_reason(exc)}")
+                continue
+            if not await self._is_primary(connection, where, failures):
+                continue
+            self._prefer(sentinel)
+            if self.primary is not None and primary != self.primary:
+                log.warning(
+                    "Redis Sentinel: the primary of %r is now %s (was %s)",
+                    self.address.service_name,
+                    _where(primary.host, primary.port),
+                    _where(self.primary.host, self.primary.port),
+                )
+            self.primary = primary
+            return connection
+        raise self._nothing_found(failures)
+
+    async def _is_primary(self, connection: RedisConnection, where: str, failures: list[str]) -> bool:
+        """Whether *connection*'s server says it is a primary (or may not say so: an ACL). If
+        not, the connection is closed and the reason noted in *failures*."""
+        try:
+            with _map_errors(connection.address), trio.fail_after(connection.address.socket_timeout):
+                reply = await connection.execute("ROLE")
+        except errors.NoPermissionError:
+            return True  # ROLE is not allowed to us; a READONLY reply would tell us later
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await connection.aclose()
+            if not isinstance(exc, RedisError):
+                raise
+            failures.append(f"{where}: {_reason(exc)}")
+            return False
+        role = reply[0].decode() if isinstance(reply, list) and reply else repr(reply)
+        if role == "master":
+            return True
+        with trio.CancelScope(shield=True):
+            await connection.aclose()
+        failures.append(f"{where}: is a {role}, not the primary (a failover under way?)")
+        return False
+
+
+def _resolver(address: ServerAddress) -> _FixedServer | SentinelResolver:
+    return SentinelResolver(address) if isinstance(address, SentinelAddress) else _FixedServer(address)
+
+
 @attrs.define(eq=False)
 class ConnectionPool:
     """Connections to one Redis server, living in the owner's *nursery*.
@@ -314,21 +811,32 @@ class ConnectionPool:
     ``on_connect`` runs on every new connection before anyone uses it (the layer checks there
     whether the server is the one it knew); if it raises, the connection is closed and the
     error reaches whoever asked for the connection.
+
+    *address* is a fixed server or a Sentinel-managed primary; each new connection asks its
+    resolver where to go (see the module docstring). When a new connection lands on another
+    server than before (a failover), the connections to the old one are retired.
     """
 
-    address: RedisAddress
+    address: ServerAddress
     nursery: trio.Nursery
     max_idle: int = 8
     on_connect: Callable[[RedisConnection], Awaitable[None]] | None = None
     #: The requests of every connection of the pool (for measurements: round trips).
     counter: RequestCounter = attrs.Factory(RequestCounter)
+    _resolver: _FixedServer | SentinelResolver = attrs.field(init=False)
     _shared: RedisConnection | None = None
     _connecting: trio.Lock = attrs.Factory(trio.Lock)
+    _attempts: int = attrs.field(default=0, init=False)
+    _failure: RedisError | None = attrs.field(default=None, init=False)
     _idle: list[RedisConnection] = attrs.Factory(list)
     _all: set[RedisConnection] = attrs.Factory(set)
 
+    def __attrs_post_init__(self) -> None:
+        self._resolver = _resolver(self.address)
+
     async def _open(self) -> RedisConnection:
-        connection = await RedisConnection.open(self.address, self.nursery, self.counter)
+        connection = await self._resolver.connect(self.nursery)
+        connection.counter = self.counter
         if self.on_connect is not None:
             try:
                 await self.on_connect(connection)
@@ -336,19 +844,71 @@ class ConnectionPool:
                 with trio.CancelScope(shield=True):
                     await connection.aclose()
                 raise
+        for other in list(self._all):
+            if not other.broken and other.address != connection.address:
+                await other.retire()  # a failover: nothing more for the old primary
+            if other.broken:
+                self._all.discard(other)
+        self._idle = [idle for idle in self._idle if not idle.broken]
         self._all.add(connection)
         return connection
 
     async def shared(self) -> RedisConnection:
         if self._shared is None or self._shared.broken:
+            attempt = self._attempts
             async with self._connecting:
                 if self._shared is None or self._shared.broken:
-                    self._shared = await self._open()
+                    failure = self._failure
+                    if failure is not None and self._attempts != attempt:
+                        # Another caller tried while we waited, and failed: our answer too
+                        # (so callers queued behind a dead server fail together, not in turn).
+                        raise type(failure)(*failure.args) from failure
+                    self._attempts += 1
+                    try:
+                        self._shared = await self._open()
+                    except RedisError as exc:
+                        self._failure = exc
+                        raise
+                    self._failure = None
         return self._shared
 
     async def execute(self, *args: Any) -> Any:
+        """One command on the shared connection; an error reply is raised."""
+        (result,) = await self.execute_many([args])
+        if isinstance(result, RedisError):  # an error reply (AuthenticationError is not a ResponseError)
+            raise result
+        return result
+
+    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Several commands in one write on the shared connection; error replies are returned.
+
+        Following a Sentinel-managed primary, the commands answered ``READONLY``, ``LOADING``
+        or ``MASTERDOWN`` -- which did not run: that server is not (or not yet) the primary --
+        retire the connection and run once more, on a connection to the primary the sentinels
+        name now. So a send that met a failover runs once, on the new primary, or not at all.
+        """
         connection = await self.shared()
-        return await connection.execute(*args)
+        results = await connection.execute_many(commands)
+        if not self._resolver.follows_primary:
+            return results
+        again = [index for index, result in enumerate(results) if isinstance(result, _NOT_THE_PRIMARY)]
+        if not again:
+            return results
+        log.info(
+            "Redis at %s answered %s (%s): asking the sentinels of %s for the primary again",
+            connection.address,
+            type(results[again[0]]).__name__,
+            results[again[0]],
+            self.address,
+        )
+        await connection.retire()
+        connection = await self.shared()
+        retried = await connection.execute_many([commands[index] for index in again])
+        for index, result in zip(again, retried, strict=True):
+            results[index] = result
+        if any(isinstance(result, _NOT_THE_PRIMARY) for result in retried):
+            await connection.retire()  # still not the primary: the next command asks again
+        return results
 
     @contextlib.asynccontextmanager
     async def dedicated(self) -> Any:

@@ -37,14 +37,17 @@ the lists it sent to, and forgets one when a pop issued after those sends found 
 after ``expiry``.
 
 Several hosts shard by consistent hashing on the channel's non-local name (so a process
-prefix and everything under it live on one server) and on the group name.
+prefix and everything under it live on one server) and on the group name. A host is a fixed
+server or a Sentinel-managed primary; only the connection pools know which (their resolver,
+in :mod:`.connection`): after a failover, new connections go to the new primary.
 
 Lost memberships: every new connection asks its server for its ``run_id`` (``INFO server``)
 and for the layer's *epoch* key ``<prefix>:epoch``, a random token the first process to
 connect stores there (``SET NX``). Per shard, the layer remembers both. A server that comes
 back with another ``run_id`` and the same epoch restarted with its data (persistence); one
 whose epoch is gone or different lost everything it held: the layer logs a WARNING and
-reports a :class:`~layers.base.MembershipLost` through ``membership_lost``.
+reports a :class:`~layers.base.MembershipLost` through ``membership_lost``. A replica promoted
+by Sentinel is the first kind: another ``run_id``, the epoch it replicated.
 
 Errors: a server that cannot be reached, or answers that it cannot serve now (loading,
 read-only, out of memory, busy), becomes :exc:`~layers.ChannelLayerUnavailable` in one place,
@@ -62,7 +65,7 @@ import math
 import random
 import secrets
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any, Final
@@ -89,17 +92,39 @@ from ..base import (
     ChannelLayerUnavailable,
     LayerStatistics,
     MembershipLost,
-    _check_prefix,
     check_owned_message,
     decode_message,
     encode_trusted_message,
     non_local_name,
     validate_channel_name,
     validate_group_name,
+    validate_process_prefix,
 )
 from ..concurrency import open_service_nursery
+from ..groups import (
+    FULL_CHANNELS_LIMIT,
+    HISTORY_KEY,
+    GroupHistory,
+    GroupSendReport,
+    Since,
+    cannot_recover,
+    refuse_position,
+    validate_exclude,
+    validate_history_range,
+    validate_info,
+    validate_since,
+)
 from . import scripts
-from .connection import ConnectionPool, RedisAddress, RedisConnection
+from .connection import (
+    ConnectionPool,
+    RedisAddress,
+    RedisConnection,
+    SentinelAddress,
+    SentinelResolver,
+    ServerAddress,
+    server_address,
+    split_urls,
+)
 
 __all__ = ["RedisChannelLayer"]
 
@@ -125,8 +150,9 @@ _UNAVAILABLE: Final = (
     ClusterDownError,
     TryAgainError,
 )
-#: ...and the error replies redis-py has no class for that mean the same.
-_UNAVAILABLE_REPLIES: Final = ("BUSY ", "MISCONF ", "NOREPLICAS ")
+#: ...and the error replies redis-py has no class for that mean the same (UNBLOCKED: a blocking
+#: command ended because its server became a replica).
+_UNAVAILABLE_REPLIES: Final = ("BUSY ", "MISCONF ", "NOREPLICAS ", "UNBLOCKED ")
 
 
 class _MapErrors:
@@ -139,7 +165,7 @@ class _MapErrors:
 
     __slots__ = ("address",)
 
-    def __init__(self, address: RedisAddress) -> None:
+    def __init__(self, address: ServerAddress) -> None:
         self.address = address
 
     def __enter__(self) -> None:
@@ -202,19 +228,41 @@ async def _command(pool: ConnectionPool, *args: Any) -> Any:
 
 async def _commands(pool: ConnectionPool, commands: Sequence[Sequence[Any]]) -> list[Any]:
     with _MapErrors(pool.address):
-        connection = await pool.shared()
-        return await connection.execute_many(commands)
+        return await pool.execute_many(commands)
 
 
 _SEND = _Script(scripts.SEND)
 _GROUP_ADD = _Script(scripts.GROUP_ADD)
+_GROUP_DISCARD = _Script(scripts.GROUP_DISCARD)
 _GROUP_MEMBERS = _Script(scripts.GROUP_MEMBERS)
 _GROUP_SEND = _Script(scripts.GROUP_SEND)
+_RECOVER_PUSH = _Script(scripts.RECOVER_PUSH)
+_HISTORY_READ = _Script(scripts.HISTORY_READ)
+_HEARTBEAT = _Script(scripts.HEARTBEAT)
+_SWEEP = _Script(scripts.SWEEP)
 _DELAY_ADD = _Script(scripts.DELAY_ADD)
 _DELAY_DUE = _Script(scripts.DELAY_DUE)
 _LIST_STATS = _Script(scripts.LIST_STATS)
 _GROUP_PUSH = _Script(scripts.GROUP_PUSH)
 _POP_MANY = _Script(scripts.POP_MANY)
+
+
+def _report(
+    delivered: int, full: int, gone: int, offset: int, epoch: bytes, full_channels: list[str]
+) -> GroupSendReport:
+    return GroupSendReport(
+        delivered=int(delivered),
+        full=int(full),
+        expired=int(gone),
+        offset=int(offset) if offset else None,
+        epoch=epoch.decode() if offset else None,
+        full_channels=tuple(full_channels),
+    )
+
+
+def _positive_seconds(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
 
 
 @attrs.define(eq=False)
@@ -224,6 +272,7 @@ class _ServerIdentity:
 
     run_id: str | None = None
     epoch: bytes | None = None
+    address: str | None = None
     blmpop: bool = False
 
 
@@ -269,19 +318,20 @@ def _fernet(keys: Sequence[str | bytes] | None) -> Any:
     return MultiFernet(fernets)
 
 
-def _hosts(value: Any) -> list[RedisAddress]:
-    if isinstance(value, (str, tuple)):
+def _hosts(value: Any) -> list[ServerAddress]:
+    if isinstance(value, (str, tuple, dict, RedisAddress, SentinelAddress)):
         value = [value]
-    addresses = []
+    addresses: list[ServerAddress] = []
     for host in value:
-        if isinstance(host, RedisAddress):
-            addresses.append(host)
-        elif isinstance(host, str):
-            addresses.append(RedisAddress.from_url(host))
-        elif isinstance(host, (tuple, list)) and len(host) == 2:
+        if isinstance(host, (tuple, list)) and len(host) == 2:
             addresses.append(RedisAddress(host=str(host[0]), port=int(host[1])))
+        elif isinstance(host, (str, dict, RedisAddress, SentinelAddress)):
+            addresses.append(server_address(host))
         else:
-            raise ValueError(f"Redis host {host!r} is invalid: use 'redis://host:port/db' or (host, port)")
+            raise ValueError(
+                f"Redis host {host!r} is invalid: use 'redis://host:port/db', (host, port), "
+                "'redis+sentinel://host:26379/mymaster/0' or a Sentinel dict"
+            )
     if not addresses:
         raise ValueError("hosts must name at least one Redis server")
     return addresses
@@ -291,22 +341,34 @@ def _hosts(value: Any) -> list[RedisAddress]:
 class RedisChannelLayer(ParkingLayer):
     """A channel layer on one or more Redis servers (several = sharded).
 
-    ``hosts`` takes URLs (``redis://``, ``rediss://``, ``unix://``) or ``(host, port)``
-    tuples. Enter it (``async with``) before use: that starts its connection readers and its
-    delayed-message mover in the layer's own nursery.
+    ``hosts`` takes URLs (``redis://``, ``rediss://``, ``unix://``, and for a primary that
+    Redis Sentinel manages ``redis+sentinel://`` / ``rediss+sentinel://``), ``(host, port)``
+    tuples and Sentinel dicts (:meth:`~layers.redis.SentinelAddress.from_dict`). Enter it
+    (``async with``) before use: that starts its connection readers and its delayed-message
+    mover in the layer's own nursery, and asks the sentinels of each Sentinel-managed host once
+    (:exc:`~layers.ChannelLayerUnavailable` naming them if none answers).
     """
 
-    extensions = ("groups", "flush", "statistics", "delay")
+    extensions = ("groups", "flush", "statistics", "delay", "presence", "history")
 
-    hosts: list[RedisAddress] = attrs.field(factory=lambda: [RedisAddress()], converter=_hosts)
+    hosts: list[ServerAddress] = attrs.field(factory=lambda: [RedisAddress()], converter=_hosts)
     prefix: str = "trio_channels"
     symmetric_encryption_keys: Sequence[str | bytes] | None = None
+    #: Seconds: every process prefix this process receives on keeps a heartbeat key alive
+    #: (refreshed every heartbeat / 3, living one heartbeat); members of a process whose key
+    #: lapsed leave their groups, within 2 x heartbeat of its death.
+    heartbeat: float = attrs.field(default=15.0, validator=_positive_seconds)
     _crypter: Any = attrs.field(init=False, default=None, repr=False)
     _pools: list[ConnectionPool] = attrs.field(factory=list, init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False, repr=False)
     _pollers: set[tuple[int, frozenset[str]]] = attrs.field(factory=set, init=False, repr=False)
     _delay_wakeup: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
     _servers: list[_ServerIdentity] = attrs.field(factory=list, init=False, repr=False)
+    _owned: dict[str, None] = attrs.field(factory=dict, init=False, repr=False)
+    _owned_changed: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+    # Per shard: the prefixes whose heartbeat key this process has set there (a key missing
+    # later lapsed; a shard reported as having lost its data starts afresh).
+    _beating: list[set[str]] = attrs.field(factory=list, init=False, repr=False)
     # What this process holds (see "Locality"): its own prefixes' messages, and what its
     # pollers popped for prefixes that nobody here took yet.
     _local: InMemoryState = attrs.field(init=False, repr=False)
@@ -343,12 +405,15 @@ class RedisChannelLayer(ParkingLayer):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisChannelLayer:
-        """``redis://host:6379/0`` (several hosts: comma-separated URLs) plus query options
-        ``expiry``, ``group_expiry``, ``capacity``, ``max_message_size``, ``prefix``."""
+        """``redis://host:6379/0`` or ``redis+sentinel://host1:26379,host2:26379/mymaster/0``
+        (several hosts: comma-separated URLs) plus query options ``expiry``, ``group_expiry``,
+        ``capacity``, ``max_message_size``, ``prefix``, ``heartbeat``."""
         from urllib.parse import urlsplit
 
-        hosts = [part.strip() for part in url.split(",") if part.strip()]
-        parsed = query_options(url, urlsplit(hosts[-1]).query, text=("prefix",))
+        hosts = split_urls(url)
+        if not hosts:
+            raise ValueError(f"layer URL {url!r} is invalid: it names no Redis server")
+        parsed = query_options(url, urlsplit(hosts[-1]).query, text=("prefix",), numbers={"heartbeat": float})
         return cls(hosts=hosts, **{**parsed, **options})
 
     @property
@@ -357,7 +422,7 @@ class RedisChannelLayer(ParkingLayer):
         has made to its servers since it was entered: for measurements."""
         return sum(pool.counter.requests for pool in self._pools)
 
-    def shared_store_address(self) -> tuple[RedisAddress, str]:
+    def shared_store_address(self) -> tuple[ServerAddress, str]:
         """The first server, and this layer's prefix (``serve()`` keeps sessions there)."""
         return self.hosts[0], self.prefix
 
@@ -365,19 +430,34 @@ class RedisChannelLayer(ParkingLayer):
 
     @contextlib.asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[None]:
+        for address in self.hosts:
+            if isinstance(address, SentinelAddress):
+                # No answer from any sentinel is most likely a wrong address or service name:
+                # say so now, not as 503s later. (The primary itself may be down: that is fine.)
+                with _MapErrors(address):
+                    await SentinelResolver(address).locate()
         async with open_service_nursery() as nursery:
             self._nursery = nursery
             self._servers = [_ServerIdentity() for _ in self.hosts]
+            self._beating = [set() for _ in self.hosts]
             self._pools = [
                 ConnectionPool(address, nursery, on_connect=partial(self._identify_server, shard))
                 for shard, address in enumerate(self.hosts)
             ]
             for shard in range(len(self._pools)):
                 nursery.start_soon(self._move_delayed, shard)
+                nursery.start_soon(self._heartbeat, shard)
+                nursery.start_soon(self._sweep, shard)
             await nursery.start(self._run_local)
             try:
                 yield
             finally:
+                if self._owned:  # leaving: our members leave at once, not at the heartbeat's end
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        keys = [self._heartbeat_key(name) for name in self._owned]
+                        for pool in self._pools:
+                            with contextlib.suppress(RedisError, OSError, ChannelLayerUnavailable):
+                                await _command(pool, "DEL", *keys)
                 nursery.cancel_scope.cancel()
                 self._nursery = None
                 for scope in self._own_prefixes.values():
@@ -399,17 +479,24 @@ class RedisChannelLayer(ParkingLayer):
         run_id = _run_id(info)
         known = self._servers[shard]
         known.blmpop = _version(info) >= (7, 0)
-        old_run_id, old_epoch = known.run_id, known.epoch
-        known.run_id, known.epoch = run_id, epoch
+        old_run_id, old_epoch, old_address = known.run_id, known.epoch, known.address
+        known.run_id, known.epoch, known.address = run_id, epoch, str(connection.address)
         restarted = run_id is not None and old_run_id is not None and run_id != old_run_id
         if old_epoch is None or epoch == old_epoch:
-            if restarted:
+            if restarted and old_address != known.address:
+                log.info(
+                    "Redis at %s took over from %s (a failover) with the layer's data",
+                    connection.address,
+                    old_address,
+                )
+            elif restarted:
                 log.info("Redis at %s restarted and kept its data (persistence)", connection.address)
             return
         if restarted:
             reason = f"restarted without its data (run_id {old_run_id:.8}… -> {run_id:.8}…)"
         else:
             reason = f"lost its data (the key {key!r} was gone or replaced: flushed or evicted?)"
+        self._beating[shard].clear()  # our heartbeat keys went too: that is this loss, not another
         log.warning(
             "Redis at %s %s: the group memberships and messages it held are lost. "
             "To keep them across restarts, turn on persistence on that server (appendonly yes).",
@@ -428,11 +515,12 @@ class RedisChannelLayer(ParkingLayer):
     def own_prefix(self, prefix: str) -> Iterator[None]:
         """See :meth:`layers.BaseChannelLayer.own_prefix`: sends from this process to channels
         under *prefix* never touch Redis, and one poller pops what other processes send there."""
-        _check_prefix(prefix)
+        validate_process_prefix(prefix)
         self._require_open()
         if prefix in self._own_prefixes:
             raise RuntimeError(f"process prefix {prefix!r} is already owned in this process")
         scope = self._own_prefixes[prefix] = trio.CancelScope()
+        self._own([prefix])  # its heartbeat, too
         assert self._nursery is not None
         self._nursery.start_soon(self._poll_own, prefix, scope)
         try:
@@ -769,6 +857,7 @@ class RedisChannelLayer(ParkingLayer):
         return channel, decode_message(data) if isinstance(data, bytes) else data, deadline
 
     async def _fetch_nowait(self, names: list[str]) -> Delivery | None:
+        self._own(names)
         by_shard: dict[int, list[str]] = {}
         for name in names:
             by_shard.setdefault(self._shard(name), []).append(name)
@@ -791,6 +880,7 @@ class RedisChannelLayer(ParkingLayer):
         return None
 
     def _will_park(self, names: list[str]) -> None:
+        self._own(names)
         by_shard: dict[int, list[str]] = {}
         for name in names:
             if name not in self._own_prefixes:  # our own prefixes have a poller of their own
@@ -977,18 +1067,34 @@ class RedisChannelLayer(ParkingLayer):
             return [], None
         deadline = trio.current_time() + ttl_ms / 1000
         stamp, kind, field, data = item.split(b"|", 3)
+        position: tuple[str, int, str] | None = None
+        if kind in (b"DH", b"FH"):
+            place, data = data.split(b"|", 1)
+            in_group, at, in_epoch = place.decode().split(",")
+            position = (in_group, int(at), in_epoch)
         try:
             payload = self._open_data(data)
         except Exception:
             log.error("dropped a message on %r that could not be decrypted (wrong or retired key?)", name)
             return [], None
-        if kind == b"D":
-            channel = field.decode()
-            return [(channel, decode_message(payload), deadline)], stamp if "!" in channel else None
-        prefix = name
-        return [
-            (prefix + local, decode_message(payload), deadline) for local in field.decode().split(",")
-        ], None
+        if position is None:  # the common case, kept tight
+            if kind == b"D":
+                channel = field.decode()
+                # A message SEND pushed for one process-specific channel counts in its stamps.
+                return [(channel, decode_message(payload), deadline)], stamp if "!" in channel else None
+            return [
+                (name + local, decode_message(payload), deadline) for local in field.decode().split(",")
+            ], None
+        group, offset, epoch = position
+        channels = (
+            [field.decode()] if kind == b"DH" else [name + local for local in field.decode().split(",")]
+        )
+        deliveries = []
+        for channel in channels:
+            message = decode_message(payload)
+            message[HISTORY_KEY] = {"group": group, "epoch": epoch, "offset": offset}
+            deliveries.append((channel, message, deadline))
+        return deliveries, None
 
     # -- channels --------------------------------------------------------------------------
 
@@ -1001,40 +1107,209 @@ class RedisChannelLayer(ParkingLayer):
     # -- groups ----------------------------------------------------------------------------
 
     def _group_keys(self, group: str) -> list[str]:
-        return [f"{self.prefix}:g:{group}", f"{self.prefix}:gc:{group}"]
+        """The group's zset, capacities, infos and tracked prefixes."""
+        p = self.prefix
+        return [f"{p}:g:{group}", f"{p}:gc:{group}", f"{p}:gi:{group}", f"{p}:gt:{group}"]
 
-    async def group_add(self, group: str, channel: str) -> None:
-        validate_group_name(group)
-        validate_channel_name(channel)
-        pool = self._group_pool(group)
-        await _GROUP_ADD(
-            pool, self._group_keys(group), [channel, self.get_capacity(channel), self.group_expiry]
-        )
+    def _history_keys(self, group: str) -> list[str]:
+        return [f"{self.prefix}:h:{group}", f"{self.prefix}:hm:{group}"]
+
+    def _history_args(self, group: str) -> list[Any]:
+        """size, ttl (ms), meta ttl (ms), a new epoch token: the history part of a script's ARGV."""
+        options = self.history_options(group)
+        if options is None:
+            return [0, 0, 0, ""]
+        ttl = math.ceil(options.ttl * 1000)
+        return [options.size, ttl, max(ttl, math.ceil(self.group_expiry * 1000)), secrets.token_hex(6)]
+
+    def _heartbeat_key(self, prefix: str) -> str:
+        return f"{self.prefix}:hb:{prefix}"
 
     def _group_pool(self, group: str) -> ConnectionPool:
         self._require_open()
         return self._pools[consistent_hash(group, len(self.hosts))]
 
+    def _info(self, sealed: bytes) -> dict[str, Any] | None:
+        if not sealed:
+            return None
+        try:
+            return decode_message(self._open_data(sealed))
+        except Exception:
+            log.error("presence info that could not be decrypted was shown as None (wrong or retired key?)")
+            return None
+
+    async def _add(
+        self, group: str, channel: str, info: dict[str, Any] | None, recover: Since | None, push: bool
+    ) -> list[Any]:
+        validate_group_name(group)
+        validate_channel_name(channel)
+        encoded = validate_info(info)
+        events = self.presence_events(group)
+        name = non_local_name(channel)
+        heartbeat = self._heartbeat_key(name) if name.endswith("!") else ""
+        args: list[Any] = [
+            channel,
+            self.get_capacity(channel),
+            self.group_expiry,
+            b"" if encoded is None else self._seal(encoded),
+            heartbeat,
+            name if heartbeat else "",
+            group,
+            int(events),
+        ]
+        if recover is None:
+            args.append("add")
+        else:
+            size, _, meta_ttl, token = self._history_args(group)
+            epoch, offset = ("", recover) if isinstance(recover, int) else recover
+            args += ["recover", epoch, offset, size, meta_ttl, token, self.expiry, int(push)]
+        keys = [
+            *self._group_keys(group),
+            f"{self.prefix}:pg",
+            *self._history_keys(group),
+            self._list_key(name),
+            self._stats_key(name),
+            self._stats_key("#global#"),
+        ]
+        result: list[Any] = await _GROUP_ADD(self._group_pool(group), keys, args)
+        return result
+
+    async def _announce_join(self, group: str, channel: str, info: dict[str, Any] | None) -> None:
+        event = {"presence": "join", "group": group, "channel": channel, "info": info}
+        _, left = await self._fan_out(group, self._encode(event), {channel})
+        await self._announce_leaves(group, left)
+
+    async def group_add(self, group: str, channel: str, *, info: dict[str, Any] | None = None) -> None:
+        new = (await self._add(group, channel, info, None, False))[0]
+        if new and self.presence_events(group):
+            await self._announce_join(group, channel, info)
+
+    async def group_recover(
+        self, group: str, channel: str, since: Since, *, info: dict[str, Any] | None = None
+    ) -> GroupHistory:
+        since = validate_since(since)
+        validate_channel_name(channel)
+        name = non_local_name(channel)
+        # The replay must reach the channel's list ahead of every later group message. With the
+        # list on the group's server, one script adds and queues the replay atomically. Else
+        # the list is held first: group sends queue beside it until the replay is in.
+        together = self._shard(name) == consistent_hash(validate_group_name(group), len(self.hosts))
+        hold = side = ""
+        if not together:
+            hold, side = f"{self.prefix}:hold:{name}", f"{self.prefix}:side:{name}"
+            await _command(self._pool(name), "SET", hold, "1", "PX", 10_000)
+        try:
+            new, problem, current_epoch, latest, entries = await self._add(
+                group, channel, info, since, together
+            )
+            problem = problem.decode()
+            if not together:
+                replay = [] if problem else [part for entry in entries for part in entry]
+                fitted = await _RECOVER_PUSH(
+                    self._pool(name),
+                    [self._list_key(name), hold, side, self._stats_key(name), self._stats_key("#global#")],
+                    [self.get_capacity(channel), self.expiry, channel, f"{group},", current_epoch, *replay],
+                )
+                hold = ""
+                if not fitted:
+                    problem = "no room"
+        finally:
+            if hold:  # failed or cancelled before the replay: release the held list
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(2),
+                    contextlib.suppress(RedisError, OSError, ChannelLayerUnavailable),
+                ):
+                    await _RECOVER_PUSH(
+                        self._pool(name),
+                        [
+                            self._list_key(name),
+                            hold,
+                            side,
+                            self._stats_key(name),
+                            self._stats_key("#global#"),
+                        ],
+                        [self.get_capacity(channel), self.expiry, channel, f"{group},", ""],
+                    )
+        if new and self.presence_events(group):  # after the replay: the hold is as short as can be
+            await self._announce_join(group, channel, info)
+        if problem:
+            epoch_now = current_epoch.decode() if current_epoch else None
+            raise cannot_recover(group, problem, since, epoch_now, int(latest) if epoch_now else None)
+        return GroupHistory(
+            messages=[(int(entry[0]), decode_message(self._open_data(entry[1]))) for entry in entries],
+            epoch=current_epoch.decode(),
+            offset=int(latest),
+        )
+
     async def group_discard(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
-        zset, caps = self._group_keys(group)
-        await _commands(self._group_pool(group), [("ZREM", zset, channel), ("HDEL", caps, channel)])
+        removed, info = await _GROUP_DISCARD(self._group_pool(group), self._group_keys(group)[:3], [channel])
+        if removed and self.presence_events(group):
+            await self._announce_leaves(group, [channel.encode(), info])
+
+    async def _members(self, group: str, what: str, data: bytes = b"") -> list[Any]:
+        validate_group_name(group)
+        args: list[Any] = [self.group_expiry, self._heartbeat_key(""), int(self.presence_events(group)), what]
+        if what == "send":
+            args += [*self._history_args(group), data]
+        keys = [*self._group_keys(group), *self._history_keys(group)]
+        result: list[Any] = await _GROUP_MEMBERS(self._group_pool(group), keys, args)
+        if result[1]:
+            await self._announce_leaves(group, result[1])
+        return result
 
     async def group_channels(self, group: str) -> list[str]:
-        validate_group_name(group)
-        members = await _GROUP_MEMBERS(self._group_pool(group), self._group_keys(group), [self.group_expiry])
+        members = (await self._members(group, "members"))[0]
         return [member.decode() for member in members]
 
-    async def send_group_encoded(self, group: str, data: bytes) -> None:
+    async def group_presence(self, group: str) -> dict[str, dict[str, Any] | None]:
+        members, _, _, _, _, flat = await self._members(group, "presence")
+        infos = dict(zip(flat[::2], flat[1::2], strict=True))
+        return {member.decode(): self._info(infos.get(member, b"")) for member in members}
+
+    async def group_history(
+        self, group: str, *, since: int | None = None, limit: int | None = None
+    ) -> GroupHistory:
         validate_group_name(group)
-        pool = self._group_pool(group)
+        validate_history_range(since, limit)
+        size, _, meta_ttl, token = self._history_args(group)
+        if not size:
+            return GroupHistory(messages=[], epoch=None, offset=None)
+        epoch, latest, entries = await _HISTORY_READ(
+            self._group_pool(group),
+            self._history_keys(group),
+            [token, meta_ttl, size, -1 if since is None else since, -1 if limit is None else limit],
+        )
+        return GroupHistory(
+            messages=[(int(entry[0]), decode_message(self._open_data(entry[1]))) for entry in entries],
+            epoch=epoch.decode(),
+            offset=int(latest),
+        )
+
+    async def send_group_encoded(
+        self, group: str, data: bytes, *, exclude: str | Collection[str] | None = None
+    ) -> GroupSendReport:
+        validate_group_name(group)
+        excluded = validate_exclude(exclude)
+        refuse_position(data)
+        report, left = await self._fan_out(group, data, excluded, history=True)
+        await self._announce_leaves(group, left)
+        return report
+
+    async def _fan_out(
+        self, group: str, data: bytes, excluded: Collection[str], *, history: bool = False
+    ) -> tuple[GroupSendReport, list[bytes]]:
+        """Send *data* to *group* (stored in its history if *history*); the report, and the
+        members that left on the way as ``[member, info, ...]`` (when it has presence events)."""
         sealed = self._seal(data)
+        history_args = self._history_args(group) if history else [0, 0, 0, ""]
         if len(self.hosts) == 1:
-            # One round trip: read the members, evict the gone, push one item per list.
-            await _GROUP_SEND(
-                pool,
-                [*self._group_keys(group), self._stats_key("#global#")],
+            # One round trip: store, read the members, evict the gone, push one item per list.
+            delivered, full, gone, offset, epoch, skipped, left = await _GROUP_SEND(
+                self._group_pool(group),
+                [*self._group_keys(group), self._stats_key("#global#"), *self._history_keys(group)],
                 [
                     f"{self.prefix}:c:",
                     f"{self.prefix}:s:",
@@ -1042,31 +1317,140 @@ class RedisChannelLayer(ParkingLayer):
                     self.expiry,
                     self.capacity,
                     sealed,
+                    self._heartbeat_key(""),
+                    int(self.presence_events(group)),
+                    group,
+                    *history_args,
+                    *excluded,
                 ],
             )
-            return
-        # Sharded: read the members once, then one round trip per server holding members.
-        members = [
-            m.decode() for m in await _GROUP_MEMBERS(pool, self._group_keys(group), [self.group_expiry])
+            return _report(delivered, full, gone, offset, epoch, [m.decode() for m in skipped]), left
+        # Sharded: store and read the members in one round trip, then one per server holding
+        # members (their pushes run concurrently).
+        args: list[Any] = [
+            self.group_expiry,
+            self._heartbeat_key(""),
+            int(self.presence_events(group)),
+            "send",
         ]
+        members, left, gone, epoch, offset, _ = await _GROUP_MEMBERS(
+            self._group_pool(group),
+            [*self._group_keys(group), *self._history_keys(group)],
+            [*args, *history_args, sealed],
+        )
+        position = f"{group},{offset},{epoch.decode()}" if offset else ""
         by_prefix: dict[str, list[str]] = {}
         for member in members:
-            by_prefix.setdefault(non_local_name(member), []).append(member)
+            name = member.decode()
+            if name not in excluded:
+                by_prefix.setdefault(non_local_name(name), []).append(name)
+        totals = [0, 0, int(gone)]
+        full_channels: list[str] = []
+        left = list(left)
+
+        async def push(name: str, group_members: list[str]) -> None:
+            kind = "F" if name.endswith("!") else "D"
+            result = await _GROUP_PUSH(
+                self._pool(name),
+                [
+                    self._list_key(name),
+                    self._stats_key(name),
+                    self._stats_key("#global#"),
+                    f"{self.prefix}:hold:{name}",
+                    f"{self.prefix}:side:{name}",
+                ],
+                [self.get_capacity(name), self.expiry, kind, ",".join(group_members), sealed, position],
+            )
+            totals[0] += result[0]
+            totals[1] += result[1]
+            if result[1]:
+                full_channels.extend(group_members[: FULL_CHANNELS_LIMIT - len(full_channels)])
+            for evicted in result[2:]:
+                totals[2] += 1
+                removed, info = await _GROUP_DISCARD(
+                    self._group_pool(group), self._group_keys(group)[:3], [evicted]
+                )
+                if removed and self.presence_events(group):
+                    left.extend((evicted, info))
+
         async with trio.open_nursery() as nursery:
             for name, group_members in by_prefix.items():
-                nursery.start_soon(self._push_group_item, group, name, group_members, sealed)
+                nursery.start_soon(push, name, group_members)
+        return _report(totals[0], totals[1], totals[2], offset, epoch, full_channels), left
 
-    async def _push_group_item(self, group: str, name: str, members: list[str], sealed: bytes) -> None:
-        kind = "F" if name.endswith("!") else "D"
-        result = await _GROUP_PUSH(
-            self._pool(name),
-            [self._list_key(name), self._stats_key(name), self._stats_key("#global#")],
-            [self.get_capacity(name), self.expiry, kind, ",".join(members), sealed],
-        )
-        evicted = [member.decode() for member in result[1:]]
-        if evicted:
-            zset, caps = self._group_keys(group)
-            await _commands(self._group_pool(group), [("ZREM", zset, *evicted), ("HDEL", caps, *evicted)])
+    async def _announce_leaves(self, group: str, left: list[Any]) -> None:
+        """Send a leave event for each ``member, info`` pair in *left* (and for members that
+        leave while these are sent)."""
+        while left:
+            pairs, left = list(zip(left[::2], left[1::2], strict=True)), []
+            for member, info in pairs:
+                name = member.decode() if isinstance(member, bytes) else member
+                event = {"presence": "leave", "group": group, "channel": name, "info": self._info(info)}
+                _, more = await self._fan_out(group, self._encode(event), ())
+                left += more
+
+    # -- heartbeats and the presence sweep ------------------------------------------------
+
+    def _own(self, names: Sequence[str]) -> None:
+        """Note the process prefixes this process receives on: it keeps them alive."""
+        for name in names:
+            if name.endswith("!") and name not in self._owned:
+                self._owned[name] = None
+                changed, self._owned_changed = self._owned_changed, trio.Event()
+                changed.set()  # wakes every shard's heartbeat: the key is set at once
+
+    async def _heartbeat(self, shard: int) -> None:
+        """Keep this process's heartbeat keys alive on one server (every heartbeat / 3)."""
+        pool = self._pools[shard]
+        ttl = math.ceil(self.heartbeat * 1000)
+        beating = self._beating[shard]
+        while True:
+            changed = self._owned_changed
+            owned = list(self._owned)
+            if owned:
+                try:
+                    existed = await _HEARTBEAT(pool, [self._heartbeat_key(name) for name in owned], [ttl])
+                except ChannelLayerUnavailable:
+                    pass  # the pollers log it; the key may lapse, which the next beat reports
+                else:
+                    lapsed = [
+                        name
+                        for name, alive in zip(owned, existed, strict=True)
+                        if not alive and name in beating
+                    ]
+                    beating.update(owned)
+                    if lapsed:
+                        reason = (
+                            f"this process's heartbeat for {', '.join(lapsed)} lapsed (Redis was out of "
+                            f"reach for over {self.heartbeat:g} s): its members may have left their groups"
+                        )
+                        log.warning("Redis at %s: %s", pool.address, reason)
+                        self._report_membership_lost(MembershipLost(server=str(pool.address), reason=reason))
+            with trio.move_on_after(self.heartbeat / 3):
+                await changed.wait()
+
+    async def _sweep(self, shard: int) -> None:
+        """Every heartbeat / 2, remove dead and lapsed members everywhere (one process does it
+        per period) and send their leave events: a dead process's members leave within
+        2 x heartbeat even in a group nobody touches."""
+        pool = self._pools[shard]
+        while True:
+            await trio.sleep(self.heartbeat / 2)
+            try:
+                found = await _SWEEP(
+                    pool,
+                    [f"{self.prefix}:pg", f"{self.prefix}:sweep-lock"],
+                    [
+                        f"{self.prefix}:",
+                        self.group_expiry,
+                        self._heartbeat_key(""),
+                        math.ceil(self.heartbeat * 500),
+                    ],
+                )
+                for index in range(0, len(found), 2):
+                    await self._announce_leaves(found[index].decode(), found[index + 1])
+            except ChannelLayerUnavailable:
+                continue
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -1081,11 +1465,12 @@ class RedisChannelLayer(ParkingLayer):
         for pool in self._pools:
             cursor = b"0"
             epoch = f"{self.prefix}:epoch".encode()  # kept: a flush is no loss to report later
+            heartbeats = f"{self.prefix}:hb:".encode()  # kept: the processes live on
             while True:
                 cursor, keys = await _command(
                     pool, "SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", 1000
                 )
-                keys = [key for key in keys if key != epoch]
+                keys = [key for key in keys if key != epoch and not key.startswith(heartbeats)]
                 if keys:
                     await _command(pool, "DEL", *keys)
                 if cursor in (b"0", 0, "0"):

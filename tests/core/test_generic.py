@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 import pytest
 import trio
 import trio.testing
 
-from trio_channels import Group, route_class, use_layer
+from layers import InMemoryChannelLayer
+from trio_channels import Channel, Group, Message, route_class, use_layer
 from trio_channels.generic import (
     AsyncHttpConsumer,
     BaseConsumer,
@@ -17,6 +19,7 @@ from trio_channels.generic import (
     WebsocketConsumer,
     WebsocketDemultiplexer,
     WebsocketMultiplexer,
+    recover_positions,
 )
 from trio_channels.http import Request, Response
 from trio_channels.sessions import InMemorySessionStore, use_session_store
@@ -243,3 +246,110 @@ async def test_http_user_and_session_flag_and_group_send() -> None:
         await client.send_text("who am i")
         assert await client.receive_text() == "ada dark"
         assert await client.receive_text() == "to the group"
+
+
+# ------------------------------------------------------------------ presence and recovery on streams
+
+
+class RoomStream(JsonWebsocketConsumer):
+    async def connect(self, message: Any, **kwargs: Any) -> None:
+        assert self.multiplexer is not None
+        await self.multiplexer.join("room-lobby", info={"name": "guest"}, last=2)
+
+    async def receive(self, content: Any = None, **kwargs: Any) -> None:
+        await WebsocketMultiplexer.group_send(
+            "room-lobby", "room", content, exclude=self.message.reply_channel
+        )
+
+
+class RoomMux(WebsocketDemultiplexer):
+    consumers: ClassVar[dict[str, type[WebsocketConsumer]]] = {"room": RoomStream}
+
+
+def _room_layer() -> InMemoryChannelLayer:
+    return InMemoryChannelLayer(
+        capacity=100, history={"room-*": {"size": 3, "ttl": 60}}, presence={"room-*": {"events": True}}
+    )
+
+
+async def test_streams_join_with_recovery() -> None:
+    """A stream consumer joins its group through the multiplexer: the client gets the latest
+    messages, a join frame with its position, offsets on every message, presence events; it
+    reconnects with ?recover=<stream>:<epoch>:<offset> and gets exactly what it missed."""
+    layer = _room_layer()
+    alice, bob = (
+        WebsocketClient([route_class(RoomMux)], layer),
+        WebsocketClient([route_class(RoomMux)], layer),
+    )
+    await alice.connect()
+    joined = await alice.receive_json()
+    assert joined == {
+        "stream": "room",
+        "join": {
+            "group": "room-lobby",
+            "epoch": joined["join"]["epoch"],
+            "offset": 0,
+            "recovered": True,
+            "replayed": 0,
+        },
+    }
+    epoch = joined["join"]["epoch"]
+    await bob.connect()
+    assert await alice.receive_json() == {
+        "presence": "join",
+        "group": "room-lobby",
+        "channel": bob.reply_channel,
+        "info": {"name": "guest"},
+    }
+    await bob.receive_json()  # bob's join frame
+    for n in range(1, 5):
+        await bob.send_json({"stream": "room", "payload": {"n": n}})
+    assert [await alice.receive_json() for _ in range(4)] == [
+        {"stream": "room", "payload": {"n": n}, "offset": n, "epoch": epoch} for n in range(1, 5)
+    ]
+    await bob.assert_nothing_pending()  # excluded from its own messages
+    await alice.disconnect()  # alice saw up to offset 4; two more while she is away
+    await bob.send_json({"stream": "room", "payload": {"n": 5}})
+    await bob.send_json({"stream": "room", "payload": {"n": 6}})
+    back = WebsocketClient([route_class(RoomMux)], layer)
+    first = await back.connect(f"/?recover=room:{epoch}:4")  # the replay comes first, and accepts
+    assert first is not None and json.loads(first["text"]) == {
+        "stream": "room",
+        "payload": {"n": 5},
+        "offset": 5,
+        "epoch": epoch,
+    }
+    assert await back.receive_json() == {"stream": "room", "payload": {"n": 6}, "offset": 6, "epoch": epoch}
+    assert await back.receive() == {"accept": True}
+    assert await back.receive_json() == {
+        "stream": "room",
+        "join": {"group": "room-lobby", "epoch": epoch, "offset": 6, "recovered": True, "replayed": 2},
+    }
+    late = WebsocketClient([route_class(RoomMux)], layer)
+    await late.connect(f"/?recover=room:{epoch}:1")  # 2 was trimmed: only 4..6 are kept
+    assert await late.receive_json() == {
+        "stream": "room",
+        "join": {
+            "group": "room-lobby",
+            "epoch": epoch,
+            "offset": 6,
+            "recovered": False,
+            "reason": "trimmed",
+            "replayed": 0,
+        },
+    }
+    new = WebsocketClient([route_class(RoomMux)], layer)
+    first = await new.connect("/")  # no position: the latest 2
+    assert first is not None and json.loads(first["text"])["offset"] == 5
+    assert (await new.receive_json())["offset"] == 6
+    assert await new.receive() == {"accept": True}
+    assert (await new.receive_json())["join"]["replayed"] == 2
+
+
+def test_recover_positions(caplog: pytest.LogCaptureFixture) -> None:
+    """?recover=<stream>:<epoch>:<offset>, one per stream; a malformed one is logged and ignored."""
+    layer = _room_layer()
+    query = b"recover=room:9f2c:17&recover=a:b:news:e1:0&recover=bad&recover=x:e:-1&other=1"
+    message = Message({"query_string": query, "path": "/"}, Channel("websocket.connect"), layer)
+    assert recover_positions(message) == {"room": ("9f2c", 17), "a:b:news": ("e1", 0)}
+    assert "ignored recover='bad'" in caplog.text and "ignored recover='x:e:-1'" in caplog.text

@@ -126,8 +126,12 @@ def test_asgi_fallback_bad_path() -> None:
     """A bad --http-app path is an ImportError naming it."""
     with pytest.raises(ImportError, match=r"'nowhere\.module:app'"):
         asgi_consumer("nowhere.module:app")
-    with pytest.raises(ImportError, match=r"package\.module:app"):
+    with pytest.raises(
+        ImportError, match=r"'no_colon' is not an import path like 'myapp\.consumers:ws_message'"
+    ):
         asgi_consumer("no_colon")
+    with pytest.raises(ImportError, match=r"'tests\.core:a:b' must be written 'package\.module:name'"):
+        asgi_consumer("tests.core:a:b")
 
 
 async def test_static_files(layer: InMemoryChannelLayer, tmp_path: Path) -> None:

@@ -130,7 +130,7 @@ def test_dotted_paths_resolve_when_the_router_is_built() -> None:
             r"consumer 'tests.core.nowhere.consumer' could not be imported",
         ),
         ([include("tests.core.sample_app.nope")], r"routing 'tests.core.sample_app.nope'"),
-        ("no_dots", r"'no_dots' is not a dotted path"),
+        ("no_dots", r"'no_dots' is not an import path"),
     ],
 )
 def test_bad_dotted_paths_fail_at_startup(routing: Any, error: str) -> None:

@@ -108,7 +108,7 @@ async def test_a_failing_verifier_denies_in_one_line(caplog: pytest.LogCaptureFi
         return None
 
     async def connect(message: Message) -> None:
-        await message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
+        await message.reply_channel.send({"accept": True})
 
     for verify, reason in (
         (broken, "the verifier failed: RuntimeError: the user database is down"),

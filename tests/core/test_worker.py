@@ -51,7 +51,7 @@ async def test_sends_are_buffered_until_the_consumer_finishes(
     inside, release = trio.Event(), trio.Event()
 
     async def consumer(message: Message) -> None:
-        await message.reply_channel.send({"text": "one"})  # type: ignore[union-attr]
+        await message.reply_channel.send({"text": "one"})
         await Group("g").send({"text": "group"})
         await Channel("side").send({"text": "two"})
         inside.set()
@@ -75,7 +75,7 @@ async def test_immediately_bypasses_the_buffer(
     release = trio.Event()
 
     async def consumer(message: Message) -> None:
-        await message.reply_channel.send({"text": "now"}, immediately=True)  # type: ignore[union-attr]
+        await message.reply_channel.send({"text": "now"}, immediately=True)
         await release.wait()
 
     await start_worker([route("work", consumer)])
@@ -93,7 +93,7 @@ async def test_buffer_is_flushed_when_the_consumer_raises(
     """Sends made before an exception are still delivered, and the error is logged."""
 
     async def consumer(message: Message) -> None:
-        await message.reply_channel.send({"text": "before"})  # type: ignore[union-attr]
+        await message.reply_channel.send({"text": "before"})
         raise ValueError("boom")
 
     worker = await start_worker([route("work", consumer)])
@@ -110,7 +110,7 @@ async def test_accept_then_store_is_race_free(
     sessions: dict[str, str] = {}
 
     async def ws_connect(message: Message) -> None:
-        await message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
+        await message.reply_channel.send({"accept": True})
         await trio.sleep(1)  # e.g. a slow session store
         sessions[message["reply_channel"]] = message["path"].strip("/")
 
@@ -184,7 +184,7 @@ async def test_misused_deny_connection_is_logged(
     async def receive(message: Message) -> None:
         if message["text"] == "deny":
             raise DenyConnection
-        await message.reply_channel.send({"text": "ok"})  # type: ignore[union-attr]
+        await message.reply_channel.send({"text": "ok"})
 
     await start_worker([route("websocket.receive", receive)])
     await layer.send("websocket.receive", {"reply_channel": "interface.p!c1", "text": "deny"})

@@ -84,7 +84,6 @@ async def test_half_built_buffered_response_gives_way_to_the_500(
     """Buffered parts of an unfinished response never go out; the 500 does (other sends do too)."""
 
     async def consumer(message: Message) -> None:
-        assert message.reply_channel is not None
         await message.reply_channel.send(START)
         await message.reply_channel.send({"content": b"x", "more_content": True})
         await message.channel_layer.send("side", {"kept": True})
@@ -103,7 +102,6 @@ async def test_started_response_is_closed(
     """Part of the response already sent: buffered parts follow, then a closed chunk aborts it."""
 
     async def consumer(message: Message) -> None:
-        assert message.reply_channel is not None
         await message.reply_channel.send(START, immediately=True)
         await message.reply_channel.send({"content": b"buffered", "more_content": True})
         raise ValueError("boom")
@@ -124,7 +122,6 @@ async def test_complete_response_stands(
     complete = {"status": 200, "content": b"done"}
 
     async def consumer(message: Message) -> None:
-        assert message.reply_channel is not None
         await message.reply_channel.send(complete, immediately=immediately)
         raise ValueError("boom")
 

@@ -49,8 +49,8 @@ async def logout_view(message: Message) -> None:
 async def ws_add(message: Message) -> None:
     if not message.user.is_authenticated:
         raise DenyConnection
-    await message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
-    await Group(f"chat-{message.user.username[0]}").add(message.reply_channel)  # type: ignore[arg-type]
+    await message.reply_channel.send({"accept": True})
+    await Group(f"chat-{message.user.username[0]}").add(message.reply_channel)
 
 
 @channel_session_user
@@ -63,12 +63,12 @@ async def ws_message(message: Message) -> None:
 @channel_session_user
 async def ws_disconnect(message: Message) -> None:
     if message.user.is_authenticated:
-        await Group(f"chat-{message.user.username[0]}").discard(message.reply_channel)  # type: ignore[arg-type]
+        await Group(f"chat-{message.user.username[0]}").discard(message.reply_channel)
 
 
 @allowed_hosts_only
 async def origin_checked(message: Message) -> None:
-    await message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
+    await message.reply_channel.send({"accept": True})
 
 
 routing = [

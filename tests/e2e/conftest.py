@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trio
 
+from trio_channels import ServerConfig
 from trio_channels.server import ServerInfo, serve
 
 StartServer = Callable[..., Awaitable[ServerInfo]]
@@ -19,9 +20,10 @@ def start_server(nursery: trio.Nursery) -> StartServer:
     """Start serve() on a free port in the test's nursery; returns its ServerInfo."""
 
     async def start(routing: Any, **options: Any) -> ServerInfo:
-        options.setdefault("bind", ["127.0.0.1:0"])
+        """*options* are :class:`ServerConfig` fields (``bind`` defaults to a free port)."""
+        config = ServerConfig(**{"bind": ["127.0.0.1:0"], **options})
         with trio.fail_after(10):
-            info: ServerInfo = await nursery.start(partial(serve, routing, **options))
+            info: ServerInfo = await nursery.start(partial(serve, routing, config))
         return info
 
     return start

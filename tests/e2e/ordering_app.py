@@ -15,7 +15,7 @@ async def receive(message: Message) -> None:
     await trio.sleep(random.random() * 0.003)
     seen = message.channel_session.get("seen", 0)
     message.channel_session["seen"] = seen + 1
-    await message.reply_channel.send({"text": f"{message['order']}:{seen + 1}"})  # type: ignore[union-attr]
+    await message.reply_channel.send({"text": f"{message['order']}:{seen + 1}"})
 
 
 routing = [route("websocket.receive", receive)]

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import trio
+
 from examples.authentication.users import load_user
+from layers import InMemoryChannelLayer
 
 from ..browser import open_browser
 from .conftest import StartServer
@@ -85,3 +91,48 @@ async def test_token_in_a_subprotocol_from_the_browser(start_server: StartServer
         assert (
             await forged.evaluate(read_log.replace("WANT", "'closed'").replace("SEND", "")) == "closed 4401\n"
         )
+
+
+_WAIT_FOR_TEXT = """new Promise((resolve) => {
+    const element = document.getElementById(ID);
+    const done = () => { if (element.textContent.includes(WANT)) resolve(element.textContent); };
+    new MutationObserver(done).observe(element, {childList: true, characterData: true, subtree: true});
+    done();
+})"""
+
+
+async def _wait_for_text(tab: Any, element: str, text: str) -> str:
+    with trio.fail_after(10):
+        found: str = await tab.evaluate(
+            _WAIT_FOR_TEXT.replace("ID", json.dumps(element)).replace("WANT", json.dumps(text))
+        )
+    return found
+
+
+async def test_presence_page_shows_who_is_here_and_catches_up(start_server: StartServer) -> None:
+    """The "who is here" page: each tab lists both names and sees joins and messages; a tab
+    whose socket dropped reconnects with its position and shows what it missed, once."""
+    from examples.presence import settings
+
+    info = await start_server(
+        "examples.presence.routing.channel_routing",
+        layer=InMemoryChannelLayer(**settings.CHANNEL_LAYERS["default"]["CONFIG"]),
+    )
+    async with open_browser() as browser:
+        ann = await browser.new_tab(info.url + "/?room=lobby&name=ann")
+        await _wait_for_text(ann, "here", "ann")
+        bob = await browser.new_tab(info.url + "/?room=lobby&name=bob")
+        assert await _wait_for_text(bob, "here", "ann, bob") == "ann, bob"
+        await _wait_for_text(ann, "log", "bob joined")
+        await bob.evaluate("socket.send('hello ann'); true")
+        await _wait_for_text(ann, "log", "bob: hello ann")
+        # The socket drops; the page's reconnect (a second later) waits until bob has spoken.
+        await ann.evaluate("window.resume = connect; window.connect = () => {}; socket.close(); true")
+        await _wait_for_text(bob, "log", "ann left")
+        await bob.evaluate("socket.send('while you were away'); true")
+        await _wait_for_text(bob, "log", "bob: while you were away")
+        await ann.evaluate("window.connect = window.resume; connect(); true")
+        assert "?recover=chat:" in await ann.evaluate("socket.url")
+        log = await _wait_for_text(ann, "log", "bob: while you were away")
+        assert log.count("while you were away") == 1 and log.count("hello ann") == 1
+        assert await _wait_for_text(ann, "here", "ann, bob") == "ann, bob"

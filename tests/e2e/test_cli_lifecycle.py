@@ -22,9 +22,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from trio_channels.server import BindError, serve
+from trio_channels.server import BindError, ServerConfig, serve
 
 from ..browser import open_browser
+from .demo_helpers import enter, wait_for_text
 from .processes import ENV, ROOT, running, started
 
 #: The issue's bar for Ctrl+C with idle connections open (old code: HEAD_TIMEOUT, 10 s).
@@ -94,11 +95,11 @@ async def test_serve_raises_a_plain_bind_error_for_library_users(busy_port: int)
     """serve() raises BindError (an OSError) or ValueError naming the address, never a group."""
     with trio.fail_after(10):
         with pytest.raises(BindError) as failed:
-            await serve(bind=[f"127.0.0.1:{busy_port}"])
+            await serve(None, ServerConfig(bind=[f"127.0.0.1:{busy_port}"]))
         with pytest.raises(BindError) as unavailable:
-            await serve(bind=["127.0.0.1:0"], ws_bind=["203.0.113.1:8000"])
-        with pytest.raises(ValueError, match=r"bind '127.0.0.1:99999' is invalid"):
-            await serve(bind=["127.0.0.1:99999"])
+            await serve(None, ServerConfig(bind=["127.0.0.1:0"], ws_bind=["203.0.113.1:8000"]))
+    with pytest.raises(ValueError, match=r"bind '127.0.0.1:99999' is invalid"):
+        ServerConfig(bind=["127.0.0.1:99999"])  # a spelling that cannot work fails when the config is made
     assert isinstance(failed.value, OSError)
     assert str(failed.value) == f"cannot listen on '127.0.0.1:{busy_port}': address already in use"
     assert failed.value.bind == f"127.0.0.1:{busy_port}"
@@ -171,7 +172,7 @@ CONFIGURATION_ERRORS = [
         ["run", "--http-app", "broken_app:app"],
         ["ASGI app 'broken_app:app'", "SyntaxError", "{dir}/broken_app.py, line 1"],
     ),
-    (["run", "--http-app", "nodots"], ["ASGI app 'nodots' must be written 'package.module:app'"]),
+    (["run", "--http-app", "nodots"], ["ASGI app 'nodots' is not an import path like"]),
     (["run", "--certfile", "cert.pem"], ["certfile='cert.pem'", "keyfile=None"]),
     (
         ["run", "--certfile", "/nonexistent/cert.pem", "--keyfile", "/nonexistent/key.pem"],
@@ -293,12 +294,9 @@ async def test_ctrl_c_with_a_browser_on_the_demo_exits_at_once() -> None:
     async with running("run", "--bind", "127.0.0.1:0") as (process, url):
         port = address_of(url)[1]
         async with open_browser() as browser:
-            tab = await browser.new_tab(url + "/")
+            tab = await browser.new_tab()
+            await enter(tab, url, "Ann")  # the page's socket is open
             with trio.fail_after(15):
-                await tab.evaluate(
-                    "new Promise((resolve) => { if (socket.readyState === WebSocket.OPEN) resolve(true);"
-                    " else socket.addEventListener('open', () => resolve(true)); })"
-                )
                 # A preconnect to the same server by another name: Chromium opens a connection and
                 # sends nothing on it, as it does for the pages it expects the user to open.
                 before = established(port)
@@ -309,40 +307,21 @@ async def test_ctrl_c_with_a_browser_on_the_demo_exits_at_once() -> None:
                 )
                 while established(port) <= before:  # noqa: ASYNC110 - another process: no event to wait on
                     await trio.sleep(0.05)
+            await tab.evaluate(
+                "window.codes = []; window.demo.client.on('close', (event) => { window.codes.push(event.code); });"
+                " true"
+            )
             elapsed = await exit_time(process)
-            with trio.fail_after(15):
-                status = await tab.evaluate(
-                    "new Promise((resolve) => { const status = () => document.getElementById('status').textContent;"
-                    " if (socket.readyState === WebSocket.CLOSED) resolve(status());"
-                    " else socket.addEventListener('close', () => resolve(status())); })"
-                )
+            # The server said "going away": the page says it is reconnecting (to a server now gone).
+            await wait_for_text(tab, "status", "Reconnecting")
+            codes = await tab.evaluate("window.codes")
         assert process.returncode == 0
         assert elapsed < PROMPT_EXIT, f"exited {elapsed:.2f} s after SIGINT"
-        assert status == "closed (1001)"
+        assert codes == [1001]
 
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "trio_channels", *args]
-
-
-async def read_until(stream: trio.abc.ReceiveStream | None, marker: bytes) -> bytes:
-    assert stream is not None
-    buffer = b""
-    with trio.fail_after(20):
-        while marker not in buffer:
-            chunk = await stream.receive_some()
-            assert chunk, f"stream ended before {marker!r}: {buffer!r}"
-            buffer += chunk
-    return buffer
-
-
-async def read_all(stream: trio.abc.ReceiveStream | None) -> bytes:
-    assert stream is not None
-    buffer = b""
-    with trio.fail_after(20):
-        while chunk := await stream.receive_some():
-            buffer += chunk
-    return buffer
 
 
 SLOW_APP = ["run", "tests.e2e.lifecycle_app.channel_routing", "--bind", "127.0.0.1:0"]
@@ -351,7 +330,7 @@ SLOW_APP = ["run", "tests.e2e.lifecycle_app.channel_routing", "--bind", "127.0.0
 async def test_ctrl_c_lets_a_request_in_flight_finish_within_the_grace_period() -> None:
     """A request in flight at Ctrl+C still gets its answer, new connections are refused, exit 0."""
     command = cli(*SLOW_APP, "--grace-period", "30")
-    async with started(command, " at ", stderr=subprocess.PIPE) as (process, url):
+    async with started(command, " at ") as (process, url):
         async with httpx.AsyncClient(timeout=30) as client, trio.open_nursery() as nursery:
             responses: list[httpx.Response] = []
 
@@ -359,22 +338,23 @@ async def test_ctrl_c_lets_a_request_in_flight_finish_within_the_grace_period() 
                 responses.append(await client.get(url + "/slow/3"))
 
             nursery.start_soon(slow)
-            await read_until(process.stdout, b"slow request started")
+            await process.output.wait_for("slow request started")
             process.send_signal(signal.SIGINT)
-            await read_until(process.stderr, b"stopped listening")
+            await process.output.wait_for("stopped listening")
             with pytest.raises(OSError):
                 await trio.open_tcp_stream(*address_of(url))  # no longer accepting
         assert responses[0].status_code == 200 and responses[0].text == "done"
         with trio.fail_after(20):
             await process.wait()
         assert process.returncode == 0
-        assert b"Traceback" not in await read_all(process.stderr)
+        await process.output.ended()
+        assert "Traceback" not in process.output.text
 
 
 async def test_a_second_ctrl_c_stops_at_once_with_status_130() -> None:
     """While a 60 s request drains, a second Ctrl+C exits 130 at once, without a traceback."""
     command = cli(*SLOW_APP, "--grace-period", "60")
-    async with started(command, " at ", stderr=subprocess.PIPE) as (process, url):
+    async with started(command, " at ") as (process, url):
         async with httpx.AsyncClient(timeout=90) as client, trio.open_nursery() as nursery:
 
             async def slow() -> None:
@@ -382,11 +362,12 @@ async def test_a_second_ctrl_c_stops_at_once_with_status_130() -> None:
                     await client.get(url + "/slow/60")
 
             nursery.start_soon(slow)
-            await read_until(process.stdout, b"slow request started")
+            await process.output.wait_for("slow request started")
             process.send_signal(signal.SIGINT)
             # Signals do not queue: send the second only once the first was handled.
-            await read_until(process.stderr, b"shutting down gracefully")
+            await process.output.wait_for("shutting down gracefully")
             elapsed = await exit_time(process)
         assert process.returncode == 130
         assert elapsed < 10, f"exited {elapsed:.2f} s after the second SIGINT (grace period: 60 s)"
-        assert b"Traceback" not in await read_all(process.stderr)
+        await process.output.ended()
+        assert "Traceback" not in process.output.text

@@ -10,6 +10,7 @@ here with the compose service's own arguments) are changed.
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import json
 import posixpath
@@ -29,9 +30,11 @@ import trio
 import yaml
 from trio_websocket import open_websocket_url
 
+from trio_channels import ServerConfig
 from trio_channels.cli import build_parser
 
 from ..redis_server import RedisServer
+from .demo_helpers import chat, next_chat
 from .processes import ENV, ROOT, started
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -250,13 +253,13 @@ async def check_demo(url: str) -> None:
             await echo.send_message("hello container")
             assert await echo.get_message() == "hello container"
         async with (
-            open_websocket_url(ws + "/chat/lobby/") as alice,
-            open_websocket_url(ws + "/chat/lobby/") as bob,
+            open_websocket_url(ws + "/chat/lobby/?name=alice") as alice,
+            open_websocket_url(ws + "/chat/lobby/?name=bob") as bob,
         ):
             # Accepted means joined: the demo adds a socket to its room before accepting it.
-            await alice.send_message("hello room")
-            assert await alice.get_message() == "hello room"
-            assert await bob.get_message() == "hello room"
+            await alice.send_message(chat("hello room"))
+            assert (await next_chat(alice))["text"] == "hello room"
+            assert (await next_chat(bob))["text"] == "hello room"
 
 
 # --- the checks -------------------------------------------------------------------------------
@@ -315,6 +318,11 @@ def test_dockerignore_keeps_what_the_build_needs() -> None:
         assert ignored(rules, path), f".dockerignore lets {path} into the build context"
 
 
+def _grace_period(args: argparse.Namespace) -> float:
+    """The grace period a command runs with: its flag, else ServerConfig's default."""
+    return float(args.grace_period if args.grace_period is not None else ServerConfig().grace_period)
+
+
 def test_compose_agrees_with_the_dockerfile_the_cli_and_redis() -> None:
     """compose.yaml builds our Dockerfile, publishes its port, points both commands at its Redis (AOF on)."""
     document = compose()
@@ -330,10 +338,12 @@ def test_compose_agrees_with_the_dockerfile_the_cli_and_redis() -> None:
 
     app_argv = app["command"]
     app_args = check_command(app_argv, "compose app command")
-    assert app_args.command == "run" and not app_args.noworker, "the app runs interface and workers"
+    assert app_args.command == "run" and app_args.workers != 0, (
+        "the app runs interface and workers (no --noworker)"
+    )
     published = [str(mapping).rsplit(":", 1)[-1] for mapping in app["ports"]]
     assert published == [str(image_port())] == [str(port_of(option(app_argv, "--bind")))]
-    assert duration(app["stop_grace_period"]) > app_args.grace_period
+    assert duration(app["stop_grace_period"]) > _grace_period(app_args)
 
     worker_argv = worker["command"]
     worker_args = check_command(worker_argv, "compose worker command")
@@ -341,7 +351,7 @@ def test_compose_agrees_with_the_dockerfile_the_cli_and_redis() -> None:
     assert worker.get("healthcheck") == {"disable": True}, (
         "a worker serves no HTTP: disable the image's check"
     )
-    assert duration(worker["stop_grace_period"]) > worker_args.grace_period
+    assert duration(worker["stop_grace_period"]) > _grace_period(worker_args)
 
     # Both commands use the one Redis service, on the port it listens on.
     layer = option(app_argv, "--layer")

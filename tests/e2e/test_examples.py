@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -203,3 +205,64 @@ async def test_token_auth() -> None:
                 refused = await client.get(url + "/me")
     assert me.status_code == 200 and me.json()["user"] == "alice"
     assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+
+
+async def _frames(ws: object, count: int) -> list[dict[str, Any]]:
+    with trio.fail_after(5):
+        return [json.loads(await ws.get_message()) for _ in range(count)]  # type: ignore[attr-defined]
+
+
+async def test_presence_and_catching_up() -> None:
+    """Tutorial, "who is here, and catching up", run with its settings (history= and presence=
+    in CHANNEL_LAYERS["CONFIG"]): who is here, join/leave events, offsets on every message, the
+    last messages for a newcomer, exactly what was missed for a reconnecting client, and a
+    clear "not recovered" for a position the server cannot serve."""
+    command = [sys.executable, "-m", "trio_channels", "run", "--settings", "examples.presence.settings"]
+    async with started([*command, "--bind", "127.0.0.1:0"], " at ") as (_, url):
+        url = url.rstrip("/")
+        async with httpx.AsyncClient() as client:
+            assert "?recover=chat:" in (await client.get(url + "/")).text
+        async with open_websocket(url, "/lobby/alice/") as alice:
+            joined, who = await _frames(alice, 2)
+            epoch = joined["join"]["epoch"]
+            assert joined == {
+                "stream": "chat",
+                "join": {
+                    "group": "room-lobby",
+                    "epoch": epoch,
+                    "offset": 0,
+                    "recovered": True,
+                    "replayed": 0,
+                },
+            }
+            assert list(who["payload"].values()) == ["alice"]
+            async with open_websocket(url, "/lobby/bob/") as bob:
+                [event] = await _frames(alice, 1)
+                assert (event["presence"], event["info"]) == ("join", {"name": "bob"})
+                _, who = await _frames(bob, 2)
+                assert sorted(who["payload"].values()) == ["alice", "bob"]
+                await bob.send_message("hi")
+                for ws in (alice, bob):
+                    [said] = await _frames(ws, 1)
+                    assert said["payload"]["text"] == "hi" and (said["offset"], said["epoch"]) == (1, epoch)
+                await alice.aclose()
+                [event] = await _frames(bob, 1)
+                assert (event["presence"], event["info"]) == ("leave", {"name": "alice"})
+                await bob.send_message("while you were away")
+                await _frames(bob, 1)
+                async with open_websocket(url, f"/lobby/alice/?recover=chat:{epoch}:1") as back:
+                    missed, joined, _ = await _frames(back, 3)
+                    assert (missed["payload"]["text"], missed["offset"]) == ("while you were away", 2)
+                    assert joined["join"] == {
+                        "group": "room-lobby",
+                        "epoch": epoch,
+                        "offset": 2,
+                        "recovered": True,
+                        "replayed": 1,
+                    }
+                async with open_websocket(url, "/lobby/carol/") as carol:
+                    first, second, joined, _ = await _frames(carol, 4)
+                    assert [first["offset"], second["offset"], joined["join"]["replayed"]] == [1, 2, 2]
+                async with open_websocket(url, "/lobby/dave/?recover=chat:gone:5") as dave:
+                    joined, _ = await _frames(dave, 2)
+                    assert joined["join"]["recovered"] is False and joined["join"]["reason"] == "epoch"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -43,7 +44,7 @@ def recorder(channels: list[str], replies: dict[str, Any] | None = None) -> tupl
     async def record(message: Message) -> None:
         seen.add(message.channel.name, dict(message.content))
         if message.channel.name == "websocket.connect":
-            await message.reply_channel.send(replies or {"accept": True})  # type: ignore[union-attr]
+            await message.reply_channel.send(replies or {"accept": True})
 
     return seen, [route(channel, record) for channel in channels]
 
@@ -87,7 +88,6 @@ async def test_streaming_response(start_server: StartServer) -> None:
 
     async def consumer(message: Message) -> None:
         reply = message.reply_channel
-        assert reply is not None
         await reply.send(
             {"status": 200, "headers": [[b"content-type", b"text/plain"]], "more_content": True},
             immediately=True,
@@ -178,19 +178,33 @@ async def test_full_request_queue_is_503(start_server: StartServer) -> None:
     assert statuses == [200, 200]
 
 
-async def test_proxy_headers(start_server: StartServer) -> None:
-    """With proxy_headers, X-Forwarded-For/-Port/-Proto set client and scheme."""
+@pytest.mark.parametrize(
+    ("allow", "client", "scheme"),
+    [
+        # The default trusts 127.0.0.1 (the test's own address): the rightmost untrusted entry wins.
+        ("127.0.0.1", ["10.0.0.1", 4433], "https"),
+        ("127.0.0.1, 10.0.0.0/8", ["203.0.113.9", 4433], "https"),
+        ("*", ["203.0.113.9", 4433], "https"),
+        # The peer is not a trusted proxy: the headers are the client's own claims, ignored.
+        ("10.0.0.1", None, "http"),
+    ],
+)
+async def test_proxy_headers(
+    start_server: StartServer, allow: str, client: list[Any] | None, scheme: str
+) -> None:
+    """With proxy_headers, X-Forwarded-For/-Port/-Proto set client and scheme, but only when
+    the peer is in forwarded_allow_ips; the client is the rightmost untrusted X-Forwarded-For
+    entry (the leftmost is whatever the client wrote)."""
     seen: list[dict[str, Any]] = []
 
     async def consumer(message: Message) -> None:
         seen.append(dict(message.content))
         await send_response(message, Response(""))
 
-    info = await start_server(
-        [route("http.request", consumer)], interface_config=InterfaceConfig(proxy_headers=True)
-    )
-    async with httpx.AsyncClient() as client:
-        await client.get(
+    config = InterfaceConfig(proxy_headers=True, forwarded_allow_ips=allow)
+    info = await start_server([route("http.request", consumer)], interface_config=config)
+    async with httpx.AsyncClient() as http:
+        await http.get(
             info.url + "/",
             headers={
                 "X-Forwarded-For": "203.0.113.9, 10.0.0.1",
@@ -198,8 +212,8 @@ async def test_proxy_headers(start_server: StartServer) -> None:
                 "X-Forwarded-Proto": "https",
             },
         )
-    assert seen[0]["client"] == ["203.0.113.9", 4433]
-    assert seen[0]["scheme"] == "https"
+    assert seen[0]["client"] == client or (client is None and seen[0]["client"][0] == "127.0.0.1")
+    assert seen[0]["scheme"] == scheme
 
 
 async def test_http_disconnect_after_every_request(start_server: StartServer) -> None:
@@ -265,7 +279,6 @@ async def test_open_socket_replies(start_server: StartServer) -> None:
 
     async def receive(message: Message) -> None:
         reply = message.reply_channel
-        assert reply is not None
         command = message.get("text")
         if command == "text":
             await reply.send({"text": "t"})
@@ -311,7 +324,7 @@ async def test_full_connect_queue_is_503(start_server: StartServer) -> None:
 
     async def slow(message: Message) -> None:
         await release.wait()
-        await message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
+        await message.reply_channel.send({"accept": True})
 
     layer = InMemoryChannelLayer(channel_capacity={"websocket.connect": 1})
     info = await start_server([route("websocket.connect", slow)], layer=layer, concurrency=1)
@@ -397,9 +410,9 @@ async def test_both_listeners_emit_identical_streams(start_server: StartServer) 
     async def record(message: Message) -> None:
         seen.append((message.channel.name, dict(message.content)))
         if message.channel.name == "websocket.connect":
-            await message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
+            await message.reply_channel.send({"accept": True})
         elif message.get("text") == "one":
-            await message.reply_channel.send({"text": "ack"})  # type: ignore[union-attr]
+            await message.reply_channel.send({"text": "ack"})
         elif message.channel.name == "websocket.disconnect":
             done.set()
 
@@ -608,7 +621,8 @@ async def test_access_log_lines(start_server: StartServer, caplog: pytest.LogCap
     await trio.sleep(0.1)
     lines = [record.getMessage() for record in caplog.records if record.name == "interface.access"]
     assert any(
-        line.startswith("127.0.0.1 - - [") and line.endswith('"GET /logged" 200 5') for line in lines
+        re.match(r"127\.0\.0\.1:\d+ - - \[", line) and line.endswith('"GET /logged HTTP/1.1" 200 5')
+        for line in lines
     ), lines
     for event in ("WSCONNECTING /ws/", "WSCONNECT /ws/", "WSDISCONNECT /ws/"):
         assert any(f'"{event}"' in line for line in lines), (event, lines)

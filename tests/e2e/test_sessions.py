@@ -38,10 +38,10 @@ async def _silent(ws: Any, wait: float = 0.3) -> None:
 
 @channel_session
 async def seed_ws_connect(message: Message) -> None:
-    await message.reply_channel.send({"accept": True})  # type: ignore[union-attr]
+    await message.reply_channel.send({"accept": True})
     room = message.content["path"].strip("/")
     message.channel_session["room"] = room
-    await Group(f"chat-{room}").add(message.reply_channel)  # type: ignore[arg-type]
+    await Group(f"chat-{room}").add(message.reply_channel)
 
 
 @channel_session
@@ -51,7 +51,7 @@ async def seed_ws_message(message: Message) -> None:
 
 @channel_session
 async def seed_ws_disconnect(message: Message) -> None:
-    await Group(f"chat-{message.channel_session['room']}").discard(message.reply_channel)  # type: ignore[arg-type]
+    await Group(f"chat-{message.channel_session['room']}").discard(message.reply_channel)
 
 
 async def test_rooms_from_the_path_in_the_channel_session(start_server: StartServer) -> None:
@@ -256,7 +256,6 @@ async def test_a_redis_layer_subclass_keeps_sessions_in_redis(
     @channel_session
     async def connect(message: Message) -> None:
         message.channel_session["seen"] = True
-        assert message.reply_channel is not None
         seen.append((current_session_store(), message.reply_channel.name))
         await message.reply_channel.send({"accept": True})
 

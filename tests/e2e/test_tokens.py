@@ -106,12 +106,10 @@ def routing(keys: Keys) -> list[Any]:
     rs = JWTVerifier(key=keys.public_pem, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER)
 
     async def greet(message: Message) -> None:
-        assert message.reply_channel is not None
         await message.reply_channel.send({"accept": True, "text": f"hello {message.user.username}"})
 
     @channel_session_user
     async def echo(message: Message) -> None:
-        assert message.reply_channel is not None
         await message.reply_channel.send({"text": f"{message.user.id}: {message['text']}"})
 
     async def me(message: Message) -> None:

@@ -1,4 +1,4 @@
-"""The testing toolkit on the tutorial's examples, and the live_server fixture for real sockets."""
+"""The testing toolkit on the tutorial's examples, and the channels_live_server fixture for real sockets."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from ..core.test_generic import Mux
 
 @pytest.fixture
 def channels_routing() -> Any:
-    """live_server serves the demultiplexer here (the plugin's documented override)."""
+    """channels_live_server serves the demultiplexer here (the plugin's documented override)."""
     return [route_class(Mux)]
 
 
-async def test_demultiplexer_over_a_real_connection(live_server: ServerInfo) -> None:
-    """live_server + open_websocket: stream frames over a real WebSocket."""
-    async with open_websocket(live_server.url, "/mux/") as ws:
+async def test_demultiplexer_over_a_real_connection(channels_live_server: ServerInfo) -> None:
+    """channels_live_server + open_websocket: stream frames over a real WebSocket."""
+    async with open_websocket(channels_live_server.url, "/mux/") as ws:
         await ws.send_message(json.dumps({"stream": "ping", "payload": {"n": 1}}))
         assert json.loads(await ws.get_message()) == {"stream": "ping", "payload": {"pong": 1}}
         await ws.send_message(json.dumps({"stream": "chat", "payload": {"text": "over the wire"}}))
@@ -63,7 +63,7 @@ async def test_clients_sharing_a_layer_keep_their_replies() -> None:
     prefix, so one client's receive could take another's reply)."""
 
     async def echo_path(message: Message) -> None:
-        await message.reply_channel.send({"text": message["path"]})  # type: ignore[union-attr]
+        await message.reply_channel.send({"text": message["path"]})
 
     routing = [route("websocket.connect", echo_path)]
     layer = InMemoryChannelLayer()

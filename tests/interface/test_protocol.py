@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -222,3 +223,47 @@ def test_closed_abandons_the_response() -> None:
     assert state.reply({"closed": True}) == [ResponseAbort()]
     assert state.finished and state.reply({"content": b"late"}) == []
     assert HttpResponseProtocol().reply({"closed": True, "status": 200}) == [ResponseAbort()]
+
+
+# ------------------------------------------------------------------ positions and presence events
+
+
+def _opened() -> WebSocketProtocol:
+    socket = ws()
+    socket.reply({"accept": True})
+    return socket
+
+
+POSITION = {"__history__": {"group": "chat-lobby", "epoch": "9f2c", "offset": 17}}
+
+
+def test_a_position_joins_its_demultiplexer_frame() -> None:
+    """A group message's history position becomes the frame's "offset" and "epoch" keys."""
+    text = json.dumps({"stream": "chat", "payload": {"text": "hi", "n": [1, {"a": "}"}]}})
+    actions = _opened().reply({"text": text, **POSITION})
+    assert len(actions) == 1 and isinstance(actions[0], SendText)
+    assert json.loads(actions[0].text) == {
+        "stream": "chat",
+        "payload": {"text": "hi", "n": [1, {"a": "}"}]},
+        "offset": 17,
+        "epoch": "9f2c",
+    }
+
+
+def test_a_position_on_other_frames_is_left_out() -> None:
+    """Frames that are not demultiplexer frames are sent as they are, without the position."""
+    socket = _opened()
+    assert socket.reply({"text": "plain words", **POSITION}) == [SendText("plain words")]
+    assert socket.reply({"text": '{"other": 1}', **POSITION}) == [SendText('{"other": 1}')]
+    assert socket.reply({"bytes": b"\x00", **POSITION}) == [SendBytes(b"\x00")]
+    assert socket.reply({"close": 4000, **POSITION}) == [Close(4000)]
+
+
+def test_a_presence_event_is_a_json_text_frame() -> None:
+    """A presence event reaching a WebSocket becomes a text frame holding it as JSON."""
+    event = {"presence": "join", "group": "chat-lobby", "channel": "interface.p!c2", "info": {"name": "Ann"}}
+    actions = _opened().reply(dict(event))
+    assert len(actions) == 1 and isinstance(actions[0], SendText)
+    assert json.loads(actions[0].text) == event
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['presence'\]"):
+        _opened().reply({"text": "x", "presence": "join"})  # not an event: still an error

@@ -144,8 +144,8 @@ def test_group_targets_leave_out_members_whose_messages_expired() -> None:
     for member in ("p!a", "p!b"):
         state.group_add("g", member, now=0)
     state.put("p!", "p!a", b"unread", now=0)
-    assert state.group_targets("g", now=5) == ["p!a", "p!b"]
-    assert state.group_targets("g", now=10) == ["p!b"]
+    assert state.group_targets("g", now=5) == (["p!a", "p!b"], 0)
+    assert state.group_targets("g", now=10) == (["p!b"], 1)
     assert state.group_members("g", now=10) == ["p!b"]
 
 
