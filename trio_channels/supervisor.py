@@ -5,7 +5,7 @@ does, with :func:`~interface.listeners.bind_sockets`), then runs its children: `
 trio_channels run ...`` (or ``worker ...``) with the same arguments, in one nursery of
 :func:`trio.run_process` tasks. Each child inherits the bound sockets (file descriptors it
 serves as ``fd://N``) and one end of a *control* socket pair, all named in its environment
-(:data:`SUPERVISED_ENV`):
+(``TRIO_CHANNELS_SUPERVISED``):
 
 * the child writes one JSON line on the control socket once it serves (its pid, URLs, layer
   and channels); the supervisor prints the banner when every child has;
@@ -27,13 +27,13 @@ too (the children stop at once); after a second SIGINT the exit status is 130.
 
 Two policies share this machinery:
 
-``--processes N`` (:attr:`Supervisor.processes`)
+``--processes N`` (``Supervisor(processes=N)``)
     A child that exits by itself is restarted after a backoff (:class:`RestartPolicy`),
     logged as one line. The supervisor gives up (:attr:`Supervisor.error`, the other children
     stopped) when a child exits before every child had been ready once (a start-up failure:
     status 2), or when children exited five times within ten seconds (systemd's default start
     limit; status 1).
-``--reload`` (:attr:`Supervisor.reload_directories`)
+``--reload`` (``Supervisor(reload_directories=...)``)
     One child, restarted when a ``.py`` file under the directories changes (watched with
     ``watchfiles.awatch``: the operating system's notifications, no polling loop of ours);
     SIGTERM stops the old child gracefully first. A child that exits by itself (a syntax error
