@@ -153,7 +153,7 @@ async def serve(
     interface_config = attrs.evolve(config.interface_config, grace_period=config.grace_period)
     tls_context(config.certfile, config.keyfile)  # fail now, not after the workers started
     user_loader = config.resolved_user_loader()
-    shutdown = shutdown or trio.Event()
+    shutdown = shutdown if shutdown is not None else trio.Event()
     signals = _Signals(shutdown) if handle_signals else None
 
     hosts_setting = use_allowed_hosts(config.allowed_hosts) if config.allowed_hosts is not None else None

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import h11
@@ -104,6 +105,23 @@ async def test_serve_raises_a_plain_bind_error_for_library_users(busy_port: int)
     assert str(failed.value) == f"cannot listen on '127.0.0.1:{busy_port}': address already in use"
     assert failed.value.bind == f"127.0.0.1:{busy_port}"
     assert "'203.0.113.1:8000'" in str(unavailable.value)
+
+
+async def test_serve_stops_when_its_shutdown_event_is_set() -> None:
+    """serve(..., shutdown=event): the library's graceful stop (old code: Trio's Event has no
+    truth value, so passing one raised NotImplementedError)."""
+    shutdown = trio.Event()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(
+                partial(serve, None, ServerConfig(bind=["127.0.0.1:0"]), shutdown=shutdown)
+            )
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(info.url + "/")).status_code == 200
+            assert info.shutdown is shutdown
+            shutdown.set()
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream(*address_of(info.url))  # it stopped listening
 
 
 # -- configuration errors -------------------------------------------------------------------
