@@ -255,7 +255,7 @@ class InterfaceServer:
     consumed_channels: frozenset[str] | None = None
     _sessions: dict[str, Session] = attrs.Factory(dict)
     _polled: dict[str, _Polled] = attrs.Factory(dict)
-    _warnings: DropLog = attrs.Factory(lambda: DropLog("interface", interval=60))
+    _warnings: DropLog = attrs.field(factory=lambda: DropLog("interface", interval=60), init=False)
     #: Requests in flight plus WebSockets open (reply channels open), for limit_concurrency.
     _open: int = 0
     _closed_since_trim: int = 0
@@ -318,7 +318,7 @@ class InterfaceServer:
             nursery.start_soon(self._trim_memory)
             task_status.started()
 
-    #: The name :meth:`run` had when all it did was poll replies.
+    #: The name ``run`` had when all it did was poll replies.
     run_reply_poller = run
 
     async def _poll_replies(self) -> None:
@@ -430,7 +430,7 @@ class InterfaceServer:
         """Serve one HTTP request: send ``http.request``, then relay the response.
 
         *body* yields the request body and raises :exc:`ClientDisconnected` if the client leaves
-        before its end; *respond* writes the response. See :func:`interface.http.serve_request`.
+        before its end; *respond* writes the response. See ``interface.http.serve_request``.
         """
         if self.config.proxy_headers:
             info = _proxied(info, self.config.forwarded_allow_ips)
@@ -440,7 +440,7 @@ class InterfaceServer:
         return next((name for name in offered if name in self.config.ws_protocols), None)
 
     async def websocket(self, info: ConnectionInfo, transport: WebSocketTransport) -> None:
-        """Serve one WebSocket from handshake to close (see :func:`interface.ws.serve_websocket`)."""
+        """Serve one WebSocket from handshake to close (see ``interface.ws.serve_websocket``)."""
         if self.config.proxy_headers:
             info = _proxied(info, self.config.forwarded_allow_ips)
         serving = _ws.serve_websocket(self, info, transport)
