@@ -1,10 +1,13 @@
 """The interface server's engine: connections <-> channel layer, independent of the listener.
 
-One :class:`InterfaceServer` per process owns the process prefix ``interface.<random>!``. Its
-reply poller (one task) receives every reply for every connection of this process from the
-layer and hands each to its connection's bounded memory channel. Each connection runs as a
-task of its listener and talks to the layer through :meth:`InterfaceServer.http` or
-:meth:`InterfaceServer.websocket`, under cancel scopes for every timeout.
+One :class:`InterfaceServer` per process owns the process prefix ``interface.<random>!`` (and
+tells the layer so: ``layer.own_prefix``, so that replies from workers in this process never
+leave it). Its reply poller (one task) receives every reply for every connection of this
+process from the layer and hands each to its connection's bounded memory channel. Messages
+the interface builds are given up to the layer (``send_owned``: no copy, no validation walk).
+Each connection runs as a task of its listener and talks to the layer through
+:meth:`InterfaceServer.http` or :meth:`InterfaceServer.websocket`, under cancel scopes for
+every timeout.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import attrs
 import trio
 
 from layers import BaseChannelLayer, ChannelFull, ChannelLayerUnavailable, MessageTooLarge
-from layers.base import retry_when_full
+from layers.base import send_or_wait
 
 from . import protocol
 from .messages import as_layer_message
@@ -316,7 +319,11 @@ class InterfaceServer:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Receive this process's replies and route each to its connection. Runs until cancelled."""
-        task_status.started()
+        with self.layer.own_prefix(self.prefix):
+            task_status.started()
+            await self._poll_replies()
+
+    async def _poll_replies(self) -> None:
         failures = 0
         while True:
             try:
@@ -466,7 +473,7 @@ class InterfaceServer:
             server=info.server,
         )
         try:
-            await self.layer.send("http.request", as_layer_message(message))
+            await self.layer.send_owned("http.request", as_layer_message(message))
         except ChannelFull:
             await respond.simple(503, b"Request queue full.")
             _log_access(info.client, request_line, 503, "-")
@@ -483,7 +490,7 @@ class InterfaceServer:
         finally:
             with trio.move_on_after(1, shield=True) as scope:
                 try:
-                    await self.layer.send(
+                    await self.layer.send_owned(
                         "http.disconnect", {"reply_channel": reply_channel, "path": info.path}
                     )
                 except (
@@ -622,9 +629,11 @@ class InterfaceServer:
             )
             return "undeliverable"
         try:
-            await retry_when_full(
+            await send_or_wait(
                 partial(
-                    self.layer.send, body_channel, {"content": b"", "more_content": False, "closed": True}
+                    self.layer.send_owned,
+                    body_channel,
+                    {"content": b"", "more_content": False, "closed": True},
                 ),
                 1,
             )
@@ -640,7 +649,7 @@ class InterfaceServer:
 
     async def _send_chunk(self, body_channel: str, chunk: dict[str, Any]) -> None:
         # The consumer may read slower than the client sends: wait (a minute at most).
-        await retry_when_full(partial(self.layer.send, body_channel, chunk), 60)
+        await send_or_wait(partial(self.layer.send_owned, body_channel, chunk), 60)
 
     async def _refuse_body(self, reader: _BodyReader, respond: HttpResponder) -> None:
         """Answer 413. The client may still be sending: its body is read (and dropped) for
@@ -679,7 +688,7 @@ class InterfaceServer:
             )
             _log_access(info.client, f"WSCONNECTING {info.path}", "-", "-")
             try:
-                await self.layer.send("websocket.connect", as_layer_message(ws.connect_message()))
+                await self.layer.send_owned("websocket.connect", as_layer_message(ws.connect_message()))
             except ChannelFull:
                 await transport.reject(503, b"Connection queue at capacity.")
                 _log_access(info.client, f"WSREJECT {info.path}", 503, "-")
@@ -764,9 +773,11 @@ class InterfaceServer:
                         result["code"] = closed.code
                     break
                 try:
-                    await retry_when_full(
+                    await send_or_wait(
                         partial(
-                            self.layer.send, "websocket.receive", as_layer_message(ws.receive_message(data))
+                            self.layer.send_owned,
+                            "websocket.receive",
+                            as_layer_message(ws.receive_message(data)),
                         ),
                         self.config.receive_full_timeout,
                     )
@@ -834,8 +845,9 @@ class InterfaceServer:
         reason = "the channel stayed full, or the layer did not answer, for 1 s"
         with trio.move_on_after(1, shield=True):
             try:
-                await retry_when_full(
-                    partial(self.layer.send, "websocket.disconnect", as_layer_message(message)), math.inf
+                await send_or_wait(
+                    partial(self.layer.send_owned, "websocket.disconnect", as_layer_message(message)),
+                    math.inf,
                 )
                 return
             except ChannelLayerUnavailable as exc:

@@ -17,8 +17,20 @@ the full-name keys are there for in-process hand-off to one connection's own tas
 
 :class:`ParkingLayer` is the receive flow built on it: validate, take fairly from what this
 process holds (:meth:`ParkingLayer._take`), else park. The in-memory layer holds everything;
-the Redis layer holds what its pollers brought in, and starts a poller when a receiver parks
-(:meth:`ParkingLayer._will_park`).
+the Redis layer holds what its pollers brought in and what this process sent to its own
+prefixes, and starts a poller when a receiver parks (:meth:`ParkingLayer._will_park`).
+
+Waiting for room
+----------------
+A send with ``wait=True`` to a full channel queues behind the other waiting senders of that
+channel in this process (a ``trio.CapacityLimiter`` per channel: FIFO, cancellation-safe).
+Only the first of them (the first few, where each try is a round trip to a server:
+:meth:`ParkingLayer._room_window`) waits for room, on an event that the backend sets when this
+process removes a message of that channel (:meth:`ParkingLayer._room_freed`), or, where the
+channel drains elsewhere (another process pops a Redis list), for a backoff pause at most
+(:meth:`ParkingLayer._wait_for_room`); then it tries again. Waking one sender per channel,
+never all, keeps a crowd of waiting senders cheap, and since each new first sender tries before
+it waits, a sender cancelled right after being woken loses nobody else their turn.
 """
 
 from __future__ import annotations
@@ -28,13 +40,20 @@ import random
 import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import attrs
 import outcome
 import trio
 
-from .base import BaseChannelLayer, parse_delay_message, validate_channel_name, validate_receive_channels
+from .base import (
+    BaseChannelLayer,
+    ChannelFull,
+    parse_delay_message,
+    validate_channel_name,
+    validate_receive_channels,
+)
 from .groups import GroupSendReport
 
 __all__ = [
@@ -73,6 +92,9 @@ class Receivers:
 
     def __contains__(self, name: str) -> bool:
         return name in self._parked
+
+    def __bool__(self) -> bool:
+        return bool(self._parked)
 
     def count(self, names: Sequence[str]) -> int:
         """How many distinct receivers wait on any of *names*."""
@@ -142,6 +164,9 @@ class ParkingLayer(BaseChannelLayer):
 
     _receivers: Receivers = attrs.field(factory=Receivers, init=False, repr=False)
     _calls: int = attrs.field(default=0, init=False, repr=False)
+    #: Per full channel name, while senders wait for room there (see the module docstring).
+    _room_queues: dict[str, trio.CapacityLimiter] = attrs.field(factory=dict, init=False, repr=False)
+    _room_events: dict[str, trio.Event] = attrs.field(factory=dict, init=False, repr=False)
 
     def _require_open(self) -> None:
         """Raise :exc:`RuntimeError` if the layer must be entered first (default: it need not)."""
@@ -164,10 +189,12 @@ class ParkingLayer(BaseChannelLayer):
         if not self._calls & 15:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
+    async def send(
+        self, channel: str, message: dict[str, Any], *, delay: float = 0, wait: bool = False
+    ) -> None:
         if channel == "asgi.delay":
             channel, message, delay = parse_delay_message(message)
-        await self.send_encoded(channel, self._encode(message), delay=delay)
+        await self.send_encoded(channel, self._encode(message), delay=delay, wait=wait)
 
     async def send_nowait(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
         """The same as :meth:`send` where that is one round trip to a server (it never waits
@@ -175,7 +202,12 @@ class ParkingLayer(BaseChannelLayer):
         await self.send(channel, message, delay=delay)
 
     @abc.abstractmethod
-    async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None: ...
+    async def send_encoded(
+        self, channel: str, data: bytes, *, delay: float = 0, wait: bool = False
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def send_owned(self, channel: str, message: dict[str, Any], *, wait: bool = False) -> None: ...
 
     async def send_group(
         self, group: str, message: dict[str, Any], *, exclude: str | Collection[str] | None = None
@@ -186,6 +218,74 @@ class ParkingLayer(BaseChannelLayer):
     async def send_group_encoded(
         self, group: str, data: bytes, *, exclude: str | Collection[str] | None = None
     ) -> GroupSendReport: ...
+
+    # -- waiting for room ------------------------------------------------------------------
+
+    async def _send_waiting(self, channel: str, attempt: Callable[[], Awaitable[None]]) -> None:
+        """Run *attempt* (one send to *channel*) until it does not raise :exc:`ChannelFull`,
+        queued behind the other senders waiting on *channel* (see the module docstring)."""
+        queue = self._room_queues.get(channel)
+        if queue is None:
+            try:
+                await attempt()
+                return
+            except ChannelFull:
+                pass
+            queue = self._room_queues.get(channel) or self._room_queues.setdefault(
+                channel, trio.CapacityLimiter(self._room_window(channel))
+            )
+        try:
+            async with queue:
+                failures = 0
+                while True:
+                    try:
+                        await attempt()
+                        return
+                    except ChannelFull:
+                        failures += 1
+                    # No checkpoint since the attempt failed, so no removal can slip by
+                    # before the event is in place.
+                    await self._wait_for_room(channel, failures)
+        finally:
+            if not queue.borrowed_tokens and not queue.statistics().tasks_waiting:
+                if self._room_queues.get(channel) is queue:
+                    del self._room_queues[channel]
+                    self._room_events.pop(channel, None)
+
+    def _room_window(self, channel: str) -> int:
+        """How many waiting senders of *channel* may try at once: one where a try costs
+        nothing (the exact wake-up of :meth:`_room_freed` lets them in one by one, in order);
+        backends where each try is a server round trip let a few try at once, so that a queue
+        of senders drains at more than one per round trip."""
+        return 1
+
+    async def _wait_for_room(self, channel: str, failures: int) -> None:
+        """Wait until *channel* may have room: by default, until this process removes one of
+        its messages (:meth:`_room_freed`). Backends whose channels also drain elsewhere
+        bound the wait with a backoff pause (*failures* attempts failed so far)."""
+        event = self._room_events.get(channel)
+        if event is None:
+            event = self._room_events[channel] = trio.Event()
+        await event.wait()
+
+    def _room_freed(self, channel: str) -> None:
+        """For backends: a message of *channel* left this process's queues (taken, expired or
+        dropped), so the first sender waiting for room there tries again."""
+        if self._room_events:
+            event = self._room_events.pop(channel, None)
+            if event is not None:
+                event.set()
+
+    def _all_room_freed(self) -> None:
+        events, self._room_events = self._room_events, {}
+        for event in events.values():
+            event.set()
+
+    def _waiting_send(
+        self, method: Callable[..., Awaitable[None]], channel: str, *args: Any, **kwargs: Any
+    ) -> Awaitable[None]:
+        """``method(channel, *args, **kwargs)`` as :meth:`_send_waiting` runs it (for ``wait=True``)."""
+        return self._send_waiting(channel, partial(method, channel, *args, **kwargs))
 
     async def receive_with_deadline(self, channels: Sequence[str]) -> Delivery:
         names = validate_receive_channels(channels)

@@ -335,7 +335,10 @@ async def test_ctrl_c_with_a_browser_on_the_demo_exits_at_once() -> None:
             codes = await tab.evaluate("window.codes")
         assert process.returncode == 0
         assert elapsed < PROMPT_EXIT, f"exited {elapsed:.2f} s after SIGINT"
-        assert codes == [1001]
+        # The first close is the server's "going away"; the page then retries soon (1001 is a
+        # "soon" code), and each retry against the stopped server closes with 1006.
+        assert codes[:1] == [1001], codes
+        assert set(codes[1:]) <= {1006}, codes
 
 
 def cli(*args: str) -> list[str]:
