@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio.testing
@@ -44,3 +45,16 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+#: The tutorial's folder, finished: the examples run from there, as the tutorial runs them.
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def in_examples(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run from ``examples/`` with it on ``sys.path``, as ``python -m trio_channels`` run there does
+    (the examples' pages and import paths are relative to the tutorial's folder)."""
+    monkeypatch.chdir(EXAMPLES)
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    return EXAMPLES
