@@ -47,6 +47,7 @@ from redis.connection import HiredisRespSerializer, parse_url
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
 __all__ = [
+    "ClusterAddress",
     "ConnectionPool",
     "RedisAddress",
     "RedisConnection",
@@ -112,18 +113,27 @@ SENTINEL_SCHEMES: Final = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT: Final = 26379
 
 
+#: The URL schemes of a Redis Cluster (``rediss-`` is TLS to every node).
+CLUSTER_SCHEMES: Final = ("redis-cluster", "rediss-cluster")
+DEFAULT_CLUSTER_PORT: Final = 6379
+
+
 def _is_sentinel_url(url: str) -> bool:
     return url.partition("://")[0].lower() in SENTINEL_SCHEMES
 
 
+def _is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
 def split_urls(text: str) -> list[str]:
-    """Comma-separated URLs (one per shard), keeping the commas of a Sentinel URL's host list:
-    ``redis+sentinel://a:26379,b:26379/m/0,redis://c:6379/0`` is two URLs."""
+    """Comma-separated URLs (one per shard), keeping the commas of a Sentinel or Cluster URL's
+    host list: ``redis+sentinel://a:26379,b:26379/m/0,redis://c:6379/0`` is two URLs."""
     urls: list[str] = []
     for piece in (part.strip() for part in text.split(",")):
         if not piece:
             continue
-        if urls and "://" not in piece and _is_sentinel_url(urls[-1]):
+        if urls and "://" not in piece and (_is_sentinel_url(urls[-1]) or _is_cluster_url(urls[-1])):
             # Still in the previous URL's sentinel list if nothing after its host list began.
             after_scheme = urls[-1].partition("://")[2]
             if not any(mark in after_scheme for mark in "/?#"):
@@ -133,7 +143,7 @@ def split_urls(text: str) -> list[str]:
     return urls
 
 
-def _host_port(text: str, what: str) -> tuple[str, int]:
+def _host_port(text: str, what: str, default_port: int = DEFAULT_SENTINEL_PORT) -> tuple[str, int]:
     """``host``, ``host:port`` or ``[v6]:port`` -> (host, port); *what* prefixes errors."""
     host, port = text, ""
     if text.startswith("["):
@@ -148,7 +158,7 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
     if not host:
         raise ValueError(f"{what}: {text!r} has no host")
     if not port:
-        return host, DEFAULT_SENTINEL_PORT
+        return host, default_port
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{what}: the port in {text!r} must be a number from 1 to 65535")
     return host, int(port)
@@ -372,25 +382,186 @@ class SentinelAddress:
         return f"{scheme}://{hosts}/{urllib.parse.quote(self.service_name, safe='')}/{self.db}"
 
 
-#: Where a pool connects: a fixed server, or whichever one the sentinels name the primary.
-ServerAddress: TypeAlias = RedisAddress | SentinelAddress
+def _nodes(raw: Any, what: str) -> tuple[tuple[str, int], ...]:
+    """The (host, port) list of the dict forms: ``[("h", 7000), "h2:7001"]``, or one of them."""
+    if isinstance(raw, str) or (isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], int)):
+        raw = [raw]
+    if not raw or not isinstance(raw, (list, tuple)):
+        raise ValueError(f"{what}: a list of (host, port), like [('redis-1', 7000)], is needed; got {raw!r}")
+    nodes = []
+    for entry in raw:
+        if isinstance(entry, str):
+            nodes.append(_host_port(entry, what, DEFAULT_CLUSTER_PORT))
+        elif (
+            isinstance(entry, (tuple, list))
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and entry[0]
+            and isinstance(entry[1], int)
+            and 0 < entry[1] < 65536
+        ):
+            nodes.append((entry[0], entry[1]))
+        else:
+            raise ValueError(f"{what}: the node {entry!r} is not (host, port) or 'host:port'")
+    return tuple(nodes)
 
 
-def server_address(value: str | Mapping[str, Any] | RedisAddress | SentinelAddress) -> ServerAddress:
+#: How many shards a cluster's keys are spread over by default (see :class:`ClusterAddress`).
+DEFAULT_CLUSTER_SHARDS: Final = 12
+
+
+@attrs.frozen(kw_only=True)
+class ClusterAddress:
+    """A Redis Cluster: the nodes to ask for its slot map first (any few of its primaries or
+    replicas will do: the map names the rest), and how to talk to every node.
+
+    ``shards`` is how many hash tags the layer spreads its keys over (see docs/redis.rst,
+    "Redis Cluster"): every process of a deployment must use the same number.
+    """
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    socket_timeout: float = 10.0
+    shards: int = DEFAULT_CLUSTER_SHARDS
+
+    def __attrs_post_init__(self) -> None:
+        if not self.nodes:
+            raise ValueError("a Redis Cluster needs at least one node to start from")
+        if type(self.shards) is not int or not 1 <= self.shards <= 256:
+            raise ValueError(
+                f"the cluster's shards must be a whole number from 1 to 256, got {self.shards!r}"
+            )
+
+    @classmethod
+    def from_url(cls, url: str) -> ClusterAddress:
+        """``redis-cluster://[[user]:password@]host[:port][,host2[:port2]...][/]`` (``rediss-cluster://``
+        for TLS; ports default to 6379; a cluster has only database 0, so the path is empty,
+        ``/`` or ``/0``) with the query options ``socket_timeout`` and ``shards`` (others are
+        left to the layer). Raises :exc:`ValueError` naming *url* if it cannot be parsed."""
+        what = f"Redis Cluster URL {url!r} is invalid"
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in CLUSTER_SCHEMES:
+            raise ValueError(f"{what}: the scheme must be redis-cluster:// or rediss-cluster://")
+        rest, _, _fragment = rest.partition("#")
+        rest, _, query = rest.partition("?")
+        netloc, _, path = rest.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, secret = userinfo.partition(":")
+            if not colon:
+                raise ValueError(
+                    f"{what}: put a colon before the password (':PASSWORD@', or 'USER:PASSWORD@' "
+                    "for an ACL user)"
+                )
+            username = urllib.parse.unquote(user) or None
+            password = urllib.parse.unquote(secret)
+        nodes = tuple(
+            _host_port(part.strip(), what, DEFAULT_CLUSTER_PORT) for part in hosts.split(",") if part.strip()
+        )
+        if not nodes:
+            raise ValueError(f"{what}: name at least one node, like redis-cluster://host1:7000,host2:7001/")
+        if path.strip("/") not in ("", "0"):
+            raise ValueError(f"{what}: a Redis Cluster has only database 0; the path must be empty, / or /0")
+        options: dict[str, Any] = {}
+        for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            if key == "socket_timeout":
+                options[key] = _number(value, f"{what}: option {key}")
+            elif key == "shards":
+                if not value.isdigit():
+                    raise ValueError(f"{what}: option shards={value!r} must be a whole number")
+                options[key] = int(value)
+        try:
+            return cls(
+                nodes=nodes,
+                username=username,
+                password=password,
+                tls=scheme.lower() == "rediss-cluster",
+                **options,
+            )
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+
+    #: The keys of the dict form (``CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]``).
+    DICT_KEYS: ClassVar = ("cluster", "username", "password", "ssl", "socket_timeout", "shards")
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> ClusterAddress:
+        """The dict form::
+
+            {"cluster": [("redis-1", 7000), "redis-2:7001"],   # nodes to start from
+             "username": ..., "password": ..., "ssl": False,
+             "socket_timeout": 10, "shards": 12}
+
+        Raises :exc:`ValueError` naming the key or value that is wrong.
+        """
+        what = "a Redis Cluster host"
+        unknown = [key for key in config if key not in cls.DICT_KEYS]
+        if unknown:
+            raise ValueError(
+                f"{what} has the unknown key {unknown[0]!r}; the keys are {', '.join(cls.DICT_KEYS)}"
+            )
+        options: dict[str, Any] = {
+            key: config[key] for key in ("username", "password", "shards") if key in config
+        }
+        if "ssl" in config:
+            if not isinstance(config["ssl"], bool):
+                raise ValueError(f"{what}: 'ssl' must be True or False, got {config['ssl']!r}")
+            options["tls"] = config["ssl"]
+        if "socket_timeout" in config:
+            options["socket_timeout"] = _number(config["socket_timeout"], f"{what}: 'socket_timeout'")
+        try:
+            return cls(nodes=_nodes(config.get("cluster"), f"{what}: 'cluster'"), **options)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+
+    def node(self, host: str, port: int) -> RedisAddress:
+        """The address of the node at *host*:*port*, with the cluster's credentials."""
+        return RedisAddress(
+            host=host,
+            port=port,
+            username=self.username,
+            password=self.password,
+            tls=self.tls,
+            socket_timeout=self.socket_timeout,
+        )
+
+    def __str__(self) -> str:
+        hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.nodes)
+        return f"{'rediss-cluster' if self.tls else 'redis-cluster'}://{hosts}/"
+
+
+#: Where a pool connects: a fixed server, whichever one the sentinels name the primary, or (with
+#: a slot, see :mod:`.cluster`) the node of a Redis Cluster that serves that slot.
+ServerAddress: TypeAlias = RedisAddress | SentinelAddress | ClusterAddress
+
+
+def server_address(value: str | Mapping[str, Any] | ServerAddress) -> ServerAddress:
     """A server from a URL (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
-    ``rediss+sentinel://``), a Sentinel dict (:meth:`SentinelAddress.from_dict`) or an address.
+    ``rediss+sentinel://``, ``redis-cluster://``, ``rediss-cluster://``), a Sentinel or Cluster
+    dict (:meth:`SentinelAddress.from_dict`, :meth:`ClusterAddress.from_dict`: a dict with a
+    ``"cluster"`` key is a cluster) or an address.
 
     Raises :exc:`ValueError` naming the value if it is none of those.
     """
-    if isinstance(value, (RedisAddress, SentinelAddress)):
+    if isinstance(value, (RedisAddress, SentinelAddress, ClusterAddress)):
         return value
     if isinstance(value, str):
-        return SentinelAddress.from_url(value) if _is_sentinel_url(value) else RedisAddress.from_url(value)
+        if _is_sentinel_url(value):
+            return SentinelAddress.from_url(value)
+        if _is_cluster_url(value):
+            return ClusterAddress.from_url(value)
+        return RedisAddress.from_url(value)
     if isinstance(value, Mapping):
+        if "cluster" in value:
+            return ClusterAddress.from_dict(value)
         return SentinelAddress.from_dict(value)
     raise ValueError(
         f"Redis host {value!r} is invalid: use a URL ('redis://host:6379/0', "
-        "'redis+sentinel://host:26379/mymaster/0') or a Sentinel dict"
+        "'redis+sentinel://host:26379/mymaster/0', 'redis-cluster://host1:7000,host2:7001/') "
+        "or a Sentinel or Cluster dict"
     )
 
 
@@ -653,6 +824,21 @@ def _reason(exc: BaseException) -> str:
 
 #: Replies meaning "this server is not (or not yet) the primary": the command did not run.
 _NOT_THE_PRIMARY: Final = (errors.ReadOnlyError, errors.BusyLoadingError, errors.MasterDownError)
+#: ...and "another node serves that slot now" (a Redis Cluster's): it did not run either.
+_ELSEWHERE: Final = (*_NOT_THE_PRIMARY, errors.MovedError)
+#: How many redirects one command follows (a slot can move twice while a cluster reshards).
+_REDIRECTS: Final = 3
+
+
+def _is_ask(reply: Any) -> bool:
+    return isinstance(reply, errors.AskError) and not isinstance(reply, errors.MovedError)
+
+
+def _redirect_text(error: errors.MovedError | errors.AskError | BaseException) -> str:
+    if isinstance(error, errors.AskError):  # MovedError is an AskError
+        kind = "MOVED" if isinstance(error, errors.MovedError) else "ASK"
+        return f"{kind} slot {error.slot_id} to {_where(error.host, error.port)}"
+    return str(error)
 
 
 @attrs.define(eq=False)
@@ -797,7 +983,7 @@ class SentinelResolver:
         return False
 
 
-def _resolver(address: ServerAddress) -> _FixedServer | SentinelResolver:
+def _resolver(address: RedisAddress | SentinelAddress) -> _FixedServer | SentinelResolver:
     return SentinelResolver(address) if isinstance(address, SentinelAddress) else _FixedServer(address)
 
 
@@ -823,7 +1009,10 @@ class ConnectionPool:
     on_connect: Callable[[RedisConnection], Awaitable[None]] | None = None
     #: The requests of every connection of the pool (for measurements: round trips).
     counter: RequestCounter = attrs.Factory(RequestCounter)
-    _resolver: _FixedServer | SentinelResolver = attrs.field(init=False)
+    #: Where new connections go, if not where *address* says: a Redis Cluster slot's resolver
+    #: (:class:`~layers.redis.cluster.ClusterSlotResolver`), which *address* alone cannot name.
+    resolver: Any = None
+    _resolver: Any = attrs.field(init=False)
     _shared: RedisConnection | None = None
     _connecting: trio.Lock = attrs.Factory(trio.Lock)
     _attempts: int = attrs.field(default=0, init=False)
@@ -832,18 +1021,38 @@ class ConnectionPool:
     _all: set[RedisConnection] = attrs.Factory(set)
 
     def __attrs_post_init__(self) -> None:
-        self._resolver = _resolver(self.address)
+        if self.resolver is not None:
+            self._resolver = self.resolver
+        elif isinstance(self.address, ClusterAddress):
+            raise ValueError(
+                "a pool on a Redis Cluster connects to the node of one slot: give it that slot's "
+                "resolver (layers.redis.cluster.ClusterSlotResolver), or use ClusterClient"
+            )
+        else:
+            self._resolver = _resolver(self.address)
 
     async def _open(self) -> RedisConnection:
-        connection = await self._resolver.connect(self.nursery)
-        connection.counter = self.counter
-        if self.on_connect is not None:
+        for attempt in range(_REDIRECTS + 1):
+            connection = await self._resolver.connect(self.nursery)
+            connection.counter = self.counter
+            if self.on_connect is None:
+                break
             try:
                 await self.on_connect(connection)
+            except (errors.MovedError, errors.AskError) as exc:
+                # A cluster's slot map was out of date (or the slot is being migrated).
+                with trio.CancelScope(shield=True):
+                    await connection.aclose()
+                redirected = getattr(self._resolver, "redirected", None)
+                if redirected is None or attempt == _REDIRECTS:
+                    raise ConnectionError(f"Redis at {connection.address}: {_redirect_text(exc)}") from exc
+                redirected(exc)
+                continue
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await connection.aclose()
                 raise
+            break
         for other in list(self._all):
             if not other.broken and other.address != connection.address:
                 await other.retire()  # a failover: nothing more for the old primary
@@ -891,24 +1100,52 @@ class ConnectionPool:
         results = await connection.execute_many(commands)
         if not self._resolver.follows_primary:
             return results
-        again = [index for index, result in enumerate(results) if isinstance(result, _NOT_THE_PRIMARY)]
-        if not again:
-            return results
-        log.info(
-            "Redis at %s answered %s (%s): asking the sentinels of %s for the primary again",
-            connection.address,
-            type(results[again[0]]).__name__,
-            results[again[0]],
-            self.address,
-        )
-        await connection.retire()
-        connection = await self.shared()
-        retried = await connection.execute_many([commands[index] for index in again])
-        for index, result in zip(again, retried, strict=True):
-            results[index] = result
-        if any(isinstance(result, _NOT_THE_PRIMARY) for result in retried):
+        redirected = getattr(self._resolver, "redirected", None)  # a Redis Cluster slot's
+        for _ in range(_REDIRECTS if redirected is not None else 1):
+            for index, result in enumerate(results):
+                if _is_ask(result):  # the slot is being migrated: this once, there
+                    results[index] = await self._asking(result, commands[index])
+            again = [index for index, result in enumerate(results) if isinstance(result, _ELSEWHERE)]
+            if not again:
+                return results
+            first = results[again[0]]
+            if redirected is None:
+                log.info(
+                    "Redis at %s answered %s (%s): asking the sentinels of %s for the primary again",
+                    connection.address,
+                    type(first).__name__,
+                    first,
+                    self.address,
+                )
+            else:
+                log.info(
+                    "Redis at %s answered %s (%s): following the slot map of %s",
+                    connection.address,
+                    type(first).__name__,
+                    _redirect_text(first),
+                    self.address,
+                )
+                redirected(first)
+            await connection.retire()
+            connection = await self.shared()
+            retried = await connection.execute_many([commands[index] for index in again])
+            for index, result in zip(again, retried, strict=True):
+                results[index] = result
+        if any(isinstance(result, _ELSEWHERE) for result in results):
             await connection.retire()  # still not the primary: the next command asks again
         return results
+
+    async def _asking(self, error: errors.AskError, command: Sequence[Any]) -> Any:
+        """*command* once on the node an ``ASK`` redirect names, behind ``ASKING``."""
+        address = self._resolver.node(error.host, error.port)
+        async with trio.open_nursery() as nursery:
+            connection = await RedisConnection.open(address, nursery)
+            connection.counter = self.counter
+            try:
+                _, result = await connection.execute_many([("ASKING",), command])
+            finally:
+                await connection.aclose()
+        return result
 
     @contextlib.asynccontextmanager
     async def dedicated(self) -> Any:
@@ -922,6 +1159,13 @@ class ConnectionPool:
         try:
             yield connection
             clean = True
+        except (errors.MovedError, errors.AskError) as exc:
+            # A cluster's slot moved (or is moving) away from the node of this connection.
+            redirected = getattr(self._resolver, "redirected", None)
+            if redirected is None:
+                raise
+            redirected(exc)
+            raise ConnectionError(f"Redis at {connection.address}: {_redirect_text(exc)}") from exc
         finally:
             if clean and not connection.broken and len(self._idle) < self.max_idle:
                 self._idle.append(connection)
