@@ -1101,11 +1101,23 @@ class ConnectionPool:
         if not self._resolver.follows_primary:
             return results
         redirected = getattr(self._resolver, "redirected", None)  # a Redis Cluster slot's
-        for _ in range(_REDIRECTS if redirected is not None else 1):
+        for attempt in range(_REDIRECTS + 1 if redirected is not None else 1):
             for index, result in enumerate(results):
                 if _is_ask(result):  # the slot is being migrated: this once, there
                     results[index] = await self._asking(result, commands[index])
             again = [index for index, result in enumerate(results) if isinstance(result, _ELSEWHERE)]
+            if redirected is not None and not again:
+                # TRYAGAIN: a command on several keys of a slot being migrated, some of them
+                # moved already; it runs once the migration is done (a few ms per slot).
+                again = [
+                    index for index, result in enumerate(results) if isinstance(result, errors.TryAgainError)
+                ]
+                if again:
+                    await trio.sleep(0.05 * 2**attempt)
+                    retried = await connection.execute_many([commands[index] for index in again])
+                    for index, result in zip(again, retried, strict=True):
+                        results[index] = result
+                    continue
             if not again:
                 return results
             first = results[again[0]]
@@ -1131,6 +1143,9 @@ class ConnectionPool:
             retried = await connection.execute_many([commands[index] for index in again])
             for index, result in zip(again, retried, strict=True):
                 results[index] = result
+        for index, result in enumerate(results):
+            if _is_ask(result):  # from the last try of a TRYAGAIN
+                results[index] = await self._asking(result, commands[index])
         if any(isinstance(result, _ELSEWHERE) for result in results):
             await connection.retire()  # still not the primary: the next command asks again
         return results

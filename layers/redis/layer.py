@@ -74,8 +74,10 @@ import attrs
 import trio
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
     ConnectionError,
+    MovedError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -522,6 +524,11 @@ class RedisChannelLayer(ParkingLayer):
         info, _, epoch = await connection.execute_many(
             [("INFO", "server"), ("SET", key, secrets.token_hex(8), "NX"), ("GET", key)]
         )
+        if isinstance(epoch, AskError) and not isinstance(epoch, MovedError):
+            # A cluster slot being migrated, and the key not on this node (any more): which
+            # node holds the epoch is unsettled; the next connection checks it.
+            self._servers[shard].blmpop = _version(info) >= (7, 0)
+            return
         if isinstance(epoch, RedisError):
             raise epoch
         run_id = _run_id(info)
