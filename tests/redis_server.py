@@ -462,3 +462,17 @@ class RedisCluster:
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
+
+
+def replicas_caught_up(primary_port: int, timeout: float = 10) -> None:
+    """Until every replica of the cluster node on *primary_port* has acknowledged every write
+    the node had taken when this was called (replicas acknowledge once a second)."""
+    wanted = int(_ask(primary_port, "ROLE")[1])
+    deadline = time.monotonic() + timeout
+    while True:
+        replicas = _ask(primary_port, "ROLE")[2]
+        if replicas and all(int(replica[2]) >= wanted for replica in replicas):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the replicas of port {primary_port} did not catch up: {replicas}")
+        time.sleep(0.05)
