@@ -34,16 +34,16 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ConnectionError, RedisError
 
 from .connection import (
-    _REDIRECTS,
+    REDIRECTS,
     ClusterAddress,
     ConnectionPool,
     RedisAddress,
     RedisConnection,
-    _is_ask,
-    _map_errors,
-    _reason,
-    _redirect_text,
-    _where,
+    failure_reason,
+    is_ask,
+    map_errors,
+    node_text,
+    redirect_text,
 )
 
 __all__ = ["ClusterClient", "ClusterSlotResolver", "ClusterTopology", "key_slot", "shard_tags"]
@@ -115,10 +115,10 @@ class ClusterTopology:
                 try:
                     ranges = await self._ask(node)
                 except RedisError as exc:
-                    failures.append(f"{_where(*node)}: {_reason(exc)}")
+                    failures.append(f"{node_text(*node)}: {failure_reason(exc)}")
                     continue
                 if not ranges:
-                    failures.append(f"{_where(*node)}: serves no slots (is the cluster set up?)")
+                    failures.append(f"{node_text(*node)}: serves no slots (is the cluster set up?)")
                     continue
                 self._apply(ranges, node)
                 return
@@ -132,7 +132,7 @@ class ClusterTopology:
         ranges: list[Any] = []
         async with trio.open_nursery() as nursery:
             try:
-                with _map_errors(address), trio.fail_after(min(SLOTS_TIMEOUT, address.socket_timeout)):
+                with map_errors(address), trio.fail_after(min(SLOTS_TIMEOUT, address.socket_timeout)):
                     connection = await RedisConnection.open(address, nursery)
                     try:
                         ranges = await connection.execute("CLUSTER", "SLOTS")
@@ -159,7 +159,7 @@ class ClusterTopology:
                     primary = self.address.node(*node)
             owners[start : end + 1] = [primary] * (end - start + 1)
         changed = [
-            f"slot {slot} {_where(old.host, old.port)} -> {_where(new.host, new.port)}"
+            f"slot {slot} {node_text(old.host, old.port)} -> {node_text(new.host, new.port)}"
             for slot, (old, new) in enumerate(zip(self._owners, owners, strict=True))
             if old is not None and new is not None and old != new
         ]
@@ -209,7 +209,7 @@ class ClusterSlotResolver:
 
     def redirected(self, error: errors.AskError) -> None:
         """A ``MOVED`` (noted in the map) or ``ASK`` (the map stays: the move is not done)."""
-        if not _is_ask(error):
+        if not is_ask(error):
             self.topology.moved(error.slot_id, error.host, error.port)
 
     def node(self, host: str, port: int) -> RedisAddress:
@@ -240,7 +240,7 @@ class ClusterClient:
     async def execute(self, *args: Any) -> Any:
         """One command on the node serving its key's slot; an error reply is raised."""
         slot = key_slot(args[1].encode() if isinstance(args[1], str) else args[1])
-        for attempt in range(_REDIRECTS + 1):
+        for attempt in range(REDIRECTS + 1):
             if self.topology.stale:
                 await self.topology.refresh()
             node = self.topology.owner(slot)
@@ -252,10 +252,10 @@ class ClusterClient:
             except ConnectionError:
                 self.topology.stale = True  # a failover? the next command asks the others
                 raise
-            if _is_ask(result):
+            if is_ask(result):
                 result = await self._asking(result, args)
-            if isinstance(result, errors.MovedError) and attempt < _REDIRECTS:
-                log.info("Redis at %s answered %s", node, _redirect_text(result))
+            if isinstance(result, errors.MovedError) and attempt < REDIRECTS:
+                log.info("Redis at %s answered %s", node, redirect_text(result))
                 self.topology.moved(result.slot_id, result.host, result.port)
                 continue
             if isinstance(result, RedisError):

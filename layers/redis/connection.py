@@ -12,7 +12,7 @@ reply and drops it, so a stale reply can never reach the next caller, and since 
 writer touches the socket a command is never half-written.
 
 Errors are redis-py's: socket problems become ``redis.exceptions.ConnectionError`` (one place,
-:func:`_map_errors`), timeouts ``TimeoutError``, error replies ``ResponseError`` and its
+:func:`map_errors`), timeouts ``TimeoutError``, error replies ``ResponseError`` and its
 subclasses by the table redis-py's parsers use (:data:`_ERROR_CLASSES`, public classes only:
 nothing here imports a private redis-py module). A connection that failed once is dead; the
 :class:`ConnectionPool` makes a new one on the next request.
@@ -566,7 +566,7 @@ def server_address(value: str | Mapping[str, Any] | ServerAddress) -> ServerAddr
 
 
 @contextlib.contextmanager
-def _map_errors(address: RedisAddress) -> Iterator[None]:
+def map_errors(address: RedisAddress) -> Iterator[None]:
     """The one place where I/O errors become redis-py's exceptions."""
     try:
         yield
@@ -659,7 +659,7 @@ class RedisConnection:
     async def open(cls, address: RedisAddress, nursery: trio.Nursery) -> RedisConnection:
         """Connect, start the reader in *nursery*, authenticate and select the database."""
         connection = cls(address)
-        with _map_errors(address), trio.fail_after(address.socket_timeout):
+        with map_errors(address), trio.fail_after(address.socket_timeout):
             if address.path:
                 stream: trio.abc.Stream = await trio.open_unix_socket(address.path)
             else:
@@ -746,7 +746,7 @@ class RedisConnection:
                 data, self._outgoing = bytes(self._outgoing), bytearray()
                 if not data:
                     continue
-                with trio.fail_after(self.address.socket_timeout), _map_errors(self.address):
+                with trio.fail_after(self.address.socket_timeout), map_errors(self.address):
                     await stream.send_all(data)
         except (ConnectionError, TimeoutError) as exc:
             self._fail(exc)
@@ -757,7 +757,7 @@ class RedisConnection:
         reader = hiredis.Reader(replyError=_error_reply, notEnoughData=_NOT_ENOUGH_DATA)
         try:
             while not self._closed.is_set():
-                with _map_errors(self.address):
+                with map_errors(self.address):
                     data = await stream.receive_some(65536)
                 if not data:
                     raise ConnectionError(f"Redis at {self.address} closed the connection")
@@ -803,11 +803,11 @@ class RedisConnection:
         await self._close_stream()
 
 
-def _where(host: str, port: int) -> str:
+def node_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
     """Why *exc* happened, in a few words ("connection refused", not trio's whole story)."""
     cause = exc.__cause__
     if isinstance(cause, trio.TooSlowError):
@@ -827,17 +827,17 @@ _NOT_THE_PRIMARY: Final = (errors.ReadOnlyError, errors.BusyLoadingError, errors
 #: ...and "another node serves that slot now" (a Redis Cluster's): it did not run either.
 _ELSEWHERE: Final = (*_NOT_THE_PRIMARY, errors.MovedError)
 #: How many redirects one command follows (a slot can move twice while a cluster reshards).
-_REDIRECTS: Final = 3
+REDIRECTS: Final = 3
 
 
-def _is_ask(reply: Any) -> bool:
+def is_ask(reply: Any) -> bool:
     return isinstance(reply, errors.AskError) and not isinstance(reply, errors.MovedError)
 
 
-def _redirect_text(error: errors.MovedError | errors.AskError | BaseException) -> str:
+def redirect_text(error: errors.MovedError | errors.AskError | BaseException) -> str:
     if isinstance(error, errors.AskError):  # MovedError is an AskError
         kind = "MOVED" if isinstance(error, errors.MovedError) else "ASK"
-        return f"{kind} slot {error.slot_id} to {_where(error.host, error.port)}"
+        return f"{kind} slot {error.slot_id} to {node_text(error.host, error.port)}"
     return str(error)
 
 
@@ -879,7 +879,7 @@ class SentinelResolver:
         async with trio.open_nursery() as nursery:  # for the connection's reader and writer
             try:
                 # One deadline for connecting, authenticating and the answer.
-                with _map_errors(address), trio.fail_after(address.socket_timeout):
+                with map_errors(address), trio.fail_after(address.socket_timeout):
                     connection = await RedisConnection.open(address, nursery)
                     try:
                         reply = await connection.execute(
@@ -901,10 +901,10 @@ class SentinelResolver:
         try:
             primary = await self._ask(sentinel)
         except RedisError as exc:
-            failures.append(f"{_where(*sentinel)}: {_reason(exc)}")
+            failures.append(f"{node_text(*sentinel)}: {failure_reason(exc)}")
             return None
         if primary is None:
-            failures.append(f"{_where(*sentinel)}: does not know {self.address.service_name!r}")
+            failures.append(f"{node_text(*sentinel)}: does not know {self.address.service_name!r}")
         return primary
 
     def _prefer(self, sentinel: tuple[str, int]) -> None:
@@ -934,16 +934,16 @@ class SentinelResolver:
             primary = await self._ask_noting(sentinel, failures)
             if primary is None:
                 continue
-            where = _where(primary.host, primary.port)
+            where = node_text(primary.host, primary.port)
             if primary in tried:
-                failures.append(f"{_where(*sentinel)}: named {where} too")
+                failures.append(f"{node_text(*sentinel)}: named {where} too")
                 continue
             tried.add(primary)
-            where = f"{where} (named by {_where(*sentinel)})"
+            where = f"{where} (named by {node_text(*sentinel)})"
             try:
                 connection = await RedisConnection.open(primary, nursery)
             except RedisError as exc:
-                failures.append(f"{where}: {_reason(exc)}")
+                failures.append(f"{where}: {failure_reason(exc)}")
                 continue
             if not await self._is_primary(connection, where, failures):
                 continue
@@ -952,8 +952,8 @@ class SentinelResolver:
                 log.warning(
                     "Redis Sentinel: the primary of %r is now %s (was %s)",
                     self.address.service_name,
-                    _where(primary.host, primary.port),
-                    _where(self.primary.host, self.primary.port),
+                    node_text(primary.host, primary.port),
+                    node_text(self.primary.host, self.primary.port),
                 )
             self.primary = primary
             return connection
@@ -963,7 +963,7 @@ class SentinelResolver:
         """Whether *connection*'s server says it is a primary (or may not say so: an ACL). If
         not, the connection is closed and the reason noted in *failures*."""
         try:
-            with _map_errors(connection.address), trio.fail_after(connection.address.socket_timeout):
+            with map_errors(connection.address), trio.fail_after(connection.address.socket_timeout):
                 reply = await connection.execute("ROLE")
         except errors.NoPermissionError:
             return True  # ROLE is not allowed to us; a READONLY reply would tell us later
@@ -972,7 +972,7 @@ class SentinelResolver:
                 await connection.aclose()
             if not isinstance(exc, RedisError):
                 raise
-            failures.append(f"{where}: {_reason(exc)}")
+            failures.append(f"{where}: {failure_reason(exc)}")
             return False
         role = reply[0].decode() if isinstance(reply, list) and reply else repr(reply)
         if role == "master":
@@ -1032,7 +1032,7 @@ class ConnectionPool:
             self._resolver = _resolver(self.address)
 
     async def _open(self) -> RedisConnection:
-        for attempt in range(_REDIRECTS + 1):
+        for attempt in range(REDIRECTS + 1):
             connection = await self._resolver.connect(self.nursery)
             connection.counter = self.counter
             if self.on_connect is None:
@@ -1044,8 +1044,8 @@ class ConnectionPool:
                 with trio.CancelScope(shield=True):
                     await connection.aclose()
                 redirected = getattr(self._resolver, "redirected", None)
-                if redirected is None or attempt == _REDIRECTS:
-                    raise ConnectionError(f"Redis at {connection.address}: {_redirect_text(exc)}") from exc
+                if redirected is None or attempt == REDIRECTS:
+                    raise ConnectionError(f"Redis at {connection.address}: {redirect_text(exc)}") from exc
                 redirected(exc)
                 continue
             except BaseException:
@@ -1101,9 +1101,9 @@ class ConnectionPool:
         if not self._resolver.follows_primary:
             return results
         redirected = getattr(self._resolver, "redirected", None)  # a Redis Cluster slot's
-        for attempt in range(_REDIRECTS + 1 if redirected is not None else 1):
+        for attempt in range(REDIRECTS + 1 if redirected is not None else 1):
             for index, result in enumerate(results):
-                if _is_ask(result):  # the slot is being migrated: this once, there
+                if is_ask(result):  # the slot is being migrated: this once, there
                     results[index] = await self._asking(result, commands[index])
             again = [index for index, result in enumerate(results) if isinstance(result, _ELSEWHERE)]
             if redirected is not None and not again:
@@ -1134,7 +1134,7 @@ class ConnectionPool:
                     "Redis at %s answered %s (%s): following the slot map of %s",
                     connection.address,
                     type(first).__name__,
-                    _redirect_text(first),
+                    redirect_text(first),
                     self.address,
                 )
                 redirected(first)
@@ -1144,7 +1144,7 @@ class ConnectionPool:
             for index, result in zip(again, retried, strict=True):
                 results[index] = result
         for index, result in enumerate(results):
-            if _is_ask(result):  # from the last try of a TRYAGAIN
+            if is_ask(result):  # from the last try of a TRYAGAIN
                 results[index] = await self._asking(result, commands[index])
         if any(isinstance(result, _ELSEWHERE) for result in results):
             await connection.retire()  # still not the primary: the next command asks again
@@ -1180,7 +1180,7 @@ class ConnectionPool:
             if redirected is None:
                 raise
             redirected(exc)
-            raise ConnectionError(f"Redis at {connection.address}: {_redirect_text(exc)}") from exc
+            raise ConnectionError(f"Redis at {connection.address}: {redirect_text(exc)}") from exc
         finally:
             if clean and not connection.broken and len(self._idle) < self.max_idle:
                 self._idle.append(connection)
