@@ -220,16 +220,12 @@ class ClusterSlotResolver:
 class ClusterClient:
     """Commands routed by the slot of their first key (``args[1]``), over one pool per node,
     redirects followed: ``await client.execute("GET", key)``. Its connections live in
-    *nursery*; :meth:`aclose` closes them."""
+    *nursery*; ``aclose()`` closes them."""
 
     address: ClusterAddress
     nursery: trio.Nursery
-    topology: ClusterTopology = attrs.field(default=None)
+    topology: ClusterTopology = attrs.Factory(lambda self: ClusterTopology(self.address), takes_self=True)
     _pools: dict[RedisAddress, ConnectionPool] = attrs.Factory(dict)
-
-    def __attrs_post_init__(self) -> None:
-        if self.topology is None:
-            self.topology = ClusterTopology(self.address)
 
     def _pool(self, node: RedisAddress) -> ConnectionPool:
         pool = self._pools.get(node)
