@@ -1188,7 +1188,7 @@ class RedisChannelLayer(ParkingLayer):
         ttl = math.ceil(options.ttl * 1000)
         return [options.size, ttl, max(ttl, math.ceil(self.group_expiry * 1000)), secrets.token_hex(6)]
 
-    def _heartbeat_key(self, prefix: str, shard: int) -> str:
+    def _heartbeat_key(self, prefix: str, shard: int = 0) -> str:
         """The heartbeat key of a process *prefix* on *shard* (every shard has one of each)."""
         return f"{self._key_prefixes[shard]}:hb:{prefix}"
 
