@@ -1401,8 +1401,8 @@ class RedisChannelLayer(ParkingLayer):
                 ],
             )
             return _report(delivered, full, gone, offset, epoch, [m.decode() for m in skipped]), left
-        # Sharded: store and read the members in one round trip, then one per server holding
-        # members (their pushes run concurrently).
+        # Sharded: store and read the members in one round trip, then one per shard (server,
+        # or cluster slot) holding members' lists, run concurrently.
         args: list[Any] = [
             self.group_expiry,
             self._heartbeat_key("", shard),
@@ -1415,45 +1415,49 @@ class RedisChannelLayer(ParkingLayer):
             [*args, *history_args, sealed],
         )
         position = f"{group},{offset},{epoch.decode()}" if offset else ""
-        by_prefix: dict[str, list[str]] = {}
+        by_shard: dict[int, dict[str, list[str]]] = {}
         for member in members:
             name = member.decode()
             if name not in excluded:
-                by_prefix.setdefault(non_local_name(name), []).append(name)
+                list_name = non_local_name(name)
+                by_shard.setdefault(self._shard(list_name), {}).setdefault(list_name, []).append(name)
         totals = [0, 0, int(gone)]
         full_channels: list[str] = []
         left = list(left)
 
-        async def push(name: str, group_members: list[str]) -> None:
-            kind = "F" if name.endswith("!") else "D"
-            list_shard = self._shard(name)
+        async def push(list_shard: int, lists: dict[str, list[str]]) -> None:
             list_prefix = self._key_prefixes[list_shard]
-            result = await _GROUP_PUSH(
-                self._pools[list_shard],
-                [
+            keys = [self._global_stats_key(list_shard)]
+            push_args: list[Any] = [self.expiry, sealed, position]
+            for name, group_members in lists.items():
+                keys += [
                     self._list_key(name),
                     self._stats_key(name),
-                    self._global_stats_key(list_shard),
                     f"{list_prefix}:hold:{name}",
                     f"{list_prefix}:side:{name}",
-                ],
-                [self.get_capacity(name), self.expiry, kind, ",".join(group_members), sealed, position],
-            )
-            totals[0] += result[0]
-            totals[1] += result[1]
-            if result[1]:
-                full_channels.extend(group_members[: FULL_CHANNELS_LIMIT - len(full_channels)])
-            for evicted in result[2:]:
-                totals[2] += 1
-                removed, info = await _GROUP_DISCARD(
-                    self._group_pool(group), self._group_keys(group)[:3], [evicted]
-                )
-                if removed and self.presence_events(group):
-                    left.extend((evicted, info))
+                ]
+                push_args += [
+                    self.get_capacity(name),
+                    "F" if name.endswith("!") else "D",
+                    ",".join(group_members),
+                ]
+            results = await _GROUP_PUSH(self._pools[list_shard], keys, push_args)
+            for group_members, result in zip(lists.values(), results, strict=True):
+                totals[0] += result[0]
+                totals[1] += result[1]
+                if result[1]:
+                    full_channels.extend(group_members[: FULL_CHANNELS_LIMIT - len(full_channels)])
+                for evicted in result[2:]:
+                    totals[2] += 1
+                    removed, info = await _GROUP_DISCARD(
+                        self._group_pool(group), self._group_keys(group)[:3], [evicted]
+                    )
+                    if removed and self.presence_events(group):
+                        left.extend((evicted, info))
 
         async with trio.open_nursery() as nursery:
-            for name, group_members in by_prefix.items():
-                nursery.start_soon(push, name, group_members)
+            for list_shard, lists in by_shard.items():
+                nursery.start_soon(push, list_shard, lists)
         return _report(totals[0], totals[1], totals[2], offset, epoch, full_channels), left
 
     async def _announce_leaves(self, group: str, left: list[Any]) -> None:
