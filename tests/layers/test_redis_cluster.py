@@ -300,3 +300,38 @@ async def test_a_script_on_a_slot_being_migrated_waits_then_is_unavailable(own_c
         assert await receive_now(layer, [channel]) == (channel, {"n": 2})
         with pytest.raises(trio.WouldBlock):
             await layer.receive_nowait([channel])
+
+
+async def test_a_group_send_is_one_push_per_shard_holding_members(redis_cluster: RedisCluster) -> None:
+    """Members under three process prefixes and a plain channel, all in one shard (not the
+    group's): the send is one script on the group's shard and one on theirs -- not one per
+    list. Counted by the nodes themselves (SLOWLOG with a threshold of 0 logs every command)."""
+    from layers.redis import scripts
+    from layers.redis.layer import _Script
+
+    push_sha = _Script(scripts.GROUP_PUSH).sha.encode()
+    async with RedisChannelLayer(hosts=redis_cluster.url, prefix=_prefix()) as layer:
+        group = "cost-room"
+        shard = (layer._group_shard(group) + 1) % layer.shards
+        names = [f"cost{index}" for index in range(10_000)]
+        prefixes = [f"{name}!" for name in names if layer._shard(f"{name}!") == shard][:3]
+        plain = next(name for name in names if layer._shard(name) == shard)
+        members = [f"{prefix}x" for prefix in prefixes] + [plain]
+        for member in members:
+            await layer.group_add(group, member)
+        await layer.send_group(group, {"n": 0})  # the scripts are loaded on every node now
+        ports = [node.port for node in redis_cluster.nodes]
+        try:
+            for port in ports:
+                _ask(port, "CONFIG", "SET", "slowlog-log-slower-than", "0")
+                _ask(port, "SLOWLOG", "RESET")
+            report = await layer.send_group(group, {"n": 1})
+            logged = [entry[3] for port in ports for entry in _ask(port, "SLOWLOG", "GET", "-1")]
+        finally:
+            for port in ports:
+                _ask(port, "CONFIG", "SET", "slowlog-log-slower-than", "10000")
+        assert report.delivered == 4
+        pushes = [args for args in logged if args[:2] == [b"EVALSHA", push_sha]]
+        assert len(pushes) == 1, logged
+        for member in members:
+            assert (await receive_now(layer, [member if "!" not in member else member[:-1]]))[1] == {"n": 0}
