@@ -39,7 +39,11 @@ after ``expiry``.
 Several hosts shard by consistent hashing on the channel's non-local name (so a process
 prefix and everything under it live on one server) and on the group name. A host is a fixed
 server or a Sentinel-managed primary; only the connection pools know which (their resolver,
-in :mod:`.connection`): after a failover, new connections go to the new primary.
+in :mod:`.connection`): after a failover, new connections go to the new primary. On a Redis
+Cluster the shards are hash tags instead of servers: every key of shard *k* starts
+``<prefix>:{<tag k>}:``, so each shard is one slot and every script stays in it, and each
+shard's pool follows the node serving that slot (:mod:`.cluster`). A group send across shards
+is one script on the group's shard and one per shard holding members' lists.
 
 Lost memberships: every new connection asks its server for its ``run_id`` (``INFO server``)
 and for the layer's *epoch* key ``<prefix>:epoch``, a random token the first process to
@@ -352,12 +356,15 @@ def _hosts(value: Any) -> list[ServerAddress]:
 class RedisChannelLayer(ParkingLayer):
     """A channel layer on one or more Redis servers (several = sharded).
 
-    ``hosts`` takes URLs (``redis://``, ``rediss://``, ``unix://``, and for a primary that
-    Redis Sentinel manages ``redis+sentinel://`` / ``rediss+sentinel://``), ``(host, port)``
-    tuples and Sentinel dicts (:meth:`~layers.redis.SentinelAddress.from_dict`). Enter it
+    ``hosts`` takes URLs (``redis://``, ``rediss://``, ``unix://``, for a primary that
+    Redis Sentinel manages ``redis+sentinel://`` / ``rediss+sentinel://``, and for a Redis
+    Cluster -- then the only host -- ``redis-cluster://`` / ``rediss-cluster://``), ``(host,
+    port)`` tuples and Sentinel or Cluster dicts (:meth:`~layers.redis.SentinelAddress.from_dict`,
+    :meth:`~layers.redis.ClusterAddress.from_dict`). Enter it
     (``async with``) before use: that starts its connection readers and its delayed-message
-    mover in the layer's own nursery, and asks the sentinels of each Sentinel-managed host once
-    (:exc:`~layers.ChannelLayerUnavailable` naming them if none answers).
+    mover in the layer's own nursery, and asks the sentinels of each Sentinel-managed host once,
+    or a cluster's nodes for its slot map (:exc:`~layers.ChannelLayerUnavailable` naming them
+    if none answers).
     """
 
     extensions = ("groups", "flush", "statistics", "delay", "presence", "history")
