@@ -11,7 +11,7 @@ import trio.testing
 
 import layers.base
 
-from .redis_server import RedisServer
+from .redis_server import RedisCluster, RedisServer
 
 # Owned sends (the interface's messages) are checked in full throughout the suite, in this
 # process and in the servers it starts: a message the interface builds that a user's send
@@ -35,6 +35,17 @@ def redis_servers() -> Iterator[list[RedisServer]]:
     finally:
         for server in servers:
             server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of three primaries for the whole session (each pytest-xdist worker has
+    its own, on its own ports; tests use unique prefixes)."""
+    cluster = RedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
 
 
 @pytest.fixture
