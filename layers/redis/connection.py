@@ -83,14 +83,14 @@ class RedisAddress:
         try:
             options = parse_url(url)
         except ValueError as exc:
-            raise ValueError(f"Redis URL {url!r} is invalid: {exc}") from None
+            raise ValueError(f"Redis URL {redacted(url)!r} is invalid: {exc}") from None
         from urllib.parse import urlsplit
 
         database = urlsplit(url).path.strip("/")
         if not url.lower().startswith("unix:") and database and not database.isdigit():
             # redis-py's parse_url silently falls back to database 0 here.
             raise ValueError(
-                f"Redis URL {url!r} is invalid: the database {database!r} must be a number, like /0"
+                f"Redis URL {redacted(url)!r} is invalid: the database {database!r} must be a number, like /0"
             )
         return cls(
             host=options.get("host") or "localhost",
@@ -141,6 +141,68 @@ def split_urls(text: str) -> list[str]:
                 continue
         urls.append(piece)
     return urls
+
+
+def redacted(url: str) -> str:
+    """*url* with its password, if any, shown as ``***`` (for error messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.partition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{after}"
+
+
+@attrs.frozen
+class _MultiHostURL:
+    """The parts of a ``scheme://[[user]:password@]host[:port],host2[:port2].../path?query`` URL."""
+
+    scheme: str
+    username: str | None
+    password: str | None
+    hosts: tuple[tuple[str, int], ...]
+    path: str
+    query: str
+
+    @classmethod
+    def split(cls, url: str, what: str, schemes: tuple[str, ...], default_port: int) -> _MultiHostURL:
+        """Raises :exc:`ValueError` starting with *what* unless *url* has one of *schemes*."""
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in schemes:
+            raise ValueError(f"{what}: the scheme must be {' or '.join(f'{name}://' for name in schemes)}")
+        rest, _, _fragment = rest.partition("#")
+        rest, _, query = rest.partition("?")
+        netloc, _, path = rest.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, secret = userinfo.partition(":")
+            if not colon:
+                raise ValueError(
+                    f"{what}: put a colon before the password (':PASSWORD@', or 'USER:PASSWORD@' "
+                    "for an ACL user)"
+                )
+            username = urllib.parse.unquote(user) or None
+            password = urllib.parse.unquote(secret)
+        parts = tuple(
+            _host_port(part.strip(), what, default_port) for part in hosts.split(",") if part.strip()
+        )
+        return cls(scheme.lower(), username, password, parts, path, query)
+
+
+def _dict_options(config: Mapping[str, Any], what: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The checks every dict form shares: no unknown key, 'ssl' a bool (as ``tls``), and
+    'socket_timeout' a number of seconds; returns those two as options."""
+    unknown = [key for key in config if key not in keys]
+    if unknown:
+        raise ValueError(f"{what} has the unknown key {unknown[0]!r}; the keys are {', '.join(keys)}")
+    options: dict[str, Any] = {}
+    if "ssl" in config:
+        if not isinstance(config["ssl"], bool):
+            raise ValueError(f"{what}: 'ssl' must be True or False, got {config['ssl']!r}")
+        options["tls"] = config["ssl"]
+    if "socket_timeout" in config:
+        options["socket_timeout"] = _number(config["socket_timeout"], f"{what}: 'socket_timeout'")
+    return options
 
 
 def _host_port(text: str, what: str, default_port: int = DEFAULT_SENTINEL_PORT) -> tuple[str, int]:
@@ -210,25 +272,9 @@ class SentinelAddress:
         options ``socket_timeout``, ``sentinel_username``, ``sentinel_password`` and
         ``sentinel_socket_timeout`` (others are left to the layer). Raises :exc:`ValueError`
         naming *url* if it cannot be parsed."""
-        what = f"Redis Sentinel URL {url!r} is invalid"
-        scheme, _, rest = url.partition("://")
-        if scheme.lower() not in SENTINEL_SCHEMES:
-            raise ValueError(f"{what}: the scheme must be redis+sentinel:// or rediss+sentinel://")
-        rest, _, _fragment = rest.partition("#")
-        rest, _, query = rest.partition("?")
-        netloc, _, path = rest.partition("/")
-        userinfo, at, hosts = netloc.rpartition("@")
-        username = password = None
-        if at:
-            user, colon, secret = userinfo.partition(":")
-            if not colon:
-                raise ValueError(
-                    f"{what}: put a colon before the password (':PASSWORD@', or 'USER:PASSWORD@' "
-                    "for an ACL user)"
-                )
-            username = urllib.parse.unquote(user) or None
-            password = urllib.parse.unquote(secret)
-        sentinels = tuple(_host_port(part.strip(), what) for part in hosts.split(",") if part.strip())
+        what = f"Redis Sentinel URL {redacted(url)!r} is invalid"
+        parts = _MultiHostURL.split(url, what, SENTINEL_SCHEMES, DEFAULT_SENTINEL_PORT)
+        sentinels, path, query = parts.hosts, parts.path, parts.query
         if not sentinels:
             raise ValueError(
                 f"{what}: name at least one sentinel, like redis+sentinel://host:26379/mymaster/0"
@@ -255,9 +301,9 @@ class SentinelAddress:
             sentinels=sentinels,
             service_name=segments[0],
             db=int(database),
-            username=username,
-            password=password,
-            tls=scheme.lower() == "rediss+sentinel",
+            username=parts.username,
+            password=parts.password,
+            tls=parts.scheme == "rediss+sentinel",
             **options,
         )
 
@@ -292,49 +338,25 @@ class SentinelAddress:
         Raises :exc:`ValueError` naming the key or value that is wrong.
         """
         what = "a Redis Sentinel host"
-        unknown = [key for key in config if key not in cls.DICT_KEYS]
-        if unknown:
-            raise ValueError(
-                f"{what} has the unknown key {unknown[0]!r}; the keys are {', '.join(cls.DICT_KEYS)}"
-            )
+        options = _dict_options(config, what, cls.DICT_KEYS)
         raw = config.get("sentinels")
-        if isinstance(raw, str) or (isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], int)):
-            raw = [raw]  # one sentinel
-        if not raw or not isinstance(raw, (list, tuple)):
+        if not raw:
             raise ValueError(
                 f"{what} needs 'sentinels': a list of (host, port), like [('sentinel-1', 26379)]; got {raw!r}"
             )
-        sentinels = []
-        for entry in raw:
-            if isinstance(entry, str):
-                sentinels.append(_host_port(entry, what))
-            elif (
-                isinstance(entry, (tuple, list))
-                and len(entry) == 2
-                and isinstance(entry[0], str)
-                and entry[0]
-                and isinstance(entry[1], int)
-                and 0 < entry[1] < 65536
-            ):
-                sentinels.append((entry[0], entry[1]))
-            else:
-                raise ValueError(f"{what}: the sentinel {entry!r} is not (host, port) or 'host:port'")
+        sentinels = _nodes(raw, f"{what}: 'sentinels'", "sentinel", DEFAULT_SENTINEL_PORT)
         if "master_name" in config and "service_name" in config:
             raise ValueError(f"{what}: give 'master_name' or 'service_name' (the same thing), not both")
         service = config.get("master_name", config.get("service_name"))
         if service is None:
             raise ValueError(f"{what} needs 'master_name': the service name the sentinels monitor")
-        options = {key: config[key] for key in ("db", "username", "password") if key in config}
-        if "ssl" in config:
-            if not isinstance(config["ssl"], bool):
-                raise ValueError(f"{what}: 'ssl' must be True or False, got {config['ssl']!r}")
-            options["tls"] = config["ssl"]
-        for key in ("sentinel_username", "sentinel_password"):
+        for key in ("db", "username", "password", "sentinel_username", "sentinel_password"):
             if key in config:
                 options[key] = config[key]
-        for key in ("socket_timeout", "sentinel_socket_timeout"):
-            if key in config:
-                options[key] = _number(config[key], f"{what}: {key!r}")
+        if "sentinel_socket_timeout" in config:
+            options["sentinel_socket_timeout"] = _number(
+                config["sentinel_socket_timeout"], f"{what}: 'sentinel_socket_timeout'"
+            )
         extra = config.get("sentinel_kwargs") or {}
         if not isinstance(extra, Mapping) or any(key not in cls._SENTINEL_KWARGS for key in extra):
             raise ValueError(
@@ -349,29 +371,24 @@ class SentinelAddress:
                 if key == "socket_timeout"
                 else value
             )
-        return cls(sentinels=tuple(sentinels), service_name=service, **options)
+        return cls(sentinels=sentinels, service_name=service, **options)
 
     def primary(self, host: str, port: int) -> RedisAddress:
         """The address of the primary at *host*:*port*, with this service's credentials."""
-        return RedisAddress(
-            host=host,
-            port=port,
-            db=self.db,
-            username=self.username,
-            password=self.password,
-            tls=self.tls,
-            socket_timeout=self.socket_timeout,
-        )
+        return RedisAddress(host=host, port=port, db=self.db, tls=self.tls, **self._credentials())
+
+    def _credentials(self) -> dict[str, Any]:
+        return {"username": self.username, "password": self.password, "socket_timeout": self.socket_timeout}
 
     def sentinel(self, host: str, port: int) -> RedisAddress:
         """The address of the sentinel at *host*:*port* (database 0, the sentinels' credentials)."""
+        timeout, username, password = (
+            self.sentinel_socket_timeout,
+            self.sentinel_username,
+            self.sentinel_password,
+        )
         return RedisAddress(
-            host=host,
-            port=port,
-            username=self.sentinel_username,
-            password=self.sentinel_password,
-            tls=self.tls,
-            socket_timeout=self.sentinel_socket_timeout,
+            host=host, port=port, tls=self.tls, username=username, password=password, socket_timeout=timeout
         )
 
     def __str__(self) -> str:
@@ -382,7 +399,9 @@ class SentinelAddress:
         return f"{scheme}://{hosts}/{urllib.parse.quote(self.service_name, safe='')}/{self.db}"
 
 
-def _nodes(raw: Any, what: str) -> tuple[tuple[str, int], ...]:
+def _nodes(
+    raw: Any, what: str, kind: str = "node", default_port: int = DEFAULT_CLUSTER_PORT
+) -> tuple[tuple[str, int], ...]:
     """The (host, port) list of the dict forms: ``[("h", 7000), "h2:7001"]``, or one of them."""
     if isinstance(raw, str) or (isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], int)):
         raw = [raw]
@@ -391,7 +410,7 @@ def _nodes(raw: Any, what: str) -> tuple[tuple[str, int], ...]:
     nodes = []
     for entry in raw:
         if isinstance(entry, str):
-            nodes.append(_host_port(entry, what, DEFAULT_CLUSTER_PORT))
+            nodes.append(_host_port(entry, what, default_port))
         elif (
             isinstance(entry, (tuple, list))
             and len(entry) == 2
@@ -402,7 +421,7 @@ def _nodes(raw: Any, what: str) -> tuple[tuple[str, int], ...]:
         ):
             nodes.append((entry[0], entry[1]))
         else:
-            raise ValueError(f"{what}: the node {entry!r} is not (host, port) or 'host:port'")
+            raise ValueError(f"{what}: the {kind} {entry!r} is not (host, port) or 'host:port'")
     return tuple(nodes)
 
 
@@ -440,27 +459,9 @@ class ClusterAddress:
         for TLS; ports default to 6379; a cluster has only database 0, so the path is empty,
         ``/`` or ``/0``) with the query options ``socket_timeout`` and ``shards`` (others are
         left to the layer). Raises :exc:`ValueError` naming *url* if it cannot be parsed."""
-        what = f"Redis Cluster URL {url!r} is invalid"
-        scheme, _, rest = url.partition("://")
-        if scheme.lower() not in CLUSTER_SCHEMES:
-            raise ValueError(f"{what}: the scheme must be redis-cluster:// or rediss-cluster://")
-        rest, _, _fragment = rest.partition("#")
-        rest, _, query = rest.partition("?")
-        netloc, _, path = rest.partition("/")
-        userinfo, at, hosts = netloc.rpartition("@")
-        username = password = None
-        if at:
-            user, colon, secret = userinfo.partition(":")
-            if not colon:
-                raise ValueError(
-                    f"{what}: put a colon before the password (':PASSWORD@', or 'USER:PASSWORD@' "
-                    "for an ACL user)"
-                )
-            username = urllib.parse.unquote(user) or None
-            password = urllib.parse.unquote(secret)
-        nodes = tuple(
-            _host_port(part.strip(), what, DEFAULT_CLUSTER_PORT) for part in hosts.split(",") if part.strip()
-        )
+        what = f"Redis Cluster URL {redacted(url)!r} is invalid"
+        parts = _MultiHostURL.split(url, what, CLUSTER_SCHEMES, DEFAULT_CLUSTER_PORT)
+        nodes, path, query = parts.hosts, parts.path, parts.query
         if not nodes:
             raise ValueError(f"{what}: name at least one node, like redis-cluster://host1:7000,host2:7001/")
         if path.strip("/") not in ("", "0"):
@@ -476,9 +477,9 @@ class ClusterAddress:
         try:
             return cls(
                 nodes=nodes,
-                username=username,
-                password=password,
-                tls=scheme.lower() == "rediss-cluster",
+                username=parts.username,
+                password=parts.password,
+                tls=parts.scheme == "rediss-cluster",
                 **options,
             )
         except ValueError as exc:
@@ -498,20 +499,8 @@ class ClusterAddress:
         Raises :exc:`ValueError` naming the key or value that is wrong.
         """
         what = "a Redis Cluster host"
-        unknown = [key for key in config if key not in cls.DICT_KEYS]
-        if unknown:
-            raise ValueError(
-                f"{what} has the unknown key {unknown[0]!r}; the keys are {', '.join(cls.DICT_KEYS)}"
-            )
-        options: dict[str, Any] = {
-            key: config[key] for key in ("username", "password", "shards") if key in config
-        }
-        if "ssl" in config:
-            if not isinstance(config["ssl"], bool):
-                raise ValueError(f"{what}: 'ssl' must be True or False, got {config['ssl']!r}")
-            options["tls"] = config["ssl"]
-        if "socket_timeout" in config:
-            options["socket_timeout"] = _number(config["socket_timeout"], f"{what}: 'socket_timeout'")
+        options = _dict_options(config, what, cls.DICT_KEYS)
+        options.update((key, config[key]) for key in ("username", "password", "shards") if key in config)
         try:
             return cls(nodes=_nodes(config.get("cluster"), f"{what}: 'cluster'"), **options)
         except ValueError as exc:
@@ -519,14 +508,10 @@ class ClusterAddress:
 
     def node(self, host: str, port: int) -> RedisAddress:
         """The address of the node at *host*:*port*, with the cluster's credentials."""
-        return RedisAddress(
-            host=host,
-            port=port,
-            username=self.username,
-            password=self.password,
-            tls=self.tls,
-            socket_timeout=self.socket_timeout,
-        )
+        return RedisAddress(host=host, port=port, tls=self.tls, **self._credentials())
+
+    def _credentials(self) -> dict[str, Any]:
+        return {"username": self.username, "password": self.password, "socket_timeout": self.socket_timeout}
 
     def __str__(self) -> str:
         hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.nodes)
@@ -631,6 +616,13 @@ def _error_reply(text: str) -> RedisError:
         return ResponseError(text)
 
 
+def _raised(result: Any) -> Any:
+    """*result*, one command's reply, unless it is an error reply: that is raised."""
+    if isinstance(result, RedisError):  # an error reply (AuthenticationError is not a ResponseError)
+        raise result
+    return result
+
+
 @attrs.define(eq=False, slots=True)
 class RequestCounter:
     """How many requests (:meth:`RedisConnection.execute_many` calls: one round trip each,
@@ -700,10 +692,7 @@ class RedisConnection:
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and wait for its reply (error replies are raised)."""
-        (result,) = await self.execute_many([args])
-        if isinstance(result, RedisError):  # an error reply (AuthenticationError is not a ResponseError)
-            raise result
-        return result
+        return _raised(*await self.execute_many([args]))
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send several commands in one write; error replies are returned, not raised."""
@@ -1083,10 +1072,7 @@ class ConnectionPool:
 
     async def execute(self, *args: Any) -> Any:
         """One command on the shared connection; an error reply is raised."""
-        (result,) = await self.execute_many([args])
-        if isinstance(result, RedisError):  # an error reply (AuthenticationError is not a ResponseError)
-            raise result
-        return result
+        return _raised(*await self.execute_many([args]))
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Several commands in one write on the shared connection; error replies are returned.

@@ -220,6 +220,20 @@ local function history_item(expires, m, loc, pos, data)
   if loc then return fmt(expires) .. '|FH|' .. loc .. '|' .. pos .. '|' .. data end
   return fmt(expires) .. '|DH|' .. m .. '|' .. pos .. '|' .. data
 end
+-- One group item onto a list: kind 'D' (field: the member) or 'F' (field: the locals of a
+-- process's members), 'H' added when it carries a history position (pos, '' or nil for none).
+local function push_item(list, stats, global, exp, kind, field, pos, data)
+  local item
+  if pos and pos ~= '' then
+    item = fmt(now + exp) .. '|' .. kind .. 'H|' .. field .. '|' .. pos .. '|' .. data
+  else
+    item = fmt(now + exp) .. '|' .. kind .. '|' .. field .. '|' .. data
+  end
+  redis.call('RPUSH', list, item)
+  redis.call('PEXPIRE', list, math.ceil(exp) + 1000)
+  count(stats, 'messages_count')
+  count(global, 'messages_count')
+end
 """
 
 _GROUP: Final = _NOW + _GROUP_LIB
@@ -374,16 +388,7 @@ for _, key in ipairs(order) do
   if redis.call('LLEN', key) < target.cap then
     local kind, field = 'D', target.channel
     if #target.locals > 0 then kind, field = 'F', table.concat(target.locals, ',') end
-    local item
-    if pos then
-      item = fmt(now + exp) .. '|' .. kind .. 'H|' .. field .. '|' .. pos .. '|' .. ARGV[6]
-    else
-      item = fmt(now + exp) .. '|' .. kind .. '|' .. field .. '|' .. ARGV[6]
-    end
-    redis.call('RPUSH', key, item)
-    redis.call('PEXPIRE', key, math.ceil(exp) + 1000)
-    count(stats, 'messages_count')
-    count(KEYS[5], 'messages_count')
+    push_item(key, stats, KEYS[5], exp, kind, field, pos, ARGV[6])
     delivered = delivered + #target.members
   else
     count(stats, 'channel_full_count')
@@ -444,16 +449,7 @@ local function push_list(list, stats, hold, side, cap, kind, csv)
       else
         field = members[1]
       end
-      local item
-      if ARGV[3] ~= '' then
-        item = fmt(now + exp) .. '|' .. kind .. 'H|' .. field .. '|' .. ARGV[3] .. '|' .. ARGV[2]
-      else
-        item = fmt(now + exp) .. '|' .. kind .. '|' .. field .. '|' .. ARGV[2]
-      end
-      redis.call('RPUSH', target, item)
-      redis.call('PEXPIRE', target, math.ceil(exp) + 1000)
-      count(stats, 'messages_count')
-      count(KEYS[1], 'messages_count')
+      push_item(target, stats, KEYS[1], exp, kind, field, ARGV[3], ARGV[2])
       delivered = #members
     else
       count(stats, 'channel_full_count')
