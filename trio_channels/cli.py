@@ -9,8 +9,8 @@ module, which beats the :class:`~trio_channels.config.ServerConfig` default.
 
 Exit status: 0 after a clean shutdown; 2 for anything wrong at start-up (a bad routing path,
 settings module, layer URL, ASGI app, TLS file, log config, environment variable, an address
-that cannot be bound, or a layer that cannot start: no sentinel of a ``redis+sentinel://`` URL
-answers), printed as one line on stderr like argparse's own usage errors; 130 after a second
+that cannot be bound, or a layer that cannot start: no sentinel of a ``redis+sentinel://`` URL,
+or no node of a ``redis-cluster://`` one, answers), printed as one line on stderr like argparse's own usage errors; 130 after a second
 Ctrl+C (or one before start-up finished); 1 for an error while running.
 
 ``--processes N`` (and ``--reload``) run the server as children of a supervisor
@@ -180,7 +180,7 @@ def _build() -> tuple[argparse.ArgumentParser, list[Option]]:
         metavar="URL",
         field="layer",
         help="channel layer URL: memory:// (default), redis://host:6379/0, rediss://..., "
-        "redis+sentinel://host1:26379,host2:26379/SERVICE/0",
+        "redis+sentinel://host1:26379,host2:26379/SERVICE/0, redis-cluster://host1:7000,host2:7001/",
     )
     b.add(
         app,
@@ -193,7 +193,8 @@ def _build() -> tuple[argparse.ArgumentParser, list[Option]]:
         "--session-store",
         metavar="URL",
         field="session_store",
-        help="where sessions live: memory:// or redis://... (default: the Redis layer's server, else memory)",
+        help="where sessions live: memory://, redis://..., redis+sentinel://... or redis-cluster://... "
+        "(default: the Redis layer's server or cluster, else memory)",
     )
     b.add(
         app,

@@ -174,12 +174,17 @@ def _callable_or_path(instance: object, attribute: attrs.Attribute[Any], value: 
         raise TypeError(f"{attribute.name} must be a callable or its import path, got {value!r}")
 
 
+_SESSION_STORE_SCHEMES = (
+    *("memory://", "redis://", "rediss://", "unix://"),
+    *("redis+sentinel://", "rediss+sentinel://", "redis-cluster://", "rediss-cluster://"),
+)
+
+
 def _session_store(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, str) and not value.lower().startswith(
-        ("memory://", "redis://", "rediss://", "unix://")
-    ):
+    if isinstance(value, str) and not value.lower().startswith(_SESSION_STORE_SCHEMES):
         raise ValueError(
-            f"session_store {value!r} is invalid: use memory://, redis://host:6379/0, rediss://... or unix://..."
+            f"session_store {value!r} is invalid: use memory://, redis://host:6379/0, rediss://..., unix://..., "
+            "redis+sentinel://... or redis-cluster://..."
         )
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "client_files",
     "client_route",
     "cookie_header",
+    "file_consumer",
     "http_fallback",
     "parse_cookies",
     "send_response",
@@ -396,9 +397,7 @@ def static_files_consumer(
                 except OSError as exc:
                     log.warning("static file %s could not be read (%s); answered 404", target, exc)
             if target is not None and data is not None:
-                kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-                if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
-                    kind += "; charset=utf-8"
+                kind = _content_type(target.name)
                 body = b"" if message.get("method") == "HEAD" else data
                 await send_response(message, Response(body, 200, content_type=kind))
                 return
@@ -407,6 +406,52 @@ def static_files_consumer(
         else:
             await send_response(message, Response(not_found_text(path), 404, content_type="text/plain"))
 
+    return consume
+
+
+def _content_type(name: str) -> str:
+    """The content type of a file called *name*, with ``charset=utf-8`` for text."""
+    kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
+        kind += "; charset=utf-8"
+    return kind
+
+
+def file_consumer(path: str | os.PathLike[str], *, content_type: str | None = None) -> Consumer:
+    """An ``http.request`` consumer answering ``GET`` and ``HEAD`` with the file at *path*: a
+    page for your WebSockets, ``route("http.request", file_consumer("echo/index.html"), path=r"^/$")``.
+
+    A relative *path* is taken from the current directory when this is called (the folder you
+    run the server from). The file is read on every request, so an edit shows on the next
+    reload (``Cache-Control: no-cache``); its content type comes from its name
+    (``text/html; charset=utf-8`` for ``.html``) unless *content_type* is given. Other methods
+    get ``405 Method Not Allowed``.
+
+    Raises :exc:`FileNotFoundError` at once, naming the path and the directory it was looked
+    for in, if there is no such file. A file that cannot be read later fails its request (the
+    worker logs the error and answers 500).
+    """
+    target = Path(path).resolve()
+    if not target.is_file():
+        raise FileNotFoundError(
+            f"file {os.fspath(path)!r} not found: there is no file {str(target)!r} "
+            f"(relative paths start from the current directory, {os.getcwd()!r})"
+        )
+    kind = content_type or _content_type(target.name)
+
+    async def consume(message: Message) -> None:
+        method = message.get("method", "GET")
+        if method not in ("GET", "HEAD"):
+            allow = [("Allow", "GET, HEAD")]
+            await send_response(
+                message, Response(f"method {method} is not allowed: use GET\n", 405, allow, "text/plain")
+            )
+            return
+        body = await trio.Path(target).read_bytes()
+        headers = [("Cache-Control", "no-cache"), ("Content-Length", str(len(body)))]
+        await send_response(message, Response(b"" if method == "HEAD" else body, 200, headers, kind))
+
+    consume.__qualname__ = f"file_consumer({os.fspath(path)!r})"
     return consume
 
 

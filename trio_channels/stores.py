@@ -22,7 +22,7 @@ from layers.base import decode_message, encode_message
 from .channel import ContextSetter
 
 if TYPE_CHECKING:
-    from layers.redis import ConnectionPool
+    from layers.redis import ClusterClient, ConnectionPool
     from layers.redis.connection import ServerAddress
 
 __all__ = [
@@ -103,23 +103,28 @@ class RedisSessionStore:
 
     *url* is a ``redis://`` / ``rediss://`` / ``unix://`` URL, a ``redis+sentinel://`` /
     ``rediss+sentinel://`` one (the primary Redis Sentinel manages, followed through
-    failovers), or a ``layers.redis.RedisAddress`` / ``SentinelAddress``: the layer's forms.
+    failovers), a ``redis-cluster://`` / ``rediss-cluster://`` one (each session's key on the
+    node serving its slot), or a ``layers.redis.RedisAddress`` / ``SentinelAddress`` /
+    ``ClusterAddress``: the layer's forms.
     Uses the Redis layer's Trio-native connection. Values are msgpack; keys expire with the
     session (``SET ... PX``).
     """
 
     url: str | ServerAddress = "redis://localhost:6379/0"
     prefix: str = "trio_channels:session"
-    _pool: ConnectionPool | None = None
+    _pool: ConnectionPool | ClusterClient | None = None
     _stack: contextlib.AsyncExitStack | None = None
 
     async def __aenter__(self) -> RedisSessionStore:
-        from layers.redis import ConnectionPool, server_address
+        from layers.redis import ClusterAddress, ClusterClient, ConnectionPool, server_address
 
         address = server_address(self.url)  # a bad URL fails before anything starts
         stack = contextlib.AsyncExitStack()
         nursery = await stack.enter_async_context(trio.open_nursery())
-        self._pool = ConnectionPool(address, nursery)
+        if isinstance(address, ClusterAddress):
+            self._pool = ClusterClient(address, nursery)
+        else:
+            self._pool = ConnectionPool(address, nursery)
         stack.callback(nursery.cancel_scope.cancel)
         stack.push_async_callback(self._pool.aclose)
         self._stack = stack

@@ -12,19 +12,18 @@ async def ws_add(message):
     # Accept connection
     await message.reply_channel.send({"accept": True})
     # Add them to the right group
-    await Group("chat-%s" % message.user.username[0]).add(message.reply_channel)  # noqa: UP031
+    await Group(f"chat-{message.user.username[0]}").add(message.reply_channel)
 
 
 # Connected to websocket.receive
 @channel_session_user
 async def ws_message(message):
-    await Group("chat-%s" % message.user.username[0]).send({  # noqa: UP031
-        "text": "%s: %s" % (message.user.username, message["text"]),  # noqa: UP031
-    })  # fmt: skip
+    user = message.user
+    await Group(f"chat-{user.username[0]}").send({"text": f"{user.username}: {message['text']}"})
 
 
 # Connected to websocket.disconnect
 @channel_session_user
 async def ws_disconnect(message):
     if message.user.is_authenticated:
-        await Group("chat-%s" % message.user.username[0]).discard(message.reply_channel)  # noqa: UP031
+        await Group(f"chat-{message.user.username[0]}").discard(message.reply_channel)

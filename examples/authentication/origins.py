@@ -1,15 +1,24 @@
-"""A custom origin rule: subclass BaseOriginValidator and implement validate_origin."""
+"""A rule of your own for WebSocket origins: subclass BaseOriginValidator."""
 
+from urllib.parse import urlsplit
+
+from trio_channels import route
 from trio_channels.security import BaseOriginValidator
 
 
-class SameSchemeOriginValidator(BaseOriginValidator):
-    """Accept only https:// pages (and plain http:// on localhost, for development)."""
+class SecureOriginValidator(BaseOriginValidator):
+    """Accept pages served over https, and any page of localhost (for development)."""
 
     def validate_origin(self, message, origin):
-        return origin.startswith("https://") or origin.startswith("http://localhost")
+        parts = urlsplit(origin)
+        return parts.scheme == "https" or parts.hostname == "localhost"
 
 
-@SameSchemeOriginValidator
+@SecureOriginValidator
 async def ws_connect(message):
     await message.reply_channel.send({"accept": True})
+
+
+channel_routing = [
+    route("websocket.connect", ws_connect),
+]

@@ -1,6 +1,7 @@
-from examples.authentication.consumers import ws_add, ws_disconnect, ws_message
-from examples.authentication.views import login_page, login_view
 from trio_channels import route
+
+from .consumers import ws_add, ws_disconnect, ws_message
+from .views import login_page, login_view
 
 channel_routing = [
     route("http.request", login_page, path=r"^/$"),

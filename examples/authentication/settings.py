@@ -1,9 +1,10 @@
-# python -m trio_channels run --settings examples.authentication.settings
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "asgiref.inmemory.ChannelLayer",
-        "ROUTING": "examples.authentication.routing.channel_routing",
+        "ROUTING": "authentication.routing.channel_routing",
     },
 }
-AUTH_USER_LOADER = "examples.authentication.users.load_user"
+# How to load a user from the id in a session: your application's users
+AUTH_USER_LOADER = "authentication.users.load_user"
+# The hosts whose pages may open WebSockets here (see allowed_hosts_only)
 ALLOWED_HOSTS = ["localhost", "127.0.0.1"]

@@ -2,15 +2,16 @@
 
 import html
 import re
-from importlib import resources
+from pathlib import Path
 
-from examples.authentication.users import User
 from trio_channels.auth import login
 from trio_channels.http import Request, Response, send_response
 from trio_channels.sessions import http_session
 
-CHAT_PAGE = resources.files("examples.authentication").joinpath("chat.html").read_text()
-LOGIN_PAGE = resources.files("examples.authentication").joinpath("login.html").read_text()
+from .users import User
+
+LOGIN_PAGE = Path("authentication/login.html").read_text()
+CHAT_PAGE = Path("authentication/chat.html").read_text()
 
 
 async def login_page(message):
@@ -22,10 +23,10 @@ async def login_view(message):
     request = await Request.from_message(message)
     username = (request.form().get("username") or [""])[0]
     if not re.fullmatch(r"[a-zA-Z]{1,30}", username):
-        await send_response(
-            message, Response(LOGIN_PAGE.replace("<!--error-->", "Letters only, please."), 400)
-        )
+        page = LOGIN_PAGE.replace("<!--error-->", "Letters only, please.")
+        await send_response(message, Response(page, 400))
         return
+    # Log the user into the HTTP session: its cookie goes out with this response
     await login(message.http_session, User(id=username, username=username))
     page = CHAT_PAGE.replace("{{ username }}", html.escape(username))
     page = page.replace("{{ session_key }}", message.http_session.session_key)

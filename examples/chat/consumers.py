@@ -11,9 +11,7 @@ async def ws_add(message):
 
 # Connected to websocket.receive
 async def ws_message(message):
-    await Group("chat").send({
-        "text": "[user] %s" % message.content["text"],  # noqa: UP031 - the seed's line
-    })  # fmt: skip
+    await Group("chat").send({"text": f"[user] {message.content['text']}"})
 
 
 # Connected to websocket.disconnect

@@ -1,8 +1,10 @@
-from examples.echo.consumers import ws_message
-from examples.pages import html_page
 from trio_channels import route
+from trio_channels.http import file_consumer
+
+from .consumers import ws_message
 
 channel_routing = [
     route("websocket.receive", ws_message),
-    route("http.request", html_page("examples.echo"), path=r"^/$"),
+    # A page of the server, to run the JavaScript from
+    route("http.request", file_consumer("echo/index.html"), path=r"^/$"),
 ]

@@ -1,5 +1,5 @@
 from trio_channels import route
 
 channel_routing = [
-    route("http.request", "examples.first_consumers.consumers.http_consumer"),
+    route("http.request", "first_consumers.consumers.http_consumer"),
 ]

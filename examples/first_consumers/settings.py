@@ -1,7 +1,6 @@
-# python -m trio_channels run --settings examples.first_consumers.settings
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "asgiref.inmemory.ChannelLayer",
-        "ROUTING": "examples.first_consumers.routing.channel_routing",
+        "ROUTING": "first_consumers.routing.channel_routing",
     },
 }

@@ -1,8 +1,10 @@
 import trio
 
-from examples.models.models import save_message
 from trio_channels import Channel, Group
+from trio_channels.http import Request, Response, send_response
 from trio_channels.sessions import channel_session
+
+from .models import save_message
 
 
 # Connected to chat-messages
@@ -11,9 +13,7 @@ async def msg_consumer(message):
     room = message.content["room"]
     await trio.to_thread.run_sync(save_message, room, message.content["message"])
     # Broadcast to listening sockets
-    await Group("chat-%s" % room).send({  # noqa: UP031
-        "text": message.content["message"],
-    })  # fmt: skip
+    await Group(f"chat-{room}").send({"text": message.content["message"]})
 
 
 # Connected to websocket.connect
@@ -23,7 +23,7 @@ async def ws_connect(message):
     room = message.content["path"].strip("/")
     # Save room in session and add us to the group
     message.channel_session["room"] = room
-    await Group("chat-%s" % room).add(message.reply_channel)  # noqa: UP031
+    await Group(f"chat-{room}").add(message.reply_channel)
     # Accept the connection request
     await message.reply_channel.send({"accept": True})
 
@@ -32,13 +32,18 @@ async def ws_connect(message):
 @channel_session
 async def ws_message(message):
     # Stick the message onto the processing queue
-    await Channel("chat-messages").send({
-        "room": message.channel_session["room"],
-        "message": message["text"],
-    })  # fmt: skip
+    await Channel("chat-messages").send({"room": message.channel_session["room"], "message": message["text"]})
 
 
 # Connected to websocket.disconnect
 @channel_session
 async def ws_disconnect(message):
-    await Group("chat-%s" % message.channel_session["room"]).discard(message.reply_channel)  # noqa: UP031
+    await Group(f"chat-{message.channel_session['room']}").discard(message.reply_channel)
+
+
+# Connected to http.request, POST /announce/<room>/: not a WebSocket, and it still reaches the room
+async def announce(message, room):
+    request = await Request.from_message(message)
+    text = request.body.decode()
+    await Channel("chat-messages").send({"room": room, "message": f"[announcement] {text}"})
+    await send_response(message, Response("announced\n", 202, content_type="text/plain"))

@@ -18,9 +18,7 @@ async def ws_add(message):
 async def ws_message(message):
     # Without enforce_ordering this wouldn't work right
     message.channel_session["sent"] = message.channel_session["sent"] + 1
-    await Group("chat").send({
-        "text": "%s: %s" % (message.channel_session["sent"], message["text"]),  # noqa: UP031
-    })  # fmt: skip
+    await Group("chat").send({"text": f"{message.channel_session['sent']}: {message['text']}"})
 
 
 # Connected to websocket.disconnect

@@ -1,0 +1,1 @@
+"""The tutorial's "who is here, and catching up": presence, and history with recovery."""

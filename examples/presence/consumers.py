@@ -1,5 +1,3 @@
-"""Tutorial: who is here, and catching up (presence and history with recovery)."""
-
 import time
 
 from trio_channels import Group

@@ -1,4 +1,3 @@
-# python -m trio_channels run --settings examples.presence.settings
 CHANNEL_LAYERS = {
     "default": {
         # With several processes: "layers.redis.RedisChannelLayer" and "hosts": [...] in CONFIG
@@ -9,6 +8,6 @@ CHANNEL_LAYERS = {
             # Tell each room who joins and who leaves
             "presence": {"room-*": {"events": True}},
         },
-        "ROUTING": "examples.presence.routing.channel_routing",
+        "ROUTING": "presence.routing.channel_routing",
     },
 }

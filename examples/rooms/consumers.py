@@ -11,18 +11,16 @@ async def ws_connect(message):
     room = message.content["path"].strip("/")
     # Save room in session and add us to the group
     message.channel_session["room"] = room
-    await Group("chat-%s" % room).add(message.reply_channel)  # noqa: UP031
+    await Group(f"chat-{room}").add(message.reply_channel)
 
 
 # Connected to websocket.receive
 @channel_session
 async def ws_message(message):
-    await Group("chat-%s" % message.channel_session["room"]).send({  # noqa: UP031
-        "text": message["text"],
-    })  # fmt: skip
+    await Group(f"chat-{message.channel_session['room']}").send({"text": message["text"]})
 
 
 # Connected to websocket.disconnect
 @channel_session
 async def ws_disconnect(message):
-    await Group("chat-%s" % message.channel_session["room"]).discard(message.reply_channel)  # noqa: UP031
+    await Group(f"chat-{message.channel_session['room']}").discard(message.reply_channel)

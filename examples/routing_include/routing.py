@@ -1,5 +1,6 @@
-from examples.routing_include.consumers import chat_connect, chat_disconnect, chat_message, poll_consumer
 from trio_channels import include, route
+
+from .consumers import chat_connect, chat_disconnect, chat_message, poll_consumer
 
 http_routing = [
     route("http.request", poll_consumer, path=r"^/poll/$", method=r"^POST$"),

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from .connection import ConnectionPool, RedisAddress, RedisConnection, SentinelAddress, server_address
+from .cluster import ClusterClient
+from .connection import (
+    ClusterAddress,
+    ConnectionPool,
+    RedisAddress,
+    RedisConnection,
+    SentinelAddress,
+    server_address,
+)
 from .layer import RedisChannelLayer, consistent_hash
 
 __all__ = [
+    "ClusterAddress",
+    "ClusterClient",
     "ConnectionPool",
     "RedisAddress",
     "RedisChannelLayer",

@@ -12,7 +12,7 @@ reply and drops it, so a stale reply can never reach the next caller, and since 
 writer touches the socket a command is never half-written.
 
 Errors are redis-py's: socket problems become ``redis.exceptions.ConnectionError`` (one place,
-:func:`_map_errors`), timeouts ``TimeoutError``, error replies ``ResponseError`` and its
+:func:`map_errors`), timeouts ``TimeoutError``, error replies ``ResponseError`` and its
 subclasses by the table redis-py's parsers use (:data:`_ERROR_CLASSES`, public classes only:
 nothing here imports a private redis-py module). A connection that failed once is dead; the
 :class:`ConnectionPool` makes a new one on the next request.
@@ -47,6 +47,7 @@ from redis.connection import HiredisRespSerializer, parse_url
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
 __all__ = [
+    "ClusterAddress",
     "ConnectionPool",
     "RedisAddress",
     "RedisConnection",
@@ -82,14 +83,14 @@ class RedisAddress:
         try:
             options = parse_url(url)
         except ValueError as exc:
-            raise ValueError(f"Redis URL {url!r} is invalid: {exc}") from None
+            raise ValueError(f"Redis URL {redacted(url)!r} is invalid: {exc}") from None
         from urllib.parse import urlsplit
 
         database = urlsplit(url).path.strip("/")
         if not url.lower().startswith("unix:") and database and not database.isdigit():
             # redis-py's parse_url silently falls back to database 0 here.
             raise ValueError(
-                f"Redis URL {url!r} is invalid: the database {database!r} must be a number, like /0"
+                f"Redis URL {redacted(url)!r} is invalid: the database {database!r} must be a number, like /0"
             )
         return cls(
             host=options.get("host") or "localhost",
@@ -112,18 +113,27 @@ SENTINEL_SCHEMES: Final = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT: Final = 26379
 
 
+#: The URL schemes of a Redis Cluster (``rediss-`` is TLS to every node).
+CLUSTER_SCHEMES: Final = ("redis-cluster", "rediss-cluster")
+DEFAULT_CLUSTER_PORT: Final = 6379
+
+
 def _is_sentinel_url(url: str) -> bool:
     return url.partition("://")[0].lower() in SENTINEL_SCHEMES
 
 
+def _is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
 def split_urls(text: str) -> list[str]:
-    """Comma-separated URLs (one per shard), keeping the commas of a Sentinel URL's host list:
-    ``redis+sentinel://a:26379,b:26379/m/0,redis://c:6379/0`` is two URLs."""
+    """Comma-separated URLs (one per shard), keeping the commas of a Sentinel or Cluster URL's
+    host list: ``redis+sentinel://a:26379,b:26379/m/0,redis://c:6379/0`` is two URLs."""
     urls: list[str] = []
     for piece in (part.strip() for part in text.split(",")):
         if not piece:
             continue
-        if urls and "://" not in piece and _is_sentinel_url(urls[-1]):
+        if urls and "://" not in piece and (_is_sentinel_url(urls[-1]) or _is_cluster_url(urls[-1])):
             # Still in the previous URL's sentinel list if nothing after its host list began.
             after_scheme = urls[-1].partition("://")[2]
             if not any(mark in after_scheme for mark in "/?#"):
@@ -133,7 +143,69 @@ def split_urls(text: str) -> list[str]:
     return urls
 
 
-def _host_port(text: str, what: str) -> tuple[str, int]:
+def redacted(url: str) -> str:
+    """*url* with its password, if any, shown as ``***`` (for error messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.partition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{after}"
+
+
+@attrs.frozen
+class _MultiHostURL:
+    """The parts of a ``scheme://[[user]:password@]host[:port],host2[:port2].../path?query`` URL."""
+
+    scheme: str
+    username: str | None
+    password: str | None
+    hosts: tuple[tuple[str, int], ...]
+    path: str
+    query: str
+
+    @classmethod
+    def split(cls, url: str, what: str, schemes: tuple[str, ...], default_port: int) -> _MultiHostURL:
+        """Raises :exc:`ValueError` starting with *what* unless *url* has one of *schemes*."""
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in schemes:
+            raise ValueError(f"{what}: the scheme must be {' or '.join(f'{name}://' for name in schemes)}")
+        rest, _, _fragment = rest.partition("#")
+        rest, _, query = rest.partition("?")
+        netloc, _, path = rest.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, secret = userinfo.partition(":")
+            if not colon:
+                raise ValueError(
+                    f"{what}: put a colon before the password (':PASSWORD@', or 'USER:PASSWORD@' "
+                    "for an ACL user)"
+                )
+            username = urllib.parse.unquote(user) or None
+            password = urllib.parse.unquote(secret)
+        parts = tuple(
+            _host_port(part.strip(), what, default_port) for part in hosts.split(",") if part.strip()
+        )
+        return cls(scheme.lower(), username, password, parts, path, query)
+
+
+def _dict_options(config: Mapping[str, Any], what: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The checks every dict form shares: no unknown key, 'ssl' a bool (as ``tls``), and
+    'socket_timeout' a number of seconds; returns those two as options."""
+    unknown = [key for key in config if key not in keys]
+    if unknown:
+        raise ValueError(f"{what} has the unknown key {unknown[0]!r}; the keys are {', '.join(keys)}")
+    options: dict[str, Any] = {}
+    if "ssl" in config:
+        if not isinstance(config["ssl"], bool):
+            raise ValueError(f"{what}: 'ssl' must be True or False, got {config['ssl']!r}")
+        options["tls"] = config["ssl"]
+    if "socket_timeout" in config:
+        options["socket_timeout"] = _number(config["socket_timeout"], f"{what}: 'socket_timeout'")
+    return options
+
+
+def _host_port(text: str, what: str, default_port: int = DEFAULT_SENTINEL_PORT) -> tuple[str, int]:
     """``host``, ``host:port`` or ``[v6]:port`` -> (host, port); *what* prefixes errors."""
     host, port = text, ""
     if text.startswith("["):
@@ -148,7 +220,7 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
     if not host:
         raise ValueError(f"{what}: {text!r} has no host")
     if not port:
-        return host, DEFAULT_SENTINEL_PORT
+        return host, default_port
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{what}: the port in {text!r} must be a number from 1 to 65535")
     return host, int(port)
@@ -200,25 +272,9 @@ class SentinelAddress:
         options ``socket_timeout``, ``sentinel_username``, ``sentinel_password`` and
         ``sentinel_socket_timeout`` (others are left to the layer). Raises :exc:`ValueError`
         naming *url* if it cannot be parsed."""
-        what = f"Redis Sentinel URL {url!r} is invalid"
-        scheme, _, rest = url.partition("://")
-        if scheme.lower() not in SENTINEL_SCHEMES:
-            raise ValueError(f"{what}: the scheme must be redis+sentinel:// or rediss+sentinel://")
-        rest, _, _fragment = rest.partition("#")
-        rest, _, query = rest.partition("?")
-        netloc, _, path = rest.partition("/")
-        userinfo, at, hosts = netloc.rpartition("@")
-        username = password = None
-        if at:
-            user, colon, secret = userinfo.partition(":")
-            if not colon:
-                raise ValueError(
-                    f"{what}: put a colon before the password (':PASSWORD@', or 'USER:PASSWORD@' "
-                    "for an ACL user)"
-                )
-            username = urllib.parse.unquote(user) or None
-            password = urllib.parse.unquote(secret)
-        sentinels = tuple(_host_port(part.strip(), what) for part in hosts.split(",") if part.strip())
+        what = f"Redis Sentinel URL {redacted(url)!r} is invalid"
+        parts = _MultiHostURL.split(url, what, SENTINEL_SCHEMES, DEFAULT_SENTINEL_PORT)
+        sentinels, path, query = parts.hosts, parts.path, parts.query
         if not sentinels:
             raise ValueError(
                 f"{what}: name at least one sentinel, like redis+sentinel://host:26379/mymaster/0"
@@ -245,9 +301,9 @@ class SentinelAddress:
             sentinels=sentinels,
             service_name=segments[0],
             db=int(database),
-            username=username,
-            password=password,
-            tls=scheme.lower() == "rediss+sentinel",
+            username=parts.username,
+            password=parts.password,
+            tls=parts.scheme == "rediss+sentinel",
             **options,
         )
 
@@ -282,49 +338,25 @@ class SentinelAddress:
         Raises :exc:`ValueError` naming the key or value that is wrong.
         """
         what = "a Redis Sentinel host"
-        unknown = [key for key in config if key not in cls.DICT_KEYS]
-        if unknown:
-            raise ValueError(
-                f"{what} has the unknown key {unknown[0]!r}; the keys are {', '.join(cls.DICT_KEYS)}"
-            )
+        options = _dict_options(config, what, cls.DICT_KEYS)
         raw = config.get("sentinels")
-        if isinstance(raw, str) or (isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], int)):
-            raw = [raw]  # one sentinel
-        if not raw or not isinstance(raw, (list, tuple)):
+        if not raw:
             raise ValueError(
                 f"{what} needs 'sentinels': a list of (host, port), like [('sentinel-1', 26379)]; got {raw!r}"
             )
-        sentinels = []
-        for entry in raw:
-            if isinstance(entry, str):
-                sentinels.append(_host_port(entry, what))
-            elif (
-                isinstance(entry, (tuple, list))
-                and len(entry) == 2
-                and isinstance(entry[0], str)
-                and entry[0]
-                and isinstance(entry[1], int)
-                and 0 < entry[1] < 65536
-            ):
-                sentinels.append((entry[0], entry[1]))
-            else:
-                raise ValueError(f"{what}: the sentinel {entry!r} is not (host, port) or 'host:port'")
+        sentinels = _nodes(raw, f"{what}: 'sentinels'", "sentinel", DEFAULT_SENTINEL_PORT)
         if "master_name" in config and "service_name" in config:
             raise ValueError(f"{what}: give 'master_name' or 'service_name' (the same thing), not both")
         service = config.get("master_name", config.get("service_name"))
         if service is None:
             raise ValueError(f"{what} needs 'master_name': the service name the sentinels monitor")
-        options = {key: config[key] for key in ("db", "username", "password") if key in config}
-        if "ssl" in config:
-            if not isinstance(config["ssl"], bool):
-                raise ValueError(f"{what}: 'ssl' must be True or False, got {config['ssl']!r}")
-            options["tls"] = config["ssl"]
-        for key in ("sentinel_username", "sentinel_password"):
+        for key in ("db", "username", "password", "sentinel_username", "sentinel_password"):
             if key in config:
                 options[key] = config[key]
-        for key in ("socket_timeout", "sentinel_socket_timeout"):
-            if key in config:
-                options[key] = _number(config[key], f"{what}: {key!r}")
+        if "sentinel_socket_timeout" in config:
+            options["sentinel_socket_timeout"] = _number(
+                config["sentinel_socket_timeout"], f"{what}: 'sentinel_socket_timeout'"
+            )
         extra = config.get("sentinel_kwargs") or {}
         if not isinstance(extra, Mapping) or any(key not in cls._SENTINEL_KWARGS for key in extra):
             raise ValueError(
@@ -339,29 +371,24 @@ class SentinelAddress:
                 if key == "socket_timeout"
                 else value
             )
-        return cls(sentinels=tuple(sentinels), service_name=service, **options)
+        return cls(sentinels=sentinels, service_name=service, **options)
 
     def primary(self, host: str, port: int) -> RedisAddress:
         """The address of the primary at *host*:*port*, with this service's credentials."""
-        return RedisAddress(
-            host=host,
-            port=port,
-            db=self.db,
-            username=self.username,
-            password=self.password,
-            tls=self.tls,
-            socket_timeout=self.socket_timeout,
-        )
+        return RedisAddress(host=host, port=port, db=self.db, tls=self.tls, **self._credentials())
+
+    def _credentials(self) -> dict[str, Any]:
+        return {"username": self.username, "password": self.password, "socket_timeout": self.socket_timeout}
 
     def sentinel(self, host: str, port: int) -> RedisAddress:
         """The address of the sentinel at *host*:*port* (database 0, the sentinels' credentials)."""
+        timeout, username, password = (
+            self.sentinel_socket_timeout,
+            self.sentinel_username,
+            self.sentinel_password,
+        )
         return RedisAddress(
-            host=host,
-            port=port,
-            username=self.sentinel_username,
-            password=self.sentinel_password,
-            tls=self.tls,
-            socket_timeout=self.sentinel_socket_timeout,
+            host=host, port=port, tls=self.tls, username=username, password=password, socket_timeout=timeout
         )
 
     def __str__(self) -> str:
@@ -372,30 +399,159 @@ class SentinelAddress:
         return f"{scheme}://{hosts}/{urllib.parse.quote(self.service_name, safe='')}/{self.db}"
 
 
-#: Where a pool connects: a fixed server, or whichever one the sentinels name the primary.
-ServerAddress: TypeAlias = RedisAddress | SentinelAddress
+def _nodes(
+    raw: Any, what: str, kind: str = "node", default_port: int = DEFAULT_CLUSTER_PORT
+) -> tuple[tuple[str, int], ...]:
+    """The (host, port) list of the dict forms: ``[("h", 7000), "h2:7001"]``, or one of them."""
+    if isinstance(raw, str) or (isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], int)):
+        raw = [raw]
+    if not raw or not isinstance(raw, (list, tuple)):
+        raise ValueError(f"{what}: a list of (host, port), like [('redis-1', 7000)], is needed; got {raw!r}")
+    nodes = []
+    for entry in raw:
+        if isinstance(entry, str):
+            nodes.append(_host_port(entry, what, default_port))
+        elif (
+            isinstance(entry, (tuple, list))
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and entry[0]
+            and isinstance(entry[1], int)
+            and 0 < entry[1] < 65536
+        ):
+            nodes.append((entry[0], entry[1]))
+        else:
+            raise ValueError(f"{what}: the {kind} {entry!r} is not (host, port) or 'host:port'")
+    return tuple(nodes)
 
 
-def server_address(value: str | Mapping[str, Any] | RedisAddress | SentinelAddress) -> ServerAddress:
+#: How many shards a cluster's keys are spread over by default (see :class:`ClusterAddress`).
+DEFAULT_CLUSTER_SHARDS: Final = 12
+
+
+@attrs.frozen(kw_only=True)
+class ClusterAddress:
+    """A Redis Cluster: the nodes to ask for its slot map first (any few of its primaries or
+    replicas will do: the map names the rest), and how to talk to every node.
+
+    ``shards`` is how many hash tags the layer spreads its keys over (see docs/redis.rst,
+    "Redis Cluster"): every process of a deployment must use the same number.
+    """
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    socket_timeout: float = 10.0
+    shards: int = DEFAULT_CLUSTER_SHARDS
+
+    def __attrs_post_init__(self) -> None:
+        if not self.nodes:
+            raise ValueError("a Redis Cluster needs at least one node to start from")
+        if type(self.shards) is not int or not 1 <= self.shards <= 256:
+            raise ValueError(
+                f"the cluster's shards must be a whole number from 1 to 256, got {self.shards!r}"
+            )
+
+    @classmethod
+    def from_url(cls, url: str) -> ClusterAddress:
+        """``redis-cluster://[[user]:password@]host[:port][,host2[:port2]...][/]`` (``rediss-cluster://``
+        for TLS; ports default to 6379; a cluster has only database 0, so the path is empty,
+        ``/`` or ``/0``) with the query options ``socket_timeout`` and ``shards`` (others are
+        left to the layer). Raises :exc:`ValueError` naming *url* if it cannot be parsed."""
+        what = f"Redis Cluster URL {redacted(url)!r} is invalid"
+        parts = _MultiHostURL.split(url, what, CLUSTER_SCHEMES, DEFAULT_CLUSTER_PORT)
+        nodes, path, query = parts.hosts, parts.path, parts.query
+        if not nodes:
+            raise ValueError(f"{what}: name at least one node, like redis-cluster://host1:7000,host2:7001/")
+        if path.strip("/") not in ("", "0"):
+            raise ValueError(f"{what}: a Redis Cluster has only database 0; the path must be empty, / or /0")
+        options: dict[str, Any] = {}
+        for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            if key == "socket_timeout":
+                options[key] = _number(value, f"{what}: option {key}")
+            elif key == "shards":
+                if not value.isdigit():
+                    raise ValueError(f"{what}: option shards={value!r} must be a whole number")
+                options[key] = int(value)
+        try:
+            return cls(
+                nodes=nodes,
+                username=parts.username,
+                password=parts.password,
+                tls=parts.scheme == "rediss-cluster",
+                **options,
+            )
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+
+    #: The keys of the dict form (``CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]``).
+    DICT_KEYS: ClassVar = ("cluster", "username", "password", "ssl", "socket_timeout", "shards")
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> ClusterAddress:
+        """The dict form::
+
+            {"cluster": [("redis-1", 7000), "redis-2:7001"],   # nodes to start from
+             "username": ..., "password": ..., "ssl": False,
+             "socket_timeout": 10, "shards": 12}
+
+        Raises :exc:`ValueError` naming the key or value that is wrong.
+        """
+        what = "a Redis Cluster host"
+        options = _dict_options(config, what, cls.DICT_KEYS)
+        options.update((key, config[key]) for key in ("username", "password", "shards") if key in config)
+        try:
+            return cls(nodes=_nodes(config.get("cluster"), f"{what}: 'cluster'"), **options)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+
+    def node(self, host: str, port: int) -> RedisAddress:
+        """The address of the node at *host*:*port*, with the cluster's credentials."""
+        return RedisAddress(host=host, port=port, tls=self.tls, **self._credentials())
+
+    def _credentials(self) -> dict[str, Any]:
+        return {"username": self.username, "password": self.password, "socket_timeout": self.socket_timeout}
+
+    def __str__(self) -> str:
+        hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.nodes)
+        return f"{'rediss-cluster' if self.tls else 'redis-cluster'}://{hosts}/"
+
+
+#: Where a pool connects: a fixed server, whichever one the sentinels name the primary, or (with
+#: a slot, see :mod:`.cluster`) the node of a Redis Cluster that serves that slot.
+ServerAddress: TypeAlias = RedisAddress | SentinelAddress | ClusterAddress
+
+
+def server_address(value: str | Mapping[str, Any] | ServerAddress) -> ServerAddress:
     """A server from a URL (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
-    ``rediss+sentinel://``), a Sentinel dict (:meth:`SentinelAddress.from_dict`) or an address.
+    ``rediss+sentinel://``, ``redis-cluster://``, ``rediss-cluster://``), a Sentinel or Cluster
+    dict (:meth:`SentinelAddress.from_dict`, :meth:`ClusterAddress.from_dict`: a dict with a
+    ``"cluster"`` key is a cluster) or an address.
 
     Raises :exc:`ValueError` naming the value if it is none of those.
     """
-    if isinstance(value, (RedisAddress, SentinelAddress)):
+    if isinstance(value, (RedisAddress, SentinelAddress, ClusterAddress)):
         return value
     if isinstance(value, str):
-        return SentinelAddress.from_url(value) if _is_sentinel_url(value) else RedisAddress.from_url(value)
+        if _is_sentinel_url(value):
+            return SentinelAddress.from_url(value)
+        if _is_cluster_url(value):
+            return ClusterAddress.from_url(value)
+        return RedisAddress.from_url(value)
     if isinstance(value, Mapping):
+        if "cluster" in value:
+            return ClusterAddress.from_dict(value)
         return SentinelAddress.from_dict(value)
     raise ValueError(
         f"Redis host {value!r} is invalid: use a URL ('redis://host:6379/0', "
-        "'redis+sentinel://host:26379/mymaster/0') or a Sentinel dict"
+        "'redis+sentinel://host:26379/mymaster/0', 'redis-cluster://host1:7000,host2:7001/') "
+        "or a Sentinel or Cluster dict"
     )
 
 
 @contextlib.contextmanager
-def _map_errors(address: RedisAddress) -> Iterator[None]:
+def map_errors(address: RedisAddress) -> Iterator[None]:
     """The one place where I/O errors become redis-py's exceptions."""
     try:
         yield
@@ -460,6 +616,13 @@ def _error_reply(text: str) -> RedisError:
         return ResponseError(text)
 
 
+def _raised(result: Any) -> Any:
+    """*result*, one command's reply, unless it is an error reply: that is raised."""
+    if isinstance(result, RedisError):  # an error reply (AuthenticationError is not a ResponseError)
+        raise result
+    return result
+
+
 @attrs.define(eq=False, slots=True)
 class RequestCounter:
     """How many requests (:meth:`RedisConnection.execute_many` calls: one round trip each,
@@ -488,7 +651,7 @@ class RedisConnection:
     async def open(cls, address: RedisAddress, nursery: trio.Nursery) -> RedisConnection:
         """Connect, start the reader in *nursery*, authenticate and select the database."""
         connection = cls(address)
-        with _map_errors(address), trio.fail_after(address.socket_timeout):
+        with map_errors(address), trio.fail_after(address.socket_timeout):
             if address.path:
                 stream: trio.abc.Stream = await trio.open_unix_socket(address.path)
             else:
@@ -529,10 +692,7 @@ class RedisConnection:
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and wait for its reply (error replies are raised)."""
-        (result,) = await self.execute_many([args])
-        if isinstance(result, RedisError):  # an error reply (AuthenticationError is not a ResponseError)
-            raise result
-        return result
+        return _raised(*await self.execute_many([args]))
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send several commands in one write; error replies are returned, not raised."""
@@ -575,7 +735,7 @@ class RedisConnection:
                 data, self._outgoing = bytes(self._outgoing), bytearray()
                 if not data:
                     continue
-                with trio.fail_after(self.address.socket_timeout), _map_errors(self.address):
+                with trio.fail_after(self.address.socket_timeout), map_errors(self.address):
                     await stream.send_all(data)
         except (ConnectionError, TimeoutError) as exc:
             self._fail(exc)
@@ -586,7 +746,7 @@ class RedisConnection:
         reader = hiredis.Reader(replyError=_error_reply, notEnoughData=_NOT_ENOUGH_DATA)
         try:
             while not self._closed.is_set():
-                with _map_errors(self.address):
+                with map_errors(self.address):
                     data = await stream.receive_some(65536)
                 if not data:
                     raise ConnectionError(f"Redis at {self.address} closed the connection")
@@ -632,11 +792,11 @@ class RedisConnection:
         await self._close_stream()
 
 
-def _where(host: str, port: int) -> str:
+def node_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
     """Why *exc* happened, in a few words ("connection refused", not trio's whole story)."""
     cause = exc.__cause__
     if isinstance(cause, trio.TooSlowError):
@@ -653,6 +813,21 @@ def _reason(exc: BaseException) -> str:
 
 #: Replies meaning "this server is not (or not yet) the primary": the command did not run.
 _NOT_THE_PRIMARY: Final = (errors.ReadOnlyError, errors.BusyLoadingError, errors.MasterDownError)
+#: ...and "another node serves that slot now" (a Redis Cluster's): it did not run either.
+_ELSEWHERE: Final = (*_NOT_THE_PRIMARY, errors.MovedError)
+#: How many redirects one command follows (a slot can move twice while a cluster reshards).
+REDIRECTS: Final = 3
+
+
+def is_ask(reply: Any) -> bool:
+    return isinstance(reply, errors.AskError) and not isinstance(reply, errors.MovedError)
+
+
+def redirect_text(error: errors.MovedError | errors.AskError | BaseException) -> str:
+    if isinstance(error, errors.AskError):  # MovedError is an AskError
+        kind = "MOVED" if isinstance(error, errors.MovedError) else "ASK"
+        return f"{kind} slot {error.slot_id} to {node_text(error.host, error.port)}"
+    return str(error)
 
 
 @attrs.define(eq=False)
@@ -693,7 +868,7 @@ class SentinelResolver:
         async with trio.open_nursery() as nursery:  # for the connection's reader and writer
             try:
                 # One deadline for connecting, authenticating and the answer.
-                with _map_errors(address), trio.fail_after(address.socket_timeout):
+                with map_errors(address), trio.fail_after(address.socket_timeout):
                     connection = await RedisConnection.open(address, nursery)
                     try:
                         reply = await connection.execute(
@@ -715,10 +890,10 @@ class SentinelResolver:
         try:
             primary = await self._ask(sentinel)
         except RedisError as exc:
-            failures.append(f"{_where(*sentinel)}: {_reason(exc)}")
+            failures.append(f"{node_text(*sentinel)}: {failure_reason(exc)}")
             return None
         if primary is None:
-            failures.append(f"{_where(*sentinel)}: does not know {self.address.service_name!r}")
+            failures.append(f"{node_text(*sentinel)}: does not know {self.address.service_name!r}")
         return primary
 
     def _prefer(self, sentinel: tuple[str, int]) -> None:
@@ -748,16 +923,16 @@ class SentinelResolver:
             primary = await self._ask_noting(sentinel, failures)
             if primary is None:
                 continue
-            where = _where(primary.host, primary.port)
+            where = node_text(primary.host, primary.port)
             if primary in tried:
-                failures.append(f"{_where(*sentinel)}: named {where} too")
+                failures.append(f"{node_text(*sentinel)}: named {where} too")
                 continue
             tried.add(primary)
-            where = f"{where} (named by {_where(*sentinel)})"
+            where = f"{where} (named by {node_text(*sentinel)})"
             try:
                 connection = await RedisConnection.open(primary, nursery)
             except RedisError as exc:
-                failures.append(f"{where}: {_reason(exc)}")
+                failures.append(f"{where}: {failure_reason(exc)}")
                 continue
             if not await self._is_primary(connection, where, failures):
                 continue
@@ -766,8 +941,8 @@ class SentinelResolver:
                 log.warning(
                     "Redis Sentinel: the primary of %r is now %s (was %s)",
                     self.address.service_name,
-                    _where(primary.host, primary.port),
-                    _where(self.primary.host, self.primary.port),
+                    node_text(primary.host, primary.port),
+                    node_text(self.primary.host, self.primary.port),
                 )
             self.primary = primary
             return connection
@@ -777,7 +952,7 @@ class SentinelResolver:
         """Whether *connection*'s server says it is a primary (or may not say so: an ACL). If
         not, the connection is closed and the reason noted in *failures*."""
         try:
-            with _map_errors(connection.address), trio.fail_after(connection.address.socket_timeout):
+            with map_errors(connection.address), trio.fail_after(connection.address.socket_timeout):
                 reply = await connection.execute("ROLE")
         except errors.NoPermissionError:
             return True  # ROLE is not allowed to us; a READONLY reply would tell us later
@@ -786,7 +961,7 @@ class SentinelResolver:
                 await connection.aclose()
             if not isinstance(exc, RedisError):
                 raise
-            failures.append(f"{where}: {_reason(exc)}")
+            failures.append(f"{where}: {failure_reason(exc)}")
             return False
         role = reply[0].decode() if isinstance(reply, list) and reply else repr(reply)
         if role == "master":
@@ -797,7 +972,7 @@ class SentinelResolver:
         return False
 
 
-def _resolver(address: ServerAddress) -> _FixedServer | SentinelResolver:
+def _resolver(address: RedisAddress | SentinelAddress) -> _FixedServer | SentinelResolver:
     return SentinelResolver(address) if isinstance(address, SentinelAddress) else _FixedServer(address)
 
 
@@ -823,7 +998,10 @@ class ConnectionPool:
     on_connect: Callable[[RedisConnection], Awaitable[None]] | None = None
     #: The requests of every connection of the pool (for measurements: round trips).
     counter: RequestCounter = attrs.Factory(RequestCounter)
-    _resolver: _FixedServer | SentinelResolver = attrs.field(init=False)
+    #: Where new connections go, if not where *address* says: a Redis Cluster slot's resolver
+    #: (:class:`~layers.redis.cluster.ClusterSlotResolver`), which *address* alone cannot name.
+    resolver: Any = None
+    _resolver: Any = attrs.field(init=False)
     _shared: RedisConnection | None = None
     _connecting: trio.Lock = attrs.Factory(trio.Lock)
     _attempts: int = attrs.field(default=0, init=False)
@@ -832,18 +1010,38 @@ class ConnectionPool:
     _all: set[RedisConnection] = attrs.Factory(set)
 
     def __attrs_post_init__(self) -> None:
-        self._resolver = _resolver(self.address)
+        if self.resolver is not None:
+            self._resolver = self.resolver
+        elif isinstance(self.address, ClusterAddress):
+            raise ValueError(
+                "a pool on a Redis Cluster connects to the node of one slot: give it that slot's "
+                "resolver (layers.redis.cluster.ClusterSlotResolver), or use ClusterClient"
+            )
+        else:
+            self._resolver = _resolver(self.address)
 
     async def _open(self) -> RedisConnection:
-        connection = await self._resolver.connect(self.nursery)
-        connection.counter = self.counter
-        if self.on_connect is not None:
+        for attempt in range(REDIRECTS + 1):
+            connection = await self._resolver.connect(self.nursery)
+            connection.counter = self.counter
+            if self.on_connect is None:
+                break
             try:
                 await self.on_connect(connection)
+            except (errors.MovedError, errors.AskError) as exc:
+                # A cluster's slot map was out of date (or the slot is being migrated).
+                with trio.CancelScope(shield=True):
+                    await connection.aclose()
+                redirected = getattr(self._resolver, "redirected", None)
+                if redirected is None or attempt == REDIRECTS:
+                    raise ConnectionError(f"Redis at {connection.address}: {redirect_text(exc)}") from exc
+                redirected(exc)
+                continue
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await connection.aclose()
                 raise
+            break
         for other in list(self._all):
             if not other.broken and other.address != connection.address:
                 await other.retire()  # a failover: nothing more for the old primary
@@ -874,10 +1072,7 @@ class ConnectionPool:
 
     async def execute(self, *args: Any) -> Any:
         """One command on the shared connection; an error reply is raised."""
-        (result,) = await self.execute_many([args])
-        if isinstance(result, RedisError):  # an error reply (AuthenticationError is not a ResponseError)
-            raise result
-        return result
+        return _raised(*await self.execute_many([args]))
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Several commands in one write on the shared connection; error replies are returned.
@@ -891,24 +1086,67 @@ class ConnectionPool:
         results = await connection.execute_many(commands)
         if not self._resolver.follows_primary:
             return results
-        again = [index for index, result in enumerate(results) if isinstance(result, _NOT_THE_PRIMARY)]
-        if not again:
-            return results
-        log.info(
-            "Redis at %s answered %s (%s): asking the sentinels of %s for the primary again",
-            connection.address,
-            type(results[again[0]]).__name__,
-            results[again[0]],
-            self.address,
-        )
-        await connection.retire()
-        connection = await self.shared()
-        retried = await connection.execute_many([commands[index] for index in again])
-        for index, result in zip(again, retried, strict=True):
-            results[index] = result
-        if any(isinstance(result, _NOT_THE_PRIMARY) for result in retried):
+        redirected = getattr(self._resolver, "redirected", None)  # a Redis Cluster slot's
+        for attempt in range(REDIRECTS + 1 if redirected is not None else 1):
+            for index, result in enumerate(results):
+                if is_ask(result):  # the slot is being migrated: this once, there
+                    results[index] = await self._asking(result, commands[index])
+            again = [index for index, result in enumerate(results) if isinstance(result, _ELSEWHERE)]
+            if redirected is not None and not again:
+                # TRYAGAIN: a command on several keys of a slot being migrated, some of them
+                # moved already; it runs once the migration is done (a few ms per slot).
+                again = [
+                    index for index, result in enumerate(results) if isinstance(result, errors.TryAgainError)
+                ]
+                if again:
+                    await trio.sleep(0.05 * 2**attempt)
+                    retried = await connection.execute_many([commands[index] for index in again])
+                    for index, result in zip(again, retried, strict=True):
+                        results[index] = result
+                    continue
+            if not again:
+                return results
+            first = results[again[0]]
+            if redirected is None:
+                log.info(
+                    "Redis at %s answered %s (%s): asking the sentinels of %s for the primary again",
+                    connection.address,
+                    type(first).__name__,
+                    first,
+                    self.address,
+                )
+            else:
+                log.info(
+                    "Redis at %s answered %s (%s): following the slot map of %s",
+                    connection.address,
+                    type(first).__name__,
+                    redirect_text(first),
+                    self.address,
+                )
+                redirected(first)
+            await connection.retire()
+            connection = await self.shared()
+            retried = await connection.execute_many([commands[index] for index in again])
+            for index, result in zip(again, retried, strict=True):
+                results[index] = result
+        for index, result in enumerate(results):
+            if is_ask(result):  # from the last try of a TRYAGAIN
+                results[index] = await self._asking(result, commands[index])
+        if any(isinstance(result, _ELSEWHERE) for result in results):
             await connection.retire()  # still not the primary: the next command asks again
         return results
+
+    async def _asking(self, error: errors.AskError, command: Sequence[Any]) -> Any:
+        """*command* once on the node an ``ASK`` redirect names, behind ``ASKING``."""
+        address = self._resolver.node(error.host, error.port)
+        async with trio.open_nursery() as nursery:
+            connection = await RedisConnection.open(address, nursery)
+            connection.counter = self.counter
+            try:
+                _, result = await connection.execute_many([("ASKING",), command])
+            finally:
+                await connection.aclose()
+        return result
 
     @contextlib.asynccontextmanager
     async def dedicated(self) -> Any:
@@ -922,6 +1160,13 @@ class ConnectionPool:
         try:
             yield connection
             clean = True
+        except (errors.MovedError, errors.AskError) as exc:
+            # A cluster's slot moved (or is moving) away from the node of this connection.
+            redirected = getattr(self._resolver, "redirected", None)
+            if redirected is None:
+                raise
+            redirected(exc)
+            raise ConnectionError(f"Redis at {connection.address}: {redirect_text(exc)}") from exc
         finally:
             if clean and not connection.broken and len(self._idle) < self.max_idle:
                 self._idle.append(connection)

@@ -39,7 +39,11 @@ after ``expiry``.
 Several hosts shard by consistent hashing on the channel's non-local name (so a process
 prefix and everything under it live on one server) and on the group name. A host is a fixed
 server or a Sentinel-managed primary; only the connection pools know which (their resolver,
-in :mod:`.connection`): after a failover, new connections go to the new primary.
+in :mod:`.connection`): after a failover, new connections go to the new primary. On a Redis
+Cluster the shards are hash tags instead of servers: every key of shard *k* starts
+``<prefix>:{<tag k>}:``, so each shard is one slot and every script stays in it, and each
+shard's pool follows the node serving that slot (:mod:`.cluster`). A group send across shards
+is one script on the group's shard and one per shard holding members' lists.
 
 Lost memberships: every new connection asks its server for its ``run_id`` (``INFO server``)
 and for the layer's *epoch* key ``<prefix>:epoch``, a random token the first process to
@@ -74,8 +78,10 @@ import attrs
 import trio
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
     ConnectionError,
+    MovedError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -115,7 +121,9 @@ from ..groups import (
     validate_since,
 )
 from . import scripts
+from .cluster import ClusterSlotResolver, ClusterTopology, key_slot, shard_tags
 from .connection import (
+    ClusterAddress,
     ConnectionPool,
     RedisAddress,
     RedisConnection,
@@ -319,21 +327,28 @@ def _fernet(keys: Sequence[str | bytes] | None) -> Any:
 
 
 def _hosts(value: Any) -> list[ServerAddress]:
-    if isinstance(value, (str, tuple, dict, RedisAddress, SentinelAddress)):
+    if isinstance(value, (str, tuple, dict, RedisAddress, SentinelAddress, ClusterAddress)):
         value = [value]
     addresses: list[ServerAddress] = []
     for host in value:
         if isinstance(host, (tuple, list)) and len(host) == 2:
             addresses.append(RedisAddress(host=str(host[0]), port=int(host[1])))
-        elif isinstance(host, (str, dict, RedisAddress, SentinelAddress)):
+        elif isinstance(host, (str, dict, RedisAddress, SentinelAddress, ClusterAddress)):
             addresses.append(server_address(host))
         else:
             raise ValueError(
                 f"Redis host {host!r} is invalid: use 'redis://host:port/db', (host, port), "
-                "'redis+sentinel://host:26379/mymaster/0' or a Sentinel dict"
+                "'redis+sentinel://host:26379/mymaster/0', 'redis-cluster://host1:7000,host2:7001/' "
+                "or a Sentinel or Cluster dict"
             )
     if not addresses:
         raise ValueError("hosts must name at least one Redis server")
+    if len(addresses) > 1 and any(isinstance(address, ClusterAddress) for address in addresses):
+        cluster = next(address for address in addresses if isinstance(address, ClusterAddress))
+        raise ValueError(
+            f"hosts may name one Redis Cluster ({cluster}) and nothing else: the cluster shards by "
+            "itself; name all its nodes in one redis-cluster:// URL"
+        )
     return addresses
 
 
@@ -341,12 +356,15 @@ def _hosts(value: Any) -> list[ServerAddress]:
 class RedisChannelLayer(ParkingLayer):
     """A channel layer on one or more Redis servers (several = sharded).
 
-    ``hosts`` takes URLs (``redis://``, ``rediss://``, ``unix://``, and for a primary that
-    Redis Sentinel manages ``redis+sentinel://`` / ``rediss+sentinel://``), ``(host, port)``
-    tuples and Sentinel dicts (:meth:`~layers.redis.SentinelAddress.from_dict`). Enter it
+    ``hosts`` takes URLs (``redis://``, ``rediss://``, ``unix://``, for a primary that
+    Redis Sentinel manages ``redis+sentinel://`` / ``rediss+sentinel://``, and for a Redis
+    Cluster -- then the only host -- ``redis-cluster://`` / ``rediss-cluster://``), ``(host,
+    port)`` tuples and Sentinel or Cluster dicts (:meth:`~layers.redis.SentinelAddress.from_dict`,
+    :meth:`~layers.redis.ClusterAddress.from_dict`). Enter it
     (``async with``) before use: that starts its connection readers and its delayed-message
-    mover in the layer's own nursery, and asks the sentinels of each Sentinel-managed host once
-    (:exc:`~layers.ChannelLayerUnavailable` naming them if none answers).
+    mover in the layer's own nursery, and asks the sentinels of each Sentinel-managed host once,
+    or a cluster's nodes for its slot map (:exc:`~layers.ChannelLayerUnavailable` naming them
+    if none answers).
     """
 
     extensions = ("groups", "flush", "statistics", "delay", "presence", "history", "own")
@@ -388,12 +406,29 @@ class RedisChannelLayer(ParkingLayer):
     _remote_replies: dict[str, float] = attrs.field(factory=dict, init=False, repr=False)
     _sends_done: int = attrs.field(default=0, init=False, repr=False)
     _all_in_redis_until: float = attrs.field(default=-math.inf, init=False, repr=False)
-    _list_key_offset: int = attrs.field(default=0, init=False, repr=False)
+    #: Per shard: the prefix of its keys (the layer's prefix; on a cluster, with its hash tag),
+    #: and how long its list keys are without the list's name.
+    _key_prefixes: list[str] = attrs.field(factory=list, init=False, repr=False)
+    _list_key_offsets: list[int] = attrs.field(factory=list, init=False, repr=False)
+    _cluster: ClusterAddress | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         if not isinstance(self.prefix, str) or not self.prefix:
             raise ValueError(f"prefix must be a non-empty str, got {self.prefix!r}")
+        cluster = self.hosts[0]
+        if isinstance(cluster, ClusterAddress):
+            if "{" in self.prefix or "}" in self.prefix:
+                raise ValueError(
+                    f"prefix {self.prefix!r} is invalid on a Redis Cluster: it must not contain '{{' or "
+                    "'}' (the layer puts a hash tag of its own after it)"
+                )
+            self._cluster = cluster
+            # Each shard's keys share one hash tag, so every script stays in one slot.
+            self._key_prefixes = [f"{self.prefix}:{{{tag}}}" for tag in shard_tags(cluster.shards)]
+        else:
+            self._key_prefixes = [self.prefix] * len(self.hosts)
+        self._list_key_offsets = [len(f"{key_prefix}:c:") for key_prefix in self._key_prefixes]
         self._crypter = _fernet(self.symmetric_encryption_keys)
         self._local = InMemoryState(
             expiry=self.expiry,
@@ -401,7 +436,6 @@ class RedisChannelLayer(ParkingLayer):
             capacities=self._capacities,
             on_remove=self._removed,
         )
-        self._list_key_offset = len(self._list_key(""))
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisChannelLayer:
@@ -423,8 +457,14 @@ class RedisChannelLayer(ParkingLayer):
         return sum(pool.counter.requests for pool in self._pools)
 
     def shared_store_address(self) -> tuple[ServerAddress, str]:
-        """The first server, and this layer's prefix (``serve()`` keeps sessions there)."""
+        """The first server (or the cluster), and this layer's prefix (``serve()`` keeps
+        sessions there)."""
         return self.hosts[0], self.prefix
+
+    @property
+    def shards(self) -> int:
+        """How many shards the layer's keys are spread over: its hosts, or a cluster's hash tags."""
+        return len(self._key_prefixes)
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -436,14 +476,31 @@ class RedisChannelLayer(ParkingLayer):
                 # say so now, not as 503s later. (The primary itself may be down: that is fine.)
                 with _MapErrors(address):
                     await SentinelResolver(address).locate()
+        topology = None
+        if self._cluster is not None:
+            # No node answering is most likely a wrong address: say so now, not as 503s later.
+            topology = ClusterTopology(self._cluster)
+            with _MapErrors(self._cluster):
+                await topology.refresh()
         async with open_service_nursery() as nursery:
             self._nursery = nursery
-            self._servers = [_ServerIdentity() for _ in self.hosts]
-            self._beating = [set() for _ in self.hosts]
-            self._pools = [
-                ConnectionPool(address, nursery, on_connect=partial(self._identify_server, shard))
-                for shard, address in enumerate(self.hosts)
-            ]
+            self._servers = [_ServerIdentity() for _ in range(self.shards)]
+            self._beating = [set() for _ in range(self.shards)]
+            if topology is not None:
+                self._pools = [
+                    ConnectionPool(
+                        topology.address,
+                        nursery,
+                        resolver=ClusterSlotResolver(topology, key_slot(key_prefix.encode())),
+                        on_connect=partial(self._identify_server, shard),
+                    )
+                    for shard, key_prefix in enumerate(self._key_prefixes)
+                ]
+            else:
+                self._pools = [
+                    ConnectionPool(address, nursery, on_connect=partial(self._identify_server, shard))
+                    for shard, address in enumerate(self.hosts)
+                ]
             for shard in range(len(self._pools)):
                 nursery.start_soon(self._move_delayed, shard)
                 nursery.start_soon(self._heartbeat, shard)
@@ -454,8 +511,8 @@ class RedisChannelLayer(ParkingLayer):
             finally:
                 if self._owned:  # leaving: our members leave at once, not at the heartbeat's end
                     with trio.CancelScope(shield=True), trio.move_on_after(1):
-                        keys = [self._heartbeat_key(name) for name in self._owned]
-                        for pool in self._pools:
+                        for shard, pool in enumerate(self._pools):
+                            keys = [self._heartbeat_key(name, shard) for name in self._owned]
                             with contextlib.suppress(RedisError, OSError, ChannelLayerUnavailable):
                                 await _command(pool, "DEL", *keys)
                 nursery.cancel_scope.cancel()
@@ -469,11 +526,16 @@ class RedisChannelLayer(ParkingLayer):
 
     async def _identify_server(self, shard: int, connection: RedisConnection) -> None:
         """Check a new connection's server against what we knew of it (one round trip)."""
-        key = f"{self.prefix}:epoch"
+        key = f"{self._key_prefixes[shard]}:epoch"
         # A new token each time: a server that lost the key must not get back the one we knew.
         info, _, epoch = await connection.execute_many(
             [("INFO", "server"), ("SET", key, secrets.token_hex(8), "NX"), ("GET", key)]
         )
+        if isinstance(epoch, AskError) and not isinstance(epoch, MovedError):
+            # A cluster slot being migrated, and the key not on this node (any more): which
+            # node holds the epoch is unsettled; the next connection checks it.
+            self._servers[shard].blmpop = _version(info) >= (7, 0)
+            return
         if isinstance(epoch, RedisError):
             raise epoch
         run_id = _run_id(info)
@@ -544,17 +606,25 @@ class RedisChannelLayer(ParkingLayer):
 
     # -- keys and encoding -----------------------------------------------------------------
 
+    # Every key of a shard starts with its key prefix (on a cluster: one hash tag, one slot).
+
     def _list_key(self, name: str) -> str:
-        return f"{self.prefix}:c:{name}"
+        return f"{self._key_prefixes[self._shard(name)]}:c:{name}"
 
     def _stats_key(self, name: str) -> str:
-        return f"{self.prefix}:s:{name}"
+        return f"{self._key_prefixes[self._shard(name)]}:s:{name}"
+
+    def _global_stats_key(self, shard: int) -> str:
+        return f"{self._key_prefixes[shard]}:s:#global#"
 
     def _stamps_key(self, channel: str) -> str:
-        return f"{self.prefix}:n:{channel}"
+        return f"{self._key_prefixes[self._shard(channel)]}:n:{channel}"
 
     def _shard(self, name: str) -> int:
-        return consistent_hash(non_local_name(name), len(self.hosts))
+        return consistent_hash(non_local_name(name), len(self._key_prefixes))
+
+    def _group_shard(self, group: str) -> int:
+        return consistent_hash(group, len(self._key_prefixes))
 
     def _pool(self, name: str) -> ConnectionPool:
         self._require_open()
@@ -607,7 +677,7 @@ class RedisChannelLayer(ParkingLayer):
                 self._seal(data),
             ]
         )
-        await _DELAY_ADD(self._pool(name), [f"{self.prefix}:d"], [delay, member])
+        await _DELAY_ADD(self._pool(name), [f"{self._key_prefixes[self._shard(name)]}:d"], [delay, member])
         self._delay_wakeup.set()
 
     async def _send_now(self, channel: str, payload: Payload) -> None:
@@ -715,7 +785,7 @@ class RedisChannelLayer(ParkingLayer):
         try:
             sent = await _SEND(
                 self._pools[shard],
-                [list_key, self._stats_key(name), self._stats_key("#global#"), stamps_key],
+                [list_key, self._stats_key(name), self._global_stats_key(shard), stamps_key],
                 [capacity, self.expiry, channel, self._seal(data), *forget],
             )
         except BaseException:
@@ -742,12 +812,13 @@ class RedisChannelLayer(ParkingLayer):
         pool = self._pools[shard]
         backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         failures = 0
+        key_prefix = self._key_prefixes[shard]
         while True:
             try:
                 moved, dropped, wait_ms = await _DELAY_DUE(
                     pool,
-                    [f"{self.prefix}:d", self._stats_key("#global#")],
-                    [f"{self.prefix}:c:", f"{self.prefix}:s:", self.expiry],
+                    [f"{key_prefix}:d", self._global_stats_key(shard)],
+                    [f"{key_prefix}:c:", f"{key_prefix}:s:", self.expiry],
                 )
                 failures = 0
             except ChannelLayerUnavailable as exc:
@@ -976,7 +1047,8 @@ class RedisChannelLayer(ParkingLayer):
         popped = replies.pop(0) if mpop or block else None
         time, rest = replies[0], (replies[1] if len(replies) > 1 else None)
         now_ms = int(time[0]) * 1000 + int(time[1]) // 1000
-        names = [key[self._list_key_offset :] for key in keys]
+        offset = self._list_key_offsets[shard]
+        names = [key[offset:] for key in keys]
         items: list[tuple[str, int, bytes]] = []
         if mpop:
             if popped is None:
@@ -985,7 +1057,7 @@ class RedisChannelLayer(ParkingLayer):
             list_key = popped[0].decode()
             items = [(list_key, _expires_ms(item) - now_ms, item) for item in popped[1]]
             if len(items) < want:
-                self._seen_empty([list_key[self._list_key_offset :]], issued)
+                self._seen_empty([list_key[offset:]], issued)
             return items
         if popped is not None:
             list_key = popped[0].decode()
@@ -1185,11 +1257,12 @@ class RedisChannelLayer(ParkingLayer):
 
     def _group_keys(self, group: str) -> list[str]:
         """The group's zset, capacities, infos and tracked prefixes."""
-        p = self.prefix
+        p = self._key_prefixes[self._group_shard(group)]
         return [f"{p}:g:{group}", f"{p}:gc:{group}", f"{p}:gi:{group}", f"{p}:gt:{group}"]
 
     def _history_keys(self, group: str) -> list[str]:
-        return [f"{self.prefix}:h:{group}", f"{self.prefix}:hm:{group}"]
+        p = self._key_prefixes[self._group_shard(group)]
+        return [f"{p}:h:{group}", f"{p}:hm:{group}"]
 
     def _history_args(self, group: str) -> list[Any]:
         """size, ttl (ms), meta ttl (ms), a new epoch token: the history part of a script's ARGV."""
@@ -1199,12 +1272,13 @@ class RedisChannelLayer(ParkingLayer):
         ttl = math.ceil(options.ttl * 1000)
         return [options.size, ttl, max(ttl, math.ceil(self.group_expiry * 1000)), secrets.token_hex(6)]
 
-    def _heartbeat_key(self, prefix: str) -> str:
-        return f"{self.prefix}:hb:{prefix}"
+    def _heartbeat_key(self, prefix: str, shard: int = 0) -> str:
+        """The heartbeat key of a process *prefix* on *shard* (every shard has one of each)."""
+        return f"{self._key_prefixes[shard]}:hb:{prefix}"
 
     def _group_pool(self, group: str) -> ConnectionPool:
         self._require_open()
-        return self._pools[consistent_hash(group, len(self.hosts))]
+        return self._pools[self._group_shard(group)]
 
     def _info(self, sealed: bytes) -> dict[str, Any] | None:
         if not sealed:
@@ -1223,7 +1297,8 @@ class RedisChannelLayer(ParkingLayer):
         encoded = validate_info(info)
         events = self.presence_events(group)
         name = non_local_name(channel)
-        heartbeat = self._heartbeat_key(name) if name.endswith("!") else ""
+        shard = self._group_shard(group)
+        heartbeat = self._heartbeat_key(name, shard) if name.endswith("!") else ""
         args: list[Any] = [
             channel,
             self.get_capacity(channel),
@@ -1240,13 +1315,16 @@ class RedisChannelLayer(ParkingLayer):
             size, _, meta_ttl, token = self._history_args(group)
             epoch, offset = ("", recover) if isinstance(recover, int) else recover
             args += ["recover", epoch, offset, size, meta_ttl, token, self.expiry, int(push)]
+        if push:  # the replay goes into the channel's list, on the group's shard
+            list_keys = [self._list_key(name), self._stats_key(name), self._global_stats_key(shard)]
+        else:  # not touched, but in the group's slot all the same (a cluster checks KEYS)
+            key_prefix = self._key_prefixes[shard]
+            list_keys = [f"{key_prefix}:c:{name}", f"{key_prefix}:s:{name}", self._global_stats_key(shard)]
         keys = [
             *self._group_keys(group),
-            f"{self.prefix}:pg",
+            f"{self._key_prefixes[shard]}:pg",
             *self._history_keys(group),
-            self._list_key(name),
-            self._stats_key(name),
-            self._stats_key("#global#"),
+            *list_keys,
         ]
         result: list[Any] = await _GROUP_ADD(self._group_pool(group), keys, args)
         return result
@@ -1270,10 +1348,12 @@ class RedisChannelLayer(ParkingLayer):
         # The replay must reach the channel's list ahead of every later group message. With the
         # list on the group's server, one script adds and queues the replay atomically. Else
         # the list is held first: group sends queue beside it until the replay is in.
-        together = self._shard(name) == consistent_hash(validate_group_name(group), len(self.hosts))
+        shard = self._shard(name)
+        together = shard == self._group_shard(validate_group_name(group))
         hold = side = ""
         if not together:
-            hold, side = f"{self.prefix}:hold:{name}", f"{self.prefix}:side:{name}"
+            key_prefix = self._key_prefixes[shard]
+            hold, side = f"{key_prefix}:hold:{name}", f"{key_prefix}:side:{name}"
             await _command(self._pool(name), "SET", hold, "1", "PX", 10_000)
         try:
             new, problem, current_epoch, latest, entries = await self._add(
@@ -1284,7 +1364,7 @@ class RedisChannelLayer(ParkingLayer):
                 replay = [] if problem else [part for entry in entries for part in entry]
                 fitted = await _RECOVER_PUSH(
                     self._pool(name),
-                    [self._list_key(name), hold, side, self._stats_key(name), self._stats_key("#global#")],
+                    [self._list_key(name), hold, side, self._stats_key(name), self._global_stats_key(shard)],
                     [self.get_capacity(channel), self.expiry, channel, f"{group},", current_epoch, *replay],
                 )
                 hold = ""
@@ -1304,7 +1384,7 @@ class RedisChannelLayer(ParkingLayer):
                             hold,
                             side,
                             self._stats_key(name),
-                            self._stats_key("#global#"),
+                            self._global_stats_key(shard),
                         ],
                         [self.get_capacity(channel), self.expiry, channel, f"{group},", ""],
                     )
@@ -1328,7 +1408,8 @@ class RedisChannelLayer(ParkingLayer):
 
     async def _members(self, group: str, what: str, data: bytes = b"") -> list[Any]:
         validate_group_name(group)
-        args: list[Any] = [self.group_expiry, self._heartbeat_key(""), int(self.presence_events(group)), what]
+        heartbeats = self._heartbeat_key("", self._group_shard(group))
+        args: list[Any] = [self.group_expiry, heartbeats, int(self.presence_events(group)), what]
         if what == "send":
             args += [*self._history_args(group), data]
         keys = [*self._group_keys(group), *self._history_keys(group)]
@@ -1382,19 +1463,21 @@ class RedisChannelLayer(ParkingLayer):
         members that left on the way as ``[member, info, ...]`` (when it has presence events)."""
         sealed = self._seal(data)
         history_args = self._history_args(group) if history else [0, 0, 0, ""]
-        if len(self.hosts) == 1:
+        shard = self._group_shard(group)
+        key_prefix = self._key_prefixes[shard]
+        if self.shards == 1:
             # One round trip: store, read the members, evict the gone, push one item per list.
             delivered, full, gone, offset, epoch, skipped, left = await _GROUP_SEND(
                 self._group_pool(group),
-                [*self._group_keys(group), self._stats_key("#global#"), *self._history_keys(group)],
+                [*self._group_keys(group), self._global_stats_key(shard), *self._history_keys(group)],
                 [
-                    f"{self.prefix}:c:",
-                    f"{self.prefix}:s:",
+                    f"{key_prefix}:c:",
+                    f"{key_prefix}:s:",
                     self.group_expiry,
                     self.expiry,
                     self.capacity,
                     sealed,
-                    self._heartbeat_key(""),
+                    self._heartbeat_key("", shard),
                     int(self.presence_events(group)),
                     group,
                     *history_args,
@@ -1402,11 +1485,11 @@ class RedisChannelLayer(ParkingLayer):
                 ],
             )
             return _report(delivered, full, gone, offset, epoch, [m.decode() for m in skipped]), left
-        # Sharded: store and read the members in one round trip, then one per server holding
-        # members (their pushes run concurrently).
+        # Sharded: store and read the members in one round trip, then one per shard (server,
+        # or cluster slot) holding members' lists, run concurrently.
         args: list[Any] = [
             self.group_expiry,
-            self._heartbeat_key(""),
+            self._heartbeat_key("", shard),
             int(self.presence_events(group)),
             "send",
         ]
@@ -1416,43 +1499,49 @@ class RedisChannelLayer(ParkingLayer):
             [*args, *history_args, sealed],
         )
         position = f"{group},{offset},{epoch.decode()}" if offset else ""
-        by_prefix: dict[str, list[str]] = {}
+        by_shard: dict[int, dict[str, list[str]]] = {}
         for member in members:
             name = member.decode()
             if name not in excluded:
-                by_prefix.setdefault(non_local_name(name), []).append(name)
+                list_name = non_local_name(name)
+                by_shard.setdefault(self._shard(list_name), {}).setdefault(list_name, []).append(name)
         totals = [0, 0, int(gone)]
         full_channels: list[str] = []
         left = list(left)
 
-        async def push(name: str, group_members: list[str]) -> None:
-            kind = "F" if name.endswith("!") else "D"
-            result = await _GROUP_PUSH(
-                self._pool(name),
-                [
+        async def push(list_shard: int, lists: dict[str, list[str]]) -> None:
+            list_prefix = self._key_prefixes[list_shard]
+            keys = [self._global_stats_key(list_shard)]
+            push_args: list[Any] = [self.expiry, sealed, position]
+            for name, group_members in lists.items():
+                keys += [
                     self._list_key(name),
                     self._stats_key(name),
-                    self._stats_key("#global#"),
-                    f"{self.prefix}:hold:{name}",
-                    f"{self.prefix}:side:{name}",
-                ],
-                [self.get_capacity(name), self.expiry, kind, ",".join(group_members), sealed, position],
-            )
-            totals[0] += result[0]
-            totals[1] += result[1]
-            if result[1]:
-                full_channels.extend(group_members[: FULL_CHANNELS_LIMIT - len(full_channels)])
-            for evicted in result[2:]:
-                totals[2] += 1
-                removed, info = await _GROUP_DISCARD(
-                    self._group_pool(group), self._group_keys(group)[:3], [evicted]
-                )
-                if removed and self.presence_events(group):
-                    left.extend((evicted, info))
+                    f"{list_prefix}:hold:{name}",
+                    f"{list_prefix}:side:{name}",
+                ]
+                push_args += [
+                    self.get_capacity(name),
+                    "F" if name.endswith("!") else "D",
+                    ",".join(group_members),
+                ]
+            results = await _GROUP_PUSH(self._pools[list_shard], keys, push_args)
+            for group_members, result in zip(lists.values(), results, strict=True):
+                totals[0] += result[0]
+                totals[1] += result[1]
+                if result[1]:
+                    full_channels.extend(group_members[: FULL_CHANNELS_LIMIT - len(full_channels)])
+                for evicted in result[2:]:
+                    totals[2] += 1
+                    removed, info = await _GROUP_DISCARD(
+                        self._group_pool(group), self._group_keys(group)[:3], [evicted]
+                    )
+                    if removed and self.presence_events(group):
+                        left.extend((evicted, info))
 
         async with trio.open_nursery() as nursery:
-            for name, group_members in by_prefix.items():
-                nursery.start_soon(push, name, group_members)
+            for list_shard, lists in by_shard.items():
+                nursery.start_soon(push, list_shard, lists)
         return _report(totals[0], totals[1], totals[2], offset, epoch, full_channels), left
 
     async def _announce_leaves(self, group: str, left: list[Any]) -> None:
@@ -1486,7 +1575,9 @@ class RedisChannelLayer(ParkingLayer):
             owned = list(self._owned)
             if owned:
                 try:
-                    existed = await _HEARTBEAT(pool, [self._heartbeat_key(name) for name in owned], [ttl])
+                    existed = await _HEARTBEAT(
+                        pool, [self._heartbeat_key(name, shard) for name in owned], [ttl]
+                    )
                 except ChannelLayerUnavailable:
                     pass  # the pollers log it; the key may lapse, which the next beat reports
                 else:
@@ -1511,16 +1602,17 @@ class RedisChannelLayer(ParkingLayer):
         per period) and send their leave events: a dead process's members leave within
         2 x heartbeat even in a group nobody touches."""
         pool = self._pools[shard]
+        key_prefix = self._key_prefixes[shard]
         while True:
             await trio.sleep(self.heartbeat / 2)
             try:
                 found = await _SWEEP(
                     pool,
-                    [f"{self.prefix}:pg", f"{self.prefix}:sweep-lock"],
+                    [f"{key_prefix}:pg", f"{key_prefix}:sweep-lock"],
                     [
-                        f"{self.prefix}:",
+                        f"{key_prefix}:",
                         self.group_expiry,
-                        self._heartbeat_key(""),
+                        self._heartbeat_key("", shard),
                         math.ceil(self.heartbeat * 500),
                     ],
                 )
@@ -1539,14 +1631,12 @@ class RedisChannelLayer(ParkingLayer):
         self._in_redis.clear()
         self._remote_replies.clear()
         self._all_room_freed()
-        for pool in self._pools:
+        for pool, key_prefix in zip(self._pools, self._key_prefixes, strict=True):
             cursor = b"0"
-            epoch = f"{self.prefix}:epoch".encode()  # kept: a flush is no loss to report later
-            heartbeats = f"{self.prefix}:hb:".encode()  # kept: the processes live on
+            epoch = f"{key_prefix}:epoch".encode()  # kept: a flush is no loss to report later
+            heartbeats = f"{key_prefix}:hb:".encode()  # kept: the processes live on
             while True:
-                cursor, keys = await _command(
-                    pool, "SCAN", cursor, "MATCH", f"{self.prefix}:*", "COUNT", 1000
-                )
+                cursor, keys = await _command(pool, "SCAN", cursor, "MATCH", f"{key_prefix}:*", "COUNT", 1000)
                 keys = [key for key in keys if key != epoch and not key.startswith(heartbeats)]
                 if keys:
                     await _command(pool, "DEL", *keys)
@@ -1574,16 +1664,17 @@ class RedisChannelLayer(ParkingLayer):
             )
         messages = full = pending = 0
         max_age = 0.0
-        for pool in self._pools:
+        for shard, pool in enumerate(self._pools):
+            key_prefix = self._key_prefixes[shard]
             counters = await _command(
-                pool, "HMGET", self._stats_key("#global#"), "messages_count", "channel_full_count"
+                pool, "HMGET", self._global_stats_key(shard), "messages_count", "channel_full_count"
             )
             messages += int(counters[0] or 0)
             full += int(counters[1] or 0)
             cursor = b"0"
             while True:
                 cursor, keys = await _command(
-                    pool, "SCAN", cursor, "MATCH", f"{self.prefix}:c:*", "COUNT", 1000
+                    pool, "SCAN", cursor, "MATCH", f"{key_prefix}:c:*", "COUNT", 1000
                 )
                 for key in keys:
                     length, age = await _LIST_STATS(pool, [key], [self.expiry])

@@ -220,6 +220,20 @@ local function history_item(expires, m, loc, pos, data)
   if loc then return fmt(expires) .. '|FH|' .. loc .. '|' .. pos .. '|' .. data end
   return fmt(expires) .. '|DH|' .. m .. '|' .. pos .. '|' .. data
 end
+-- One group item onto a list: kind 'D' (field: the member) or 'F' (field: the locals of a
+-- process's members), 'H' added when it carries a history position (pos, '' or nil for none).
+local function push_item(list, stats, global, exp, kind, field, pos, data)
+  local item
+  if pos and pos ~= '' then
+    item = fmt(now + exp) .. '|' .. kind .. 'H|' .. field .. '|' .. pos .. '|' .. data
+  else
+    item = fmt(now + exp) .. '|' .. kind .. '|' .. field .. '|' .. data
+  end
+  redis.call('RPUSH', list, item)
+  redis.call('PEXPIRE', list, math.ceil(exp) + 1000)
+  count(stats, 'messages_count')
+  count(global, 'messages_count')
+end
 """
 
 _GROUP: Final = _NOW + _GROUP_LIB
@@ -374,16 +388,7 @@ for _, key in ipairs(order) do
   if redis.call('LLEN', key) < target.cap then
     local kind, field = 'D', target.channel
     if #target.locals > 0 then kind, field = 'F', table.concat(target.locals, ',') end
-    local item
-    if pos then
-      item = fmt(now + exp) .. '|' .. kind .. 'H|' .. field .. '|' .. pos .. '|' .. ARGV[6]
-    else
-      item = fmt(now + exp) .. '|' .. kind .. '|' .. field .. '|' .. ARGV[6]
-    end
-    redis.call('RPUSH', key, item)
-    redis.call('PEXPIRE', key, math.ceil(exp) + 1000)
-    count(stats, 'messages_count')
-    count(KEYS[5], 'messages_count')
+    push_item(key, stats, KEYS[5], exp, kind, field, pos, ARGV[6])
     delivered = delivered + #target.members
   else
     count(stats, 'channel_full_count')
@@ -398,69 +403,71 @@ return {delivered, full, gone, offset, epoch, full_channels, G.left}
 """
 )
 
-#: The sharded group send, for one list. KEYS: list, list stats, global stats, recovery hold,
-#: recovery side list. ARGV: capacity, expiry (s), kind ('D' or 'F'), members
-#: (comma-separated full names), data, position ('' for none: '<group>,<offset>,<epoch>').
-#: Members whose own message at the head expired unread are left out and returned, so the
-#: caller can evict them from the group. While a recovery holds the list (RECOVER_PUSH) the
-#: item waits in the side list. Returns {delivered members, full members, evicted members...}.
+#: The sharded group send, for the lists of one shard (one server, or one slot of a cluster):
+#: one call per shard holding members. KEYS: global stats, then per list: list, list stats,
+#: recovery hold, recovery side list. ARGV: expiry (s), data, position ('' for none:
+#: '<group>,<offset>,<epoch>'), then per list: capacity, kind ('D' or 'F'), members
+#: (comma-separated full names). Members whose own message at the head expired unread are left
+#: out and returned, so the caller can evict them from the group. While a recovery holds a list
+#: (RECOVER_PUSH) the item waits in its side list. Returns, per list, {delivered members, full
+#: members, evicted members...}.
 GROUP_PUSH: Final = (
     _GROUP
     + """
-local exp = tonumber(ARGV[2]) * 1000
-local members = {}
-for m in string.gmatch(ARGV[4], '[^,]+') do members[#members + 1] = m end
-local evicted = {}
-local head = expired_head(KEYS[1])
-if head then
-  local keep = {}
-  for _, m in ipairs(members) do
-    local _, loc = split_member('', m)
-    if head_is_for(head, m, loc) then evicted[#evicted + 1] = m else keep[#keep + 1] = m end
-  end
-  members = keep
-  trim_expired(KEYS[1])
-end
-local target = KEYS[1]
-local waiting = redis.call('LLEN', KEYS[1])
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  target = KEYS[5]
-  waiting = waiting + redis.call('LLEN', KEYS[5])
-elseif redis.call('EXISTS', KEYS[5]) == 1 then
-  -- a recovery that never finished (its process died): release what it held back
-  for _ = 1, redis.call('LLEN', KEYS[5]) do redis.call('RPUSH', KEYS[1], redis.call('LPOP', KEYS[5])) end
-end
-local delivered, full = 0, 0
-if #members > 0 then
-  if waiting < tonumber(ARGV[1]) then
-    local field
-    if ARGV[3] == 'F' then
-      local locals = {}
-      for _, m in ipairs(members) do locals[#locals + 1] = string.sub(m, string.find(m, '!', 1, true) + 1) end
-      field = table.concat(locals, ',')
-    else
-      field = members[1]
+local exp = tonumber(ARGV[1]) * 1000
+local function push_list(list, stats, hold, side, cap, kind, csv)
+  local members = {}
+  for m in string.gmatch(csv, '[^,]+') do members[#members + 1] = m end
+  local evicted = {}
+  local head = expired_head(list)
+  if head then
+    local keep = {}
+    for _, m in ipairs(members) do
+      local _, loc = split_member('', m)
+      if head_is_for(head, m, loc) then evicted[#evicted + 1] = m else keep[#keep + 1] = m end
     end
-    local item
-    if ARGV[6] ~= '' then
-      item = fmt(now + exp) .. '|' .. ARGV[3] .. 'H|' .. field .. '|' .. ARGV[6] .. '|' .. ARGV[5]
-    else
-      item = fmt(now + exp) .. '|' .. ARGV[3] .. '|' .. field .. '|' .. ARGV[5]
-    end
-    redis.call('RPUSH', target, item)
-    redis.call('PEXPIRE', target, math.ceil(exp) + 1000)
-    count(KEYS[2], 'messages_count')
-    count(KEYS[3], 'messages_count')
-    delivered = #members
-  else
-    count(KEYS[2], 'channel_full_count')
-    count(KEYS[3], 'channel_full_count')
-    full = #members
+    members = keep
+    trim_expired(list)
   end
+  local target = list
+  local waiting = redis.call('LLEN', list)
+  if redis.call('EXISTS', hold) == 1 then
+    target = side
+    waiting = waiting + redis.call('LLEN', side)
+  elseif redis.call('EXISTS', side) == 1 then
+    -- a recovery that never finished (its process died): release what it held back
+    for _ = 1, redis.call('LLEN', side) do redis.call('RPUSH', list, redis.call('LPOP', side)) end
+  end
+  local delivered, full = 0, 0
+  if #members > 0 then
+    if waiting < cap then
+      local field
+      if kind == 'F' then
+        local locals = {}
+        for _, m in ipairs(members) do locals[#locals + 1] = string.sub(m, string.find(m, '!', 1, true) + 1) end
+        field = table.concat(locals, ',')
+      else
+        field = members[1]
+      end
+      push_item(target, stats, KEYS[1], exp, kind, field, ARGV[3], ARGV[2])
+      delivered = #members
+    else
+      count(stats, 'channel_full_count')
+      count(KEYS[1], 'channel_full_count')
+      full = #members
+    end
+  end
+  local result = {delivered, full}
+  for _, m in ipairs(evicted) do result[#result + 1] = m end
+  return result
 end
-local result = {delivered, full}
-for _, m in ipairs(evicted) do result[#result + 1] = m end
-return result
+local results = {}
+for i = 0, (#KEYS - 1) / 4 - 1 do
+  results[#results + 1] = push_list(
+    KEYS[2 + 4 * i], KEYS[3 + 4 * i], KEYS[4 + 4 * i], KEYS[5 + 4 * i],
+    tonumber(ARGV[4 + 3 * i]), ARGV[5 + 3 * i], ARGV[6 + 3 * i])
+end
+return results
 """
 )
 

@@ -11,7 +11,14 @@ import pytest
 from layers import InMemoryChannelLayer
 from trio_channels import Channel, Message
 from trio_channels.exceptions import RequestAborted
-from trio_channels.http import CHUNK_SIZE, Request, Response, asgi_consumer, static_files_consumer
+from trio_channels.http import (
+    CHUNK_SIZE,
+    Request,
+    Response,
+    asgi_consumer,
+    file_consumer,
+    static_files_consumer,
+)
 
 from ..helpers import receive_now
 
@@ -149,6 +156,37 @@ async def test_static_files(layer: InMemoryChannelLayer, tmp_path: Path) -> None
         assert missing["status"] == 404
     with pytest.raises(ValueError, match="is not a directory"):
         static_files_consumer(tmp_path / "nope")
+
+
+async def test_file_consumer_serves_one_file_read_on_each_request(
+    layer: InMemoryChannelLayer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """file_consumer("page.html"): relative to the current directory, read on every request (an
+    edit shows), typed from its name, no-cache; HEAD gets headers only, POST a 405."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "index.html").write_text("<p>one</p>")
+    consumer = file_consumer("pages/index.html")
+    monkeypatch.chdir(tmp_path.parent)  # resolved when made: a later chdir changes nothing
+    await consumer(request_message(layer))
+    (first,) = await replies(layer)
+    headers = {bytes(name).lower(): bytes(value) for name, value in first["headers"]}
+    assert (first["status"], first["content"]) == (200, b"<p>one</p>")
+    assert headers[b"content-type"] == b"text/html; charset=utf-8"
+    assert headers[b"cache-control"] == b"no-cache"
+    (tmp_path / "pages" / "index.html").write_text("<p>two, edited</p>")
+    await consumer(request_message(layer, method="HEAD"))
+    (head,) = await replies(layer)
+    head_headers = {bytes(name).lower(): bytes(value) for name, value in head["headers"]}
+    assert (head["status"], head["content"], head_headers[b"content-length"]) == (200, b"", b"18")
+    await consumer(request_message(layer))
+    assert (await replies(layer))[0]["content"] == b"<p>two, edited</p>"
+    await consumer(request_message(layer, method="POST"))
+    (refused,) = await replies(layer)
+    assert refused["status"] == 405 and [b"Allow", b"GET, HEAD"] in refused["headers"]
+    assert file_consumer(tmp_path / "pages" / "index.html", content_type="text/plain")
+    with pytest.raises(FileNotFoundError, match=r"file 'nope\.html' not found: .* current directory"):
+        file_consumer("nope.html")
 
 
 async def test_static_paths_that_name_no_file_are_404(layer: InMemoryChannelLayer, tmp_path: Path) -> None:

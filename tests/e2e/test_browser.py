@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import trio
 
 from examples.authentication.users import load_user
@@ -12,6 +13,8 @@ from layers import InMemoryChannelLayer
 
 from ..browser import open_browser
 from .conftest import StartServer
+
+pytestmark = pytest.mark.usefixtures("in_examples")
 
 
 async def test_echo_alert_in_the_browser(start_server: StartServer) -> None:

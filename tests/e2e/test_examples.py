@@ -19,6 +19,8 @@ from trio_channels.tokens import bearer_subprotocol
 from .conftest import StartServer
 from .processes import ENV, ROOT, started
 
+pytestmark = pytest.mark.usefixtures("in_examples")
+
 
 async def _expect(ws: object, *texts: str) -> None:
     with trio.fail_after(5):
@@ -80,7 +82,7 @@ async def test_rooms(start_server: StartServer) -> None:
 async def _log_in(client: httpx.AsyncClient, url: str, name: str) -> str:
     response = await client.post(url + "/login", data={"username": name})
     assert response.status_code == 200, response.text
-    return response.text.split("session_key=")[1].split('"')[0]
+    return response.text.split('<code id="session-key">')[1].split("</code>")[0]
 
 
 async def test_authentication_and_security(start_server: StartServer) -> None:
@@ -131,16 +133,16 @@ async def test_routing_include(start_server: StartServer) -> None:
         await ws.send_message("hi")
         await _expect(ws, "lobby: hi")
     async with httpx.AsyncClient() as client:
-        assert (await client.post(info.url + "/poll/")).text == "polled POST"
+        assert (await client.post(info.url + "/poll/")).text == "polled POST\n"
         assert (await client.get(info.url + "/poll/")).status_code == 404
 
 
 async def test_models(start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Step 9: messages go through the chat-messages channel, are saved in SQLite, then broadcast."""
+    """Step 9: messages go through the chat-messages channel, are saved in SQLite, then broadcast;
+    an HTTP POST to /announce/<room>/ reaches the room the same way."""
     from examples.models import models
 
-    database = tmp_path / "chat.sqlite3"
-    monkeypatch.setattr(models, "DATABASE", str(database))
+    monkeypatch.setattr(models, "DATABASE", str(tmp_path / "chat.sqlite3"))
     info = await start_server("examples.models.routing.channel_routing")
     async with (
         open_websocket(info.url, "/lobby/") as one,
@@ -148,7 +150,11 @@ async def test_models(start_server: StartServer, tmp_path: Path, monkeypatch: py
     ):
         await one.send_message("saved and sent")
         await _expect(two, "saved and sent")
-    assert models.messages_in("lobby", str(database)) == ["saved and sent"]
+        async with httpx.AsyncClient() as client:
+            announced = await client.post(info.url + "/announce/lobby/", content=b"tea is ready")
+        assert announced.status_code == 202
+        await _expect(one, "saved and sent", "[announcement] tea is ready")
+    assert models.messages_in("lobby") == ["saved and sent", "[announcement] tea is ready"]
 
 
 async def test_ordering(start_server: StartServer) -> None:
@@ -162,10 +168,7 @@ async def test_ordering(start_server: StartServer) -> None:
 
 async def test_custom_origin_validator(start_server: StartServer) -> None:
     """Step 7: a BaseOriginValidator subclass decides with validate_origin(message, origin)."""
-    from examples.authentication.origins import ws_connect
-    from trio_channels import route
-
-    info = await start_server([route("websocket.connect", ws_connect)])
+    info = await start_server("examples.authentication.origins:channel_routing")
     async with open_websocket(info.url, "/", headers=[(b"origin", b"https://app.example")]) as ws:
         assert ws.closed is None
     with pytest.raises(ConnectionRejected):
@@ -217,8 +220,8 @@ async def test_presence_and_catching_up() -> None:
     in CHANNEL_LAYERS["CONFIG"]): who is here, join/leave events, offsets on every message, the
     last messages for a newcomer, exactly what was missed for a reconnecting client, and a
     clear "not recovered" for a position the server cannot serve."""
-    command = [sys.executable, "-m", "trio_channels", "run", "--settings", "examples.presence.settings"]
-    async with started([*command, "--bind", "127.0.0.1:0"], " at ") as (_, url):
+    command = [sys.executable, "-m", "trio_channels", "run", "--settings", "presence.settings"]
+    async with started([*command, "--bind", "127.0.0.1:0"], " at ", cwd=ROOT / "examples") as (_, url):
         url = url.rstrip("/")
         async with httpx.AsyncClient() as client:
             assert "?recover=chat:" in (await client.get(url + "/")).text

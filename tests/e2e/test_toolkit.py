@@ -20,6 +20,8 @@ from trio_channels.testing import HttpClient, WebsocketClient, open_websocket
 
 from ..core.test_generic import Mux
 
+pytestmark = pytest.mark.usefixtures("in_examples")
+
 
 @pytest.fixture
 def channels_routing() -> Any:
@@ -89,7 +91,7 @@ async def test_routing_include_in_process() -> None:
     await ws.send_text("hi")
     assert await ws.receive_text() == "lobby: hi"
     http = HttpClient("examples.routing_include.routing.routing")
-    assert (await http.post("/poll/")).text == "polled POST"
+    assert (await http.post("/poll/")).text == "polled POST\n"
 
 
 async def test_ordering_in_process() -> None:

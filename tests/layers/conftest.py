@@ -7,6 +7,8 @@ their own clock (Redis) get ``None`` and wait in real time.
 
 The Redis backends run on the newest redis-server found; ``redis-6.2`` runs the suite once more
 on an older one (no ``BLMPOP``: the layer's fallback) where both exist (tests/redis_server.py).
+``redis-cluster`` runs it on a Redis Cluster of three primaries (one per pytest-xdist worker,
+for the whole session).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import trio.testing
 import layers
 from layers.redis import RedisChannelLayer
 
-from ..redis_server import RedisServer, legacy_redis_server_binary
+from ..redis_server import RedisCluster, RedisServer, legacy_redis_server_binary
 
 EXPIRY = 1
 GROUP_EXPIRY = 2
@@ -39,12 +41,13 @@ def _memory_factory(request: pytest.FixtureRequest) -> LayerFactory:
     return make
 
 
-def _redis_layers(servers: list[RedisServer]) -> LayerFactory:
+def _redis_layers(servers: list[RedisServer], cluster: RedisCluster | None = None) -> LayerFactory:
     prefix = f"t{uuid.uuid4().hex[:12]}"
+    hosts = [cluster.url] if cluster is not None else [server.url for server in servers]
 
     def make(**overrides: Any) -> layers.BaseChannelLayer:
         options: dict[str, Any] = {
-            "hosts": [server.url for server in servers],
+            "hosts": hosts,
             "prefix": prefix,
             "expiry": EXPIRY,
             "group_expiry": GROUP_EXPIRY,
@@ -66,14 +69,21 @@ def _legacy_redis_factory(request: pytest.FixtureRequest) -> LayerFactory:
     return _redis_layers(request.getfixturevalue("legacy_redis_servers"))
 
 
+def _cluster_factory(request: pytest.FixtureRequest) -> LayerFactory:
+    return _redis_layers([], request.getfixturevalue("redis_cluster"))
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], LayerFactory]] = {
     "memory": _memory_factory,
     "redis": _redis_factory(1),
     "redis-3-shards": _redis_factory(3),
+    "redis-cluster": _cluster_factory,
 }
 VIRTUAL_TIME = {"memory"}
 #: How many servers of its own each backend needs for an outage (none: it has no server to lose).
-SERVERS = {"memory": 0, "redis": 1, "redis-3-shards": 3}
+SERVERS = {"memory": 0, "redis": 1, "redis-3-shards": 3, "redis-cluster": 3}
+#: The backends whose servers are one Redis Cluster.
+CLUSTERS = {"redis-cluster"}
 #: The redis-server binary of each backend that does not run on the newest.
 BINARIES: dict[str, str] = {}
 LEGACY_BINARY = legacy_redis_server_binary()
@@ -124,6 +134,7 @@ class Outage:
 
     factory: LayerFactory
     servers: list[RedisServer]
+    cluster: RedisCluster | None = None
 
     def stop(self) -> None:
         for server in self.servers:
@@ -132,11 +143,21 @@ class Outage:
     def start(self) -> None:
         for server in self.servers:
             server.start()
+        if self.cluster is not None:
+            # The nodes come back from their nodes.conf; a primary takes writes 2 s after that.
+            self.cluster.wait_until_ready()
 
 
 @pytest.fixture
 def outage(backend: str, request: pytest.FixtureRequest) -> Iterator[Outage]:
     """For tests that take the backend's servers away (the in-memory layer has none)."""
+    if backend in CLUSTERS:
+        cluster = RedisCluster(primaries=SERVERS[backend]).start()
+        try:
+            yield Outage(_redis_layers([], cluster), cluster.nodes, cluster)
+        finally:
+            cluster.cleanup()
+        return
     binary = BINARIES.get(backend)
     servers = [
         (RedisServer(binary=binary) if binary else RedisServer()).start() for _ in range(SERVERS[backend])

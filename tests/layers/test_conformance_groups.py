@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from layers import HISTORY_KEY, BaseChannelLayer, CannotRecover, GroupHistory, GroupSendReport
 from layers.groups import FULL_CHANNELS_LIMIT, MAX_INFO_SIZE
 from layers.redis import consistent_hash
+from layers.redis.connection import DEFAULT_CLUSTER_SHARDS
 
 from ..helpers import assert_nothing, receive_now
 from .conftest import CAPACITY, EXPIRY, GROUP_EXPIRY, VIRTUAL_TIME, LayerFactory
@@ -415,12 +416,13 @@ async def test_cannot_recover(layer_factory: LayerFactory) -> None:
 
 
 def _recovery_names(backend: str) -> tuple[str, str]:
-    """A group and a process prefix; on the sharded backend on different servers, so the
-    replay crosses servers (the held-list path)."""
+    """A group and a process prefix; on the sharded backends on different shards, so the
+    replay crosses servers or slots (the held-list path)."""
     group = "hist-prop"
     for index in range(100):
         prefix = f"rp{index}!"
-        if backend != "redis-3-shards" or consistent_hash(prefix, 3) != consistent_hash(group, 3):
+        shards = {"redis-3-shards": 3, "redis-cluster": DEFAULT_CLUSTER_SHARDS}.get(backend)
+        if shards is None or consistent_hash(prefix, shards) != consistent_hash(group, shards):
             return group, prefix
     raise AssertionError("no prefix on another shard")
 

@@ -457,3 +457,19 @@ async def test_callers_queued_behind_a_failed_resolution_fail_with_it() -> None:
     assert len(failures) == 10
     assert all(f"127.0.0.1:{port}: no answer in time" in str(failure) for failure in failures), failures
     assert accepted == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret@localhost:6379/db",
+        "redis+sentinel://:s3cret@localhost:26379/",
+        "redis-cluster://user:s3cret@localhost:7000/5",
+    ],
+)
+def test_a_bad_url_error_does_not_show_its_password(url: str) -> None:
+    """The error names the URL, with its password as ***: start-up errors end up in logs."""
+    with pytest.raises(ValueError) as error:
+        server_address(url)
+    assert "s3cret" not in str(error.value)
+    assert ":***@localhost" in str(error.value)

@@ -1,0 +1,14 @@
+from trio_channels import route
+from trio_channels.http import file_consumer
+
+from .consumers import ws_message
+
+room_and_name = r"^/(?P<room>[a-zA-Z0-9_]+)/(?P<name>[a-zA-Z0-9_]+)/$"
+
+channel_routing = [
+    # The last step's consumers, by their import paths
+    route("websocket.connect", "presence.consumers.ws_connect", path=room_and_name),
+    route("websocket.receive", ws_message, path=room_and_name),
+    route("websocket.disconnect", "presence.consumers.ws_disconnect", path=room_and_name),
+    route("http.request", file_consumer("client/index.html"), path=r"^/$"),
+]
