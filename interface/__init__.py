@@ -5,9 +5,11 @@ This package knows nothing of routing or consumers; it depends only on :mod:`lay
 
 from __future__ import annotations
 
-from .asgi import InterfaceApp, serve_interface
-from .core import ConnectionInfo, InterfaceConfig, InterfaceServer, WebSocketClosed
+from .asgi import InterfaceApp
+from .common import ConnectionInfo, InterfaceConfig, WebSocketClosed
+from .core import InterfaceServer
 from .listeners import BindError
+from .main import serve_interface
 from .websocket import serve_websocket_listener
 
 __all__ = [

@@ -1,54 +1,28 @@
-"""The ASGI-3 bridge app, and the listener that serves it with Hypercorn's Trio worker.
+"""The ASGI-3 bridge app: :class:`InterfaceApp`.
 
-:class:`InterfaceApp` is a plain ASGI-3 app (HTTP, WebSocket, lifespan) over an
-:class:`~interface.core.InterfaceServer`, so it can also be mounted in any ASGI server.
-
-:func:`serve_interface` is the listener ``serve()`` uses: one port for pages and WebSockets.
-It reads each connection's request head; a WebSocket upgrade goes to the trio-websocket fast
-path (real close codes), everything else to Hypercorn's HTTP/1.1 and HTTP/2 machinery driving
-:class:`InterfaceApp`.
+A plain ASGI-3 app (HTTP, WebSocket, lifespan) over an :class:`~interface.core.InterfaceServer`:
+the main port hands HTTP/2 to Hypercorn driving it (:mod:`interface._hypercorn`), and it can be
+mounted in any ASGI server. Through ASGI a server reports only 1000 or 1006 as a client's close
+code (Hypercorn's, uvicorn's limit); the main port's own HTTP/1.1 and WebSocket paths report
+the real one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import socket
-import ssl
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from functools import partial
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import attrs
 import trio
-from hypercorn.app_wrappers import ASGIWrapper
-from hypercorn.config import Config
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
 
-from .core import ClientDisconnected, ConnectionInfo, InterfaceServer, WebSocketClosed
-from .listeners import (
-    IdleConnections,
-    StartedWith,
-    bind_sockets,
-    close_sockets,
-    guarded,
-    open_listeners,
-    serve_connections,
-)
+from ._hypercorn import hypercorn_config, tls_context
+from .common import ClientDisconnected, ConnectionInfo, WebSocketClosed
+from .core import InterfaceServer
 from .protocol import Headers, clean_headers
-from .websocket import (
-    ReplayStream,
-    handle_websocket_stream,
-    is_websocket_upgrade,
-    parse_head,
-    read_head,
-)
 
-__all__ = ["InterfaceApp", "hypercorn_config", "serve_interface", "tls_context"]
+__all__ = ["InterfaceApp", "hypercorn_config", "tls_context"]
 
-log = logging.getLogger("interface")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -114,6 +88,7 @@ class _AsgiWebSocketTransport:
 
     receive_event: Receive
     send_event: Send
+    pongs: int = 0
 
     async def accept(self, subprotocol: str | None) -> None:
         message: dict[str, Any] = {"type": "websocket.accept"}
@@ -151,7 +126,8 @@ class _AsgiWebSocketTransport:
         await self.send_event({"type": "websocket.close", "code": code})
 
     async def ping(self) -> None:
-        await trio.lowlevel.checkpoint()  # Hypercorn pings by itself (websocket_ping_interval)
+        self.pongs += 1  # the ASGI server keeps its connection alive itself (or not): never a timeout
+        await trio.lowlevel.checkpoint()
 
 
 @attrs.define(eq=False)
@@ -188,112 +164,3 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif event["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
-
-
-def hypercorn_config(
-    binds: Sequence[str],
-    *,
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    graceful_timeout: float = 10,
-    keep_alive_timeout: float = 5,
-) -> Config:
-    config = Config()
-    config.keep_alive_timeout = keep_alive_timeout
-    config.bind = list(binds)
-    config.certfile = certfile
-    config.keyfile = keyfile
-    config.accesslog = None  # interface.access logs HTTP and WebSocket alike
-    config.errorlog = logging.getLogger("interface.hypercorn")
-    config.graceful_timeout = graceful_timeout
-    config.include_server_header = False
-    return config
-
-
-def tls_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
-    """Hypercorn's server TLS context (HTTP/2 by ALPN) for *certfile* and *keyfile*, if given.
-
-    Raises :exc:`ValueError` naming the files if they cannot be loaded.
-    """
-    try:
-        return hypercorn_config([], certfile=certfile, keyfile=keyfile).create_ssl_context()
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"TLS certificate {certfile!r} with key {keyfile!r} could not be loaded: {exc}"
-        ) from exc
-
-
-async def serve_interface(
-    server: InterfaceServer,
-    binds: Sequence[str | socket.socket],
-    *,
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    shutdown: trio.Event | None = None,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve HTTP and WebSockets on *binds*: ``host:port``, ``unix:PATH``, ``fd://N``, or sockets.
-
-    Sockets are used as they are (bound and listening, as :func:`~interface.listeners.bind_sockets`
-    makes them) and closed on the way out.
-
-    ``task_status.started()`` hands back the bound URLs (port 0 works) once listening. Runs
-    until cancelled, or until *shutdown* is set: then it stops accepting, cancels connections
-    waiting for a request, closes WebSockets with 1001, gives requests in flight
-    ``grace_period`` seconds, and returns. Raises :exc:`ValueError` for an address that cannot
-    work or a TLS certificate that cannot be loaded, :exc:`~interface.listeners.BindError` (an
-    :exc:`OSError`) if binding fails.
-    """
-    config = hypercorn_config(
-        [bind for bind in binds if isinstance(bind, str)],
-        certfile=certfile,
-        keyfile=keyfile,
-        graceful_timeout=server.config.grace_period,
-        keep_alive_timeout=server.config.timeout_keep_alive,
-    )
-    ssl_context = tls_context(certfile, keyfile)
-    sockets = await bind_sockets(binds, backlog=config.backlog)
-    listeners, urls = open_listeners(sockets, "https" if ssl_context else "http", ssl_context)
-    app = ASGIWrapper(InterfaceApp(server))  # type: ignore[arg-type]
-    context = WorkerContext(None)
-    idle = IdleConnections()
-
-    async def handle(stream: trio.abc.Stream) -> None:
-        head = None
-        with idle.waiting():
-            head = await read_head(stream)
-        if head is None:  # the peer left, or shutdown cancelled the wait
-            await trio.aclose_forcefully(stream)
-            return
-        replay = ReplayStream(head, stream)
-        request = parse_head(head)
-        if is_websocket_upgrade(request):
-            assert request is not None
-            await handle_websocket_stream(server, replay, request, server.config.root_path)
-        else:
-            # Hypercorn closes its idle keep-alive connections itself once context.terminated is set.
-            await TCPServer(app, config, context, {}, replay).run()  # type: ignore[arg-type]
-
-    async def on_shutdown() -> None:
-        await context.terminated.set()
-        await server.close_websockets()
-
-    lifespan = Lifespan(app, config, {})
-    try:
-        async with trio.open_nursery() as lifespan_nursery:
-            await lifespan_nursery.start(lifespan.handle_lifespan)
-            await lifespan.wait_for_startup()
-            await serve_connections(
-                partial(guarded, handle),
-                listeners,
-                idle=idle,
-                shutdown=shutdown,
-                grace_period=server.config.grace_period,
-                on_shutdown=on_shutdown,
-                name=", ".join(urls),
-                task_status=StartedWith(task_status, urls),
-            )
-            await lifespan.wait_for_shutdown()
-            lifespan_nursery.cancel_scope.cancel()
-    finally:
-        close_sockets(sockets)

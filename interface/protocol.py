@@ -11,7 +11,15 @@ WebSocket state machine (reference §3.7)::
         +--accept False / close, no data (403)-------+
 
 ``order`` numbers every message sent for one connection: ``websocket.connect`` is 0, each
-``websocket.receive`` is 1, 2, ..., and ``websocket.disconnect`` comes last.
+``websocket.receive`` is 1, 2, ..., and ``websocket.disconnect`` comes last. A frame the layer
+refused gives its number back (:meth:`WebSocketProtocol.receive_refused`), so the numbers the
+application sees have no gaps and ``enforce_ordering`` never waits for a message that will not
+come.
+
+Closing: the first close decides the code the application is told (``close_code``). Our
+side's (:meth:`WebSocketProtocol.local_close`: the application, a shutdown, a slow client, a
+ping timeout) or the client's (:meth:`WebSocketProtocol.remote_close`: its close frame, a TCP
+drop, a protocol error); once ``closing``, frames from the client are no longer delivered.
 """
 
 from __future__ import annotations
@@ -68,10 +76,11 @@ def clean_headers(raw: Iterable[tuple[bytes, bytes]] | Iterable[Sequence[bytes]]
 
 
 def decode_path(raw_path: bytes | str) -> str:
-    """Percent-decode a request path into text (``+`` stays ``+``)."""
+    """Percent-decode a request path into text (``+`` stays ``+``; bytes that are not UTF-8
+    become U+FFFD, as Hypercorn and uvicorn decode them: the message must be valid UTF-8)."""
     if isinstance(raw_path, bytes):
         raw_path = raw_path.decode("latin-1")
-    return unquote(raw_path, encoding="utf-8", errors="surrogateescape")
+    return unquote(raw_path, encoding="utf-8", errors="replace")
 
 
 def http_request_message(
@@ -218,7 +227,7 @@ class WebSocketState(enum.Enum):
 
 @attrs.frozen
 class Accept:
-    subprotocol: str | None = None
+    """Accept the handshake (the listener picks the subprotocol: ``choose_subprotocol``)."""
 
 
 @attrs.frozen
@@ -267,6 +276,27 @@ class WebSocketProtocol:
     subprotocols: Sequence[str] = ()
     state: WebSocketState = WebSocketState.CONNECTING
     received: int = 0
+    #: The code the application is told in ``websocket.disconnect`` (the first close decides).
+    close_code: int = 1006
+    #: Whether a close has begun (ours or the client's).
+    closing: bool = False
+
+    def local_close(self, code: int, reported: int | None = None) -> bool:
+        """Our side closes with *code*; the application will be told *reported* instead if
+        given (a ping timeout sends 1011 but reports 1006: no close frame came back, RFC 6455
+        §7.1.5). True if this is the first close, so a close frame with *code* should go out."""
+        if self.closing:
+            return False
+        self.closing = True
+        self.close_code = code if reported is None else reported
+        return True
+
+    def remote_close(self, code: int) -> None:
+        """The client closed, or the connection ended, with *code* (1005 for a close frame
+        without one, 1006 for a TCP drop); it decides the code unless our close came first."""
+        if not self.closing:
+            self.closing = True
+            self.close_code = int(code)
 
     def connect_message(self) -> WebSocketConnect:
         return {
@@ -300,11 +330,17 @@ class WebSocketProtocol:
             message["bytes"] = data if type(data) is bytes else bytes(data)
         return message
 
-    def disconnect_message(self, code: int) -> WebSocketDisconnect:
+    def receive_refused(self) -> None:
+        """The last :meth:`receive_message` was not sent (the layer refused it): give its
+        ``order`` back, so the next message takes it."""
+        self.received -= 1
+
+    def disconnect_message(self, code: int | None = None) -> WebSocketDisconnect:
+        """``websocket.disconnect`` with *code* (default: :attr:`close_code`)."""
         self.state = WebSocketState.CLOSED
         return {
             "reply_channel": self.reply_channel,
-            "code": int(code),
+            "code": int(self.close_code if code is None else code),
             "path": self.path,
             "order": self.received + 1,
         }

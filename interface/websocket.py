@@ -1,9 +1,10 @@
-"""The WebSocket fast path on trio-websocket, and the WebSocket-only listener (``--ws-bind``).
+"""The WebSocket-only listener (``--ws-bind``), on trio-websocket.
 
-A listener reads the request head, sees an ``Upgrade: websocket`` request, and hands the
-stream (with the head replayed) to trio-websocket. Unlike Hypercorn's ASGI path, this path
-reports the client's real close code, and it is measurably faster. A handler error closes
-that one connection with 1011; it never reaches the server.
+It reads each connection's request head (:func:`interface.head.read_head`), and hands a
+WebSocket upgrade to trio-websocket with the head replayed; plain HTTP gets 426. It emits the
+same messages as the main port (which drives wsproto itself, :mod:`interface.wsproto_connection`),
+real close codes included. A handler error closes that one connection with 1011; it never
+reaches the server.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import socket
 import ssl as _ssl
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import attrs
 import h11
@@ -21,7 +21,9 @@ import trio
 import trio_websocket
 from wsproto.frame_protocol import FrameProtocol
 
-from .core import ConnectionInfo, InterfaceServer, WebSocketClosed
+from .common import WebSocketClosed
+from .core import InterfaceServer
+from .head import HEAD_TIMEOUT, Kind, ReplayStream, addresses, connection_info, is_tls, read_head
 from .listeners import (
     IdleConnections,
     StartedWith,
@@ -31,137 +33,10 @@ from .listeners import (
     open_listeners,
     serve_connections,
 )
-from .protocol import clean_headers, decode_path
 
-__all__ = [
-    "ReplayStream",
-    "handle_websocket_stream",
-    "is_websocket_upgrade",
-    "parse_head",
-    "read_head",
-    "serve_websocket_listener",
-]
+__all__ = ["handle_websocket_stream", "serve_websocket_listener"]
 
 log = logging.getLogger("interface")
-
-#: Largest request head we read before deciding where a connection goes.
-MAX_HEAD = 64 * 1024
-HEAD_TIMEOUT = 10.0
-
-
-class ReplayStream(trio.abc.HalfCloseableStream):
-    """A stream that first returns bytes already read from *inner*, then reads *inner*.
-
-    Other attributes (``socket``, TLS details) are those of the inner stream.
-    """
-
-    def __init__(self, head: bytes, inner: trio.abc.Stream) -> None:
-        self._head = head
-        self.inner = inner
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._head:
-            if max_bytes is None or max_bytes >= len(self._head):
-                data, self._head = self._head, b""
-            else:
-                data, self._head = self._head[:max_bytes], self._head[max_bytes:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return bytes(await self.inner.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        send_eof = getattr(self.inner, "send_eof", None)
-        if send_eof is not None:
-            await send_eof()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-async def read_head(stream: trio.abc.Stream) -> bytes | None:
-    """Read until the end of the request head (or MAX_HEAD bytes); ``None`` if the peer left."""
-    buffer = bytearray()
-    with trio.move_on_after(HEAD_TIMEOUT):
-        while b"\r\n\r\n" not in buffer and len(buffer) < MAX_HEAD:
-            data = await stream.receive_some(16384)
-            if not data:
-                return None if not buffer else bytes(buffer)
-            buffer += data
-        return bytes(buffer)
-    return bytes(buffer) if buffer else None
-
-
-def parse_head(head: bytes) -> h11.Request | None:
-    """The request line and headers of *head*, or ``None`` if they do not parse."""
-    connection = h11.Connection(h11.SERVER)
-    try:
-        connection.receive_data(head)
-        event = connection.next_event()
-    except h11.RemoteProtocolError:
-        return None
-    return event if isinstance(event, h11.Request) else None
-
-
-def is_websocket_upgrade(request: h11.Request | None) -> bool:
-    if request is None or request.method != b"GET":
-        return False
-    upgrade = connection = False
-    for name, value in request.headers:
-        if name == b"upgrade" and value.lower() == b"websocket":
-            upgrade = True
-        elif name == b"connection" and b"upgrade" in value.lower():
-            connection = True
-    return upgrade and connection
-
-
-def _address(stream: trio.abc.Stream, local: bool) -> list[Any] | None:
-    inner = stream.inner if isinstance(stream, ReplayStream) else stream
-    if isinstance(inner, trio.SSLStream):
-        inner = inner.transport_stream
-    sock = getattr(inner, "socket", None)
-    if sock is None:
-        return None
-    try:
-        address = sock.getsockname() if local else sock.getpeername()
-    except OSError:
-        return None
-    if isinstance(address, tuple) and len(address) >= 2:
-        return [address[0], address[1]]
-    return None  # a unix socket: no host and port
-
-
-def connection_info(stream: trio.abc.Stream, request: h11.Request, root_path: str = "") -> ConnectionInfo:
-    """What the ASGI-1 messages need to know about a request that arrived on *stream*."""
-    target = request.target
-    raw_path, _, query = target.partition(b"?")
-    inner = stream.inner if isinstance(stream, ReplayStream) else stream
-    secure = isinstance(inner, trio.SSLStream)
-    headers = clean_headers(request.headers)
-    subprotocols: list[str] = []
-    for name, value in headers:
-        if name == b"sec-websocket-protocol":
-            subprotocols.extend(part.strip() for part in value.decode("latin-1").split(",") if part.strip())
-    return ConnectionInfo(
-        path=decode_path(raw_path),
-        query_string=query,
-        headers=headers,
-        client=_address(stream, local=False),
-        server=_address(stream, local=True),
-        scheme="wss" if secure else "ws",
-        http_version=request.http_version.decode("ascii"),
-        method=request.method.decode("ascii"),
-        root_path=root_path,
-        subprotocols=tuple(subprotocols),
-    )
 
 
 #: Close codes that must never appear in a close frame (RFC 6455 §7.4.1).
@@ -229,7 +104,9 @@ class _FailGuard(trio.abc.HalfCloseableStream):
 class _TrioWebSocketTransport:
     request: trio_websocket.WebSocketRequest
     stream: _FailGuard
+    nursery: trio.Nursery
     connection: trio_websocket.WebSocketConnection | None = None
+    pongs: int = 0
 
     async def accept(self, subprotocol: str | None) -> None:
         self.connection = self.stream.connection = await self.request.accept(subprotocol=subprotocol)
@@ -258,18 +135,27 @@ class _TrioWebSocketTransport:
             await self.connection.aclose(code)
 
     async def ping(self) -> None:
+        # trio-websocket's ping waits for its pong: in a task of the connection's nursery.
+        self.nursery.start_soon(self._ping)
+
+    async def _ping(self) -> None:
         if self.connection is not None:
             try:
                 await self.connection.ping()
-            except trio_websocket.ConnectionClosed:
-                pass
+            except (trio_websocket.ConnectionClosed, ValueError):
+                return
+            self.pongs += 1
 
 
 async def handle_websocket_stream(
     server: InterfaceServer, stream: trio.abc.Stream, request: h11.Request, root_path: str = ""
 ) -> None:
-    """Serve one WebSocket whose upgrade request (*request*) was read from *stream*."""
-    info = connection_info(stream, request, root_path)
+    """Serve one WebSocket whose upgrade request (*request*) was read from *stream* (which
+    replays it)."""
+    client, local = addresses(stream)
+    info = connection_info(
+        request, client=client, server=local, secure=is_tls(stream), websocket=True, root_path=root_path
+    )
     guard = _FailGuard(stream)
     try:
         async with trio.open_nursery() as nursery:
@@ -279,7 +165,7 @@ async def handle_websocket_stream(
                 message_queue_size=16,
                 max_message_size=server.config.websocket_max_message_size,
             )
-            transport = _TrioWebSocketTransport(ws_request, guard)
+            transport = _TrioWebSocketTransport(ws_request, guard, nursery)
             try:
                 await server.websocket(info, transport)
             except Exception:
@@ -335,18 +221,18 @@ async def serve_websocket_listener(
 
     async def handle(stream: trio.abc.Stream) -> None:
         head = None
-        with idle.waiting():
+        with idle.waiting() as waiting:
+            waiting.deadline = trio.current_time() + HEAD_TIMEOUT
             head = await read_head(stream)
-        if head is None:  # the peer left, or shutdown cancelled the wait
+        if head is None:  # the peer left, took too long, or shutdown cancelled the wait
             await trio.aclose_forcefully(stream)
             return
-        request = parse_head(head)
-        if not is_websocket_upgrade(request):
+        if head.kind is not Kind.WEBSOCKET:
             await _refuse_plain_http(stream)
             await trio.aclose_forcefully(stream)
             return
-        assert request is not None
-        await handle_websocket_stream(server, ReplayStream(head, stream), request)
+        assert head.request is not None
+        await handle_websocket_stream(server, ReplayStream(head.raw, stream), head.request)
 
     try:
         await serve_connections(

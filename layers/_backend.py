@@ -13,7 +13,30 @@ The table is keyed by names, not by queues: a receiver may park on a process pre
 (``interface.abc!``, which takes every channel under it) or on one full process-specific name
 (``interface.abc!xyz``, which takes only its own); :meth:`Receivers.claim` prefers the
 receiver of the full name. The public ``receive()`` only parks on prefixes (the ASGI rule);
-the full-name keys are there for in-process hand-off to one connection's own task.
+the full-name keys serve *own channels*.
+
+Own channels
+------------
+A process may hand each of its process-specific channels to one task of its own (an interface
+server: one per connection): :meth:`ParkingLayer.open_own` registers the full name, and
+:meth:`ParkingLayer.receive_own` / :meth:`ParkingLayer.receive_own_nowait` receive its messages
+in sending order, parking on the full name, so a message reaches that task straight from its
+sender (or the Redis poller) with no relay task in between. While no receiver is parked, the
+messages wait in a FIFO of the channel's own, bounded by the capacity given to ``open_own``
+(default: the channel's capacity); one that does not fit is refused (:exc:`ChannelFull` to a
+plain send, a miss for a group send) and reported to ``on_overflow``. The prefix of an own
+channel is *owned* from then on: its only reader said which of its channels live, so a message
+for one that is not open (any more) is dropped on arrival, as a reply poller drops replies for
+connections that are gone. :meth:`ParkingLayer.close_own` drops what is held and unregisters.
+Messages of an own channel are received only through ``receive_own``, never by a receive on
+the prefix.
+
+An own channel's prefix is also an *own prefix* in the sense of
+:meth:`~layers.BaseChannelLayer.own_prefix` (locality): opening the first own channel under a
+prefix declares it, for the layer's life, unless an ``own_prefix`` block declared it already.
+So a message this process sends to one of its own channels is handed over (or held, or refused
+as full) here and never leaves the process, and on Redis the own prefix's one poller brings in
+what other processes send (receive_own itself never starts a poller).
 
 :class:`ParkingLayer` is the receive flow built on it: validate, take fairly from what this
 process holds (:meth:`ParkingLayer._take`), else park. The in-memory layer holds everything;
@@ -36,6 +59,7 @@ it waits, a sender cancelled right after being woken loses nobody else their tur
 from __future__ import annotations
 
 import abc
+import itertools
 import random
 import secrets
 import urllib.parse
@@ -50,6 +74,7 @@ import trio
 from .base import (
     BaseChannelLayer,
     ChannelFull,
+    non_local_name,
     parse_delay_message,
     validate_channel_name,
     validate_receive_channels,
@@ -58,6 +83,7 @@ from .groups import GroupSendReport
 
 __all__ = [
     "Delivery",
+    "OwnChannel",
     "ParkingLayer",
     "Receivers",
     "Waiter",
@@ -121,6 +147,16 @@ class Receivers:
         self._unpark(waiter)
         return waiter
 
+    def claim_own(self, channel: str) -> Waiter | None:
+        """Unpark and return the receiver parked on the full name *channel*, or ``None``
+        (a receiver parked on its prefix does not count: an own channel is never its)."""
+        waiters = self._parked.get(channel)
+        if not waiters:
+            return None
+        waiter = next(iter(waiters))
+        self._unpark(waiter)
+        return waiter
+
     def park(self, names: Sequence[str]) -> Awaitable[Delivery]:
         """Park this task on *names* now; awaiting the result waits until a sender hands it a
         delivery for one of them.
@@ -148,6 +184,34 @@ class Receivers:
                 del self._parked[name]
 
 
+@attrs.define(eq=False, slots=True)
+class OwnChannel:
+    """The registration of one own channel (see "Own channels" above)."""
+
+    #: How many messages may wait for it.
+    capacity: int
+    #: Called with the channel's name for each message refused because it was full.
+    on_overflow: Callable[[str], None] | None = None
+    #: Messages refused so far.
+    refused: int = 0
+
+    def overflowed(self, channel: str) -> None:
+        self.refused += 1
+        if self.on_overflow is not None:
+            self.on_overflow(channel)
+
+
+def _own_channel_name(channel: object) -> str:
+    name = validate_channel_name(channel)
+    bang = name.find("!")
+    if bang < 0 or bang == len(name) - 1:
+        raise TypeError(
+            f"own channel {name!r} is invalid: it must be a full process-specific name, "
+            "like 'interface.abc!xyz' (a prefix, then '!', then the channel's own part)"
+        )
+    return name
+
+
 def fair_order(items: list[T]) -> list[T]:
     """*items* (names, shards) in random order when there are several, so none starves another."""
     return random.sample(items, len(items)) if len(items) > 1 else items
@@ -163,7 +227,12 @@ class ParkingLayer(BaseChannelLayer):
     """
 
     _receivers: Receivers = attrs.field(factory=Receivers, init=False, repr=False)
-    _calls: int = attrs.field(default=0, init=False, repr=False)
+    # A counter object, not an int field: setting an attribute of a layer runs its attrs
+    # validators (one more function call per operation on the hot path).
+    _calls: Iterator[int] = attrs.field(factory=itertools.count, init=False, repr=False)
+    #: Open own channels by full name, and the prefixes that have had one.
+    _own_open: dict[str, OwnChannel] = attrs.field(factory=dict, init=False, repr=False)
+    _owned_prefixes: set[str] = attrs.field(factory=set, init=False, repr=False)
     #: Per full channel name, while senders wait for room there (see the module docstring).
     _room_queues: dict[str, trio.CapacityLimiter] = attrs.field(factory=dict, init=False, repr=False)
     _room_events: dict[str, trio.Event] = attrs.field(factory=dict, init=False, repr=False)
@@ -185,8 +254,7 @@ class ParkingLayer(BaseChannelLayer):
     async def _maybe_yield(self) -> None:
         # Operations that did not block yield every 16th time: yielding on each costs a
         # scheduler pass and gains nothing, yet a tight loop must still let others run.
-        self._calls += 1
-        if not self._calls & 15:
+        if not next(self._calls) & 15:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def send(
@@ -291,8 +359,13 @@ class ParkingLayer(BaseChannelLayer):
         names = validate_receive_channels(channels)
         self._require_open()
         await trio.lowlevel.checkpoint_if_cancelled()
-        # fair_order, inlined: this is the hot path
-        found = self._take(random.sample(names, len(names)) if len(names) > 1 else names)
+        if len(names) > 1:
+            # Fair enough, and cheaper than fair_order's shuffle on the hot path: start at a
+            # random one, so each name is as likely to be tried first.
+            start = int(random.random() * len(names))
+            found = self._take(names[start:] + names[:start] if start else names)
+        else:
+            found = self._take(names)
         if found is not None:
             await self._maybe_yield()
             return found
@@ -308,6 +381,94 @@ class ParkingLayer(BaseChannelLayer):
             if found is None:
                 raise trio.WouldBlock
         return found[0], found[1]
+
+    # -- own channels (see the module docstring) -----------------------------------------
+
+    def open_own(
+        self, channel: str, *, capacity: int | None = None, on_overflow: Callable[[str], None] | None = None
+    ) -> None:
+        """Register *channel*, a full process-specific name, as received by one task of this
+        process through :meth:`receive_own`.
+
+        At most *capacity* messages (default: the channel's capacity) wait for it; each one
+        refused because it is full calls ``on_overflow(channel)`` in the sender's task (it
+        must not block: note it, wake someone). Raises :exc:`TypeError` for a name that is
+        not a full process-specific one, :exc:`ValueError` if it is open already.
+        """
+        name = _own_channel_name(channel)
+        if name in self._own_open:
+            raise ValueError(f"own channel {name!r} is already open")
+        if capacity is not None and (type(capacity) is not int or capacity < 1):
+            raise ValueError(f"own channel capacity must be an int >= 1, got {capacity!r}")
+        prefix = non_local_name(name)
+        self._own_channel_prefix(prefix)
+        self._own_open[name] = OwnChannel(
+            self.get_capacity(name) if capacity is None else capacity, on_overflow
+        )
+        self._owned_prefixes.add(prefix)
+
+    def _own_channel_prefix(self, prefix: str) -> None:
+        """For backends: an own channel opens under *prefix*, so this process owns *prefix*
+        from now on (as :meth:`~layers.BaseChannelLayer.own_prefix` declares it, for the
+        layer's life if no such block does already): its messages from other processes must
+        be brought in without anyone parking on the prefix. Nothing to do in memory."""
+
+    def close_own(self, channel: str) -> int:
+        """Unregister *channel* and drop what waits for it; return how many messages that was.
+
+        Later messages for it are dropped on arrival. Closing a channel that is not open does
+        nothing (returns 0).
+        """
+        if self._own_open.pop(channel, None) is None:
+            return 0
+        return self._drop_own(channel)
+
+    def own_statistics(self, channel: str) -> OwnChannel | None:
+        """The registration of the open own channel *channel* (its ``refused`` count), or ``None``."""
+        return self._own_open.get(channel)
+
+    async def receive_own(self, channel: str) -> dict[str, Any]:
+        """The next message of the own channel *channel*, in sending order; waits for one.
+
+        Cancellation loses nothing: a message handed over before the cancel is returned.
+        Raises :exc:`ValueError` if *channel* is not open (:meth:`open_own`).
+        """
+        self._check_own(channel)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        found = self._take([channel])
+        if found is not None:
+            await self._maybe_yield()
+            return found[1]
+        # No _will_park: the backend brings in its own prefixes' messages (see open_own).
+        delivery = await self._receivers.park((channel,))
+        return delivery[1]
+
+    async def receive_own_nowait(self, channel: str) -> dict[str, Any]:
+        """The next message waiting for the own channel *channel* in this process;
+        :exc:`trio.WouldBlock` if there is none. No checkpoint, no round trip to a server."""
+        self._check_own(channel)
+        found = self._take([channel])
+        if found is None:
+            raise trio.WouldBlock
+        return found[1]
+
+    def _check_own(self, channel: str) -> None:
+        if channel not in self._own_open:
+            raise ValueError(f"own channel {channel!r} is not open: call open_own({channel!r}) first")
+        self._require_open()
+
+    def _own_target(self, channel: str, key: str) -> OwnChannel | bool:
+        """How a message for *channel* (non-local name *key*) is delivered: its
+        :class:`OwnChannel` if it is an open own channel (to its own receiver, else its own
+        FIFO), ``False`` to drop it (its prefix is owned but it is not open: its connection is
+        gone), ``True`` for the usual way (any receiver of the name or prefix, else the queue)."""
+        if channel is key or key not in self._owned_prefixes:
+            return True
+        return self._own_open.get(channel) or False
+
+    def _drop_own(self, channel: str) -> int:
+        """Drop what this process holds for the own channel *channel*; return how many."""
+        return 0
 
 
 def single_reader_names(pattern: str) -> Iterator[str]:

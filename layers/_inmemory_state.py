@@ -16,6 +16,10 @@ entries per full name (a count leaves the table when it drops to zero, so the ta
 larger than what is waiting), and a send is refused when *its* channel holds ``capacity``
 messages. Memory is bounded by ``capacity`` per channel and by ``expiry``.
 
+An *own channel* (a process-specific channel that one task receives through ``receive_own``,
+see :mod:`layers._backend`) has a FIFO of its own in :attr:`InMemoryState.own`, by full name,
+bounded by the capacity its owner gave; it exists only while something waits in it.
+
 Expiry is the deadline on each entry. Expired entries are dropped when met (by a take, by a
 full channel making room, by the owner's periodic :meth:`InMemoryState.sweep`); a channel that
 loses a message to expiry is presumed gone and leaves every group it was in.
@@ -111,6 +115,8 @@ class InMemoryState:
     on_remove: RemoveHook | None = None
     #: The queues by non-local name (read them, do not change them).
     queues: dict[str, _Queue] = attrs.field(factory=dict, init=False)
+    #: Own channels' FIFOs by full name, while something waits in them (read them only).
+    own: dict[str, deque[Entry]] = attrs.field(factory=dict, init=False)
     #: Presence events waiting for the owner to send them, oldest first (it pops them).
     events: deque[Event] = attrs.field(factory=deque, init=False)
     _groups: dict[str, dict[str, float]] = attrs.field(factory=dict, init=False)
@@ -199,6 +205,76 @@ class InMemoryState:
                 self._expired(entry[1])
         return None
 
+    # -- own channels ----------------------------------------------------------------------
+
+    def put_own(
+        self,
+        channel: str,
+        data: Payload,
+        now: float,
+        capacity: int,
+        *,
+        deadline: float | None = None,
+        admitted: bool = False,
+    ) -> None:
+        """Queue *data* in the own channel *channel*'s FIFO until ``now + expiry`` (or
+        *deadline*).
+
+        Raises :exc:`ChannelFull` if *capacity* live messages wait there (counted, unless
+        *admitted*: as for :meth:`put`, the message was accepted and counted elsewhere).
+        """
+        entries = self.own.get(channel)
+        if entries is None:
+            entries = self.own[channel] = deque()
+        elif len(entries) >= capacity:
+            self._drop_expired(entries, now)
+            if len(entries) >= capacity:
+                if not admitted:
+                    self._channel_full_count += 1
+                raise ChannelFull(
+                    f"channel {channel!r} is full ({capacity} messages waiting); the message was not sent"
+                )
+        entries.append((now + self.expiry if deadline is None else deadline, channel, data))
+        if not admitted:
+            self._messages_count += 1
+
+    def take_own(self, channel: str, now: float) -> Entry | None:
+        """Pop the first live entry of the own channel *channel*, if any."""
+        entries = self.own.get(channel)
+        if entries is None:
+            return None
+        found = None
+        on_remove = self.on_remove
+        while entries:
+            entry = entries.popleft()
+            if entry[0] > now:
+                found = entry
+                if on_remove is not None:
+                    on_remove(channel, entry[2], True)
+                break
+            if on_remove is not None:
+                on_remove(channel, entry[2], False)
+        if not entries:
+            del self.own[channel]
+        return found
+
+    def drop_own(self, channel: str) -> int:
+        """Drop the own channel *channel*'s FIFO; return how many entries it held."""
+        entries = self.own.pop(channel, None)
+        if entries is None:
+            return 0
+        if self.on_remove is not None:
+            for _, _, data in entries:
+                self.on_remove(channel, data, False)
+        return len(entries)
+
+    def _drop_expired(self, entries: deque[Entry], now: float) -> None:
+        # An own channel's expired messages go; the channel stays in its groups (it is open).
+        while entries and entries[0][0] <= now:
+            _, channel, data = entries.popleft()
+            if self.on_remove is not None:
+                self.on_remove(channel, data, False)
+
     def has_channel(self, name: str) -> bool:
         """Whether a queue exists for *name* (so a fresh single-reader name must not be it)."""
         return name in self.queues
@@ -251,6 +327,12 @@ class InMemoryState:
                 earliest = min(earliest, queue.entries[0][0])
             elif "?" in key:
                 del self.queues[key]
+        for channel, entries in list(self.own.items()):
+            self._drop_expired(entries, now)
+            if entries:
+                earliest = min(earliest, entries[0][0])
+            else:
+                del self.own[channel]
         return earliest
 
     # -- delayed messages ------------------------------------------------------------------
@@ -450,6 +532,7 @@ class InMemoryState:
         """Drop every message, group, history and delayed message (counters stay; no
         ``on_remove``)."""
         self.queues.clear()
+        self.own.clear()
         self._groups.clear()
         self._infos.clear()
         self._memberships.clear()
@@ -472,6 +555,13 @@ class InMemoryState:
             pending += len(queue.entries)
             if queue.entries:
                 max_age = max(max_age, now - (queue.entries[0][0] - self.expiry))
+        key = None if channel is None else non_local_name(channel)
+        for name, entries in self.own.items():
+            if key is None or non_local_name(name) == key:
+                self._drop_expired(entries, now)
+                pending += len(entries)
+                if entries:
+                    max_age = max(max_age, now - (entries[0][0] - self.expiry))
         if channel is not None:
             return LayerStatistics(
                 channel=channel,

@@ -52,6 +52,7 @@ __all__ = [
     "LayerStatistics",
     "MembershipLost",
     "MessageTooLarge",
+    "append_encoded",
     "check_owned_message",
     "decode_message",
     "encode_message",
@@ -317,6 +318,79 @@ def encode_trusted_message(message: dict[str, Any], max_size: int = DEFAULT_MAX_
 def decode_message(data: bytes) -> dict[str, Any]:
     """Decode bytes made by :func:`encode_message` (bytes and text stay distinct)."""
     result: dict[str, Any] = msgpack.unpackb(data, raw=False, use_list=True)
+    return result
+
+
+def _container_header(kind: int, count: int) -> bytes:
+    # msgpack's array (kind 0x90) or map (kind 0x80) header for *count* items.
+    if count < 16:
+        return bytes((kind | count,))
+    small, large = (b"\xdc", b"\xdd") if kind == 0x90 else (b"\xde", b"\xdf")
+    return small + count.to_bytes(2, "big") if count < 65536 else large + count.to_bytes(4, "big")
+
+
+def append_encoded(
+    data: bytes,
+    key: str,
+    item: object,
+    *,
+    require: str | None = None,
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+) -> bytes | None:
+    """*data* (a message made by :func:`encode_message`) with *item* appended to the list under
+    *key* (made if absent), without decoding or re-encoding the rest: the rest is copied once,
+    as bytes (``http_session`` adds a ``Set-Cookie`` header to a buffered response this way,
+    whatever the size of its body).
+
+    Returns ``None`` if *data* has no *require* key, or *key* holds something that is not a
+    list. Raises what :func:`validate_message` raises for a bad *item*, and
+    :exc:`MessageTooLarge` if the result is over *max_size*.
+    """
+    if not _valid(item):
+        _check_value(item, f"message[{key!r}][-1]")
+    unpacker = msgpack.Unpacker(raw=False, use_list=True)
+    unpacker.feed(data)
+    try:
+        count = unpacker.read_map_header()
+        body_start = unpacker.tell()
+        found = None  # (where the list's header starts, where its items start, its length, its end)
+        required = require is None
+        for _ in range(count):
+            name = unpacker.unpack()
+            value_start = unpacker.tell()
+            if name == key:
+                length = unpacker.read_array_header()
+                items_start = unpacker.tell()
+                for _ in range(length):
+                    unpacker.skip()
+                found = (value_start, items_start, length, unpacker.tell())
+            else:
+                unpacker.skip()
+            required = required or name == require
+    except (ValueError, msgpack.UnpackException):
+        return None  # not a map, or the key's value is not a list
+    if not required:
+        return None
+    packed = _packer.pack(item)
+    if found is None:
+        result = b"".join(
+            [_container_header(0x80, count + 1), data[body_start:], _packer.pack(key), b"\x91", packed]
+        )
+    else:
+        value_start, items_start, length, end = found
+        result = b"".join(
+            [
+                data[:value_start],
+                _container_header(0x90, length + 1),
+                data[items_start:end],
+                packed,
+                data[end:],
+            ]
+        )
+    if len(result) > max_size:
+        raise MessageTooLarge(
+            f"message is {len(result)} bytes encoded, over the layer's limit of {max_size} bytes"
+        )
     return result
 
 
@@ -728,6 +802,29 @@ class BaseChannelLayer(abc.ABC):
         (one or more round trips). Where the state is local and pure, it answers
         synchronously as well: ``InMemoryChannelLayer.state.statistics(now)``.
         """
+
+    # -- own channels (the "own" extension; see layers._backend) -------------------------
+
+    def open_own(
+        self, channel: str, *, capacity: int | None = None, on_overflow: Callable[[str], None] | None = None
+    ) -> None:
+        """Register the full process-specific name *channel* for :meth:`receive_own` (the
+        ``own`` extension). Layers without it raise :exc:`NotImplementedError`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no own channels (the 'own' extension): receive on the process prefix"
+        )
+
+    def close_own(self, channel: str) -> int:
+        """Unregister an own channel and drop what waits for it; return how many messages."""
+        raise NotImplementedError(f"{type(self).__name__} has no own channels (the 'own' extension)")
+
+    async def receive_own(self, channel: str) -> dict[str, Any]:
+        """The next message of the own channel *channel*, in sending order (the ``own`` extension)."""
+        raise NotImplementedError(f"{type(self).__name__} has no own channels (the 'own' extension)")
+
+    async def receive_own_nowait(self, channel: str) -> dict[str, Any]:
+        """The next message waiting for the own channel *channel*, else :exc:`trio.WouldBlock`."""
+        raise NotImplementedError(f"{type(self).__name__} has no own channels (the 'own' extension)")
 
     def shared_store_address(self) -> tuple[ServerAddress, str] | None:
         """A Redis server and key prefix that every process on this layer shares, or ``None``.

@@ -68,7 +68,7 @@ class InMemoryChannelLayer(ParkingLayer):
     sends need the timer.
     """
 
-    extensions = ("groups", "flush", "statistics", "delay", "presence", "history")
+    extensions = ("groups", "flush", "statistics", "delay", "presence", "history", "own")
 
     _state: InMemoryState = attrs.field(init=False, repr=False)
     _flushing_events: bool = attrs.field(default=False, init=False, repr=False)
@@ -203,6 +203,9 @@ class InMemoryChannelLayer(ParkingLayer):
 
     def _deliver(self, channel: str, data: Payload, now: float) -> None:
         key = non_local_name(channel)
+        if channel is not key and key in self._owned_prefixes:
+            self._deliver_own(channel, key, data, now)
+            return
         waiter = self._receivers.claim(channel, key)
         if waiter is not None:
             self._state.count_handed_over(key)
@@ -215,6 +218,24 @@ class InMemoryChannelLayer(ParkingLayer):
         finally:
             if self._state.events:
                 self._flush_events(now)
+        if self._timer_deadline == math.inf:
+            self._wake_timer()
+
+    def _deliver_own(self, channel: str, key: str, data: Payload, now: float) -> None:
+        own = self._own_open.get(channel)
+        if own is None:
+            return  # under an owned prefix but not open: its connection is gone
+        waiter = self._receivers.claim_own(channel)
+        if waiter is not None:
+            self._state.count_handed_over(key)
+            message = decode_message(data) if isinstance(data, bytes) else data
+            trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, message, now + self.expiry)))
+            return
+        try:
+            self._state.put_own(channel, data, now, own.capacity)
+        except ChannelFull:
+            own.overflowed(channel)
+            raise
         if self._timer_deadline == math.inf:
             self._wake_timer()
 
@@ -253,9 +274,12 @@ class InMemoryChannelLayer(ParkingLayer):
 
     def _take(self, names: list[str]) -> Delivery | None:
         now = trio.current_time()
-        entry = self._state.take(names, now)
-        if self._state.events:
-            self._flush_events(now)
+        if len(names) == 1 and names[0] in self._own_open:  # receive_own
+            entry = self._state.take_own(names[0], now)
+        else:
+            entry = self._state.take(names, now)
+            if self._state.events:
+                self._flush_events(now)
         if entry is None:
             return None
         deadline, channel, data = entry
@@ -270,6 +294,9 @@ class InMemoryChannelLayer(ParkingLayer):
                 yield
             finally:
                 self._state.drop(prefix)
+
+    def _drop_own(self, channel: str) -> int:
+        return self._state.drop_own(channel)
 
     # -- channels --------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from interface.messages import Reply
 from layers import BaseChannelLayer, ChannelLayerUnavailable
 from layers.base import (
     ChannelFull,
+    append_encoded,
     decode_message,
     encode_message,
     validate_channel_name,
@@ -166,6 +167,23 @@ class Outbox:
                 content = decode_message(item.data)
                 if change(content):
                     item.data = encode_message(content, self.layer.max_message_size)
+                    return True
+        return False
+
+    def append_header(self, channel: str, header: list[bytes]) -> bool:
+        """Add *header* to the first buffered HTTP response start for *channel* (returns True).
+
+        The buffered message is not decoded and re-encoded: the header is spliced into its
+        encoded form (:func:`layers.base.append_encoded`), so a large body is not copied twice.
+        Used by ``http_session`` to add a ``Set-Cookie`` header.
+        """
+        for item in self._pending:
+            if not item.group and item.name == channel:
+                amended = append_encoded(
+                    item.data, "headers", header, require="status", max_size=self.layer.max_message_size
+                )
+                if amended is not None:
+                    item.data = amended
                     return True
         return False
 

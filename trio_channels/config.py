@@ -61,13 +61,16 @@ DEMO_ROUTING = "trio_channels.demo.routing:routing"
 #: Capacities of the layer ``serve()`` makes from a URL (or for ``layer=None``). An interface
 #: process's prefix carries the replies of all its connections, so it needs room for a group
 #: send to every member at once; the request channels absorb a burst of a thousand connects
-#: or requests before answering 503.
+#: or requests before answering 503. Disconnects are not refused work but cleanup a consumer
+#: must see (groups to leave): room for ten thousand sockets closing at once (a reconnect
+#: storm, a deploy) rather than drops.
 DEFAULT_CHANNEL_CAPACITY: dict[str, int] = {
     "interface.*!": 10_000,
     "http.request": 1_000,
     "websocket.connect": 1_000,
     "websocket.receive": 1_000,
-    "websocket.disconnect": 1_000,
+    "websocket.disconnect": 10_000,
+    "http.disconnect": 10_000,
 }
 
 #: Channels 1 backend names a settings module may use, and the layers they mean.

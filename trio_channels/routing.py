@@ -334,6 +334,8 @@ class Router:
     """
 
     root: Include
+    #: The channels the application's own routes listen on (the default routes left out).
+    routed: frozenset[str]
 
     def __init__(
         self,
@@ -344,6 +346,8 @@ class Router:
     ) -> None:
         self.root = Include(list(_as_routing_list(routing)))
         self.root.resolve()
+        # What the user's routing itself routes (the defaults do nothing with what they add).
+        self.routed = frozenset(self.root.channel_names())
         if defaults:
             from . import _defaults
 

@@ -27,7 +27,7 @@ import trio
 from interface import BindError, InterfaceServer, serve_interface, serve_websocket_listener
 from interface.asgi import tls_context
 from interface.listeners import bind_sockets, close_sockets
-from layers import BaseChannelLayer
+from layers import BaseChannelLayer, InMemoryChannelLayer
 from layers.concurrency import open_service_nursery
 
 from .auth import use_user_loader
@@ -37,7 +37,7 @@ from .http import http_fallback
 from .routing import Router
 from .security import use_allowed_hosts
 from .stores import InMemorySessionStore, RedisSessionStore, SessionStore, use_session_store
-from .worker import Worker, run_worker
+from .worker import Worker, run_worker, select_channels
 
 __all__ = ["DEFAULT_CHANNEL_CAPACITY", "BindError", "ServerConfig", "ServerInfo", "serve"]
 
@@ -203,7 +203,16 @@ async def serve(
                         server = None
                         if config.interface:
                             server = InterfaceServer(layer, interface_config)
-                            await outer.start(server.run_reply_poller)
+                            if isinstance(layer, InMemoryChannelLayer) and router is not None:
+                                # Every consumer is here: optional messages go only where a
+                                # route of the application's takes them (on a shared layer,
+                                # workers elsewhere may: everything is sent).
+                                server.consumed_channels = router.routed & frozenset(
+                                    select_channels(
+                                        router.channels(), config.only_channels, config.exclude_channels
+                                    )
+                                )
+                            await outer.start(server.run)
                             await outer.start(server.run_membership_watcher)
                             if sockets:
                                 urls = await listeners.start(

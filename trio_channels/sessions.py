@@ -195,18 +195,11 @@ def _set_cookie_on_buffered_response(message: Message, session: Session, cookie_
     if outbox is None or not message.has_reply_channel:
         return
     header = [b"Set-Cookie", session_cookie(cookie_name, session)]
-    if not outbox.amend(message.reply_channel.name, lambda content: _add_header(content, header)):
+    if not outbox.append_header(message.reply_channel.name, header):
         log.warning(
             "http_session: could not set the session cookie: no buffered response for %s (was it sent immediately?)",
             message.reply_channel.name,
         )
-
-
-def _add_header(content: dict[str, Any], header: list[bytes]) -> bool:
-    if "status" not in content:
-        return False
-    content["headers"] = [*content.get("headers", []), header]
-    return True
 
 
 # ----------------------------------------------------------------------------- decorators

@@ -85,6 +85,16 @@ def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, (trio.Cancelled, KeyboardInterrupt))
 
 
+class _Puller:
+    """One consumer task of a worker: its cancel scope, and whether it waits for a message."""
+
+    __slots__ = ("scope", "waiting")
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        self.waiting = False
+
+
 @attrs.define(eq=False)
 class Worker:
     """Consumes messages from *layer* on the channels *router* handles.
@@ -103,7 +113,7 @@ class Worker:
     _running: int = attrs.field(default=0, init=False)
     _failures: int = attrs.field(default=0, init=False)
     _stopping: bool = attrs.field(default=False, init=False)
-    _pulling: set[trio.CancelScope] = attrs.field(factory=set, init=False)
+    _pulling: set[_Puller] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         if type(self.concurrency) is not int or self.concurrency < 1:
@@ -147,34 +157,41 @@ class Worker:
         await shutdown.wait()
         # Stop pulling: idle consumers leave at once, busy ones after their message...
         self._stopping = True
-        for scope in list(self._pulling):
-            scope.cancel()
+        for puller in list(self._pulling):
+            if puller.waiting:
+                puller.scope.cancel()
         # ...within the grace period.
         consumers.deadline = trio.current_time() + self.grace_period
 
     async def _consume_loop(self) -> None:
         # One of `concurrency` long-lived consumer tasks. Each pulls only when it is free, so a
         # worker whose consumers are all busy leaves messages on the layer for other workers.
-        while not self._stopping:
-            with trio.CancelScope() as pulling:
-                self._pulling.add(pulling)
-                try:
-                    channel, content, deadline = await self.layer.receive_with_deadline(self.channels)
-                except ChannelLayerUnavailable as exc:
-                    await self._layer_trouble(exc)
-                    continue
-                finally:
-                    self._pulling.discard(pulling)
-            if pulling.cancelled_caught:
-                return
-            if self._failures:
-                log.info("channel layer is back after %d failed receive(s)", self._failures)
-                self._failures = 0
-            self._running += 1
+        # One cancel scope for the task's life, not one per message: stopping cancels it only
+        # while the task waits for a message (a receive loses nothing to a cancel), never while
+        # it handles one.
+        with trio.CancelScope() as scope:
+            puller = _Puller(scope)
+            self._pulling.add(puller)
             try:
-                await self._handle(channel, content, deadline)
+                while not self._stopping:
+                    puller.waiting = True
+                    try:
+                        channel, content, deadline = await self.layer.receive_with_deadline(self.channels)
+                    except ChannelLayerUnavailable as exc:
+                        await self._layer_trouble(exc)
+                        continue
+                    finally:
+                        puller.waiting = False
+                    if self._failures:
+                        log.info("channel layer is back after %d failed receive(s)", self._failures)
+                        self._failures = 0
+                    self._running += 1
+                    try:
+                        await self._handle(channel, content, deadline)
+                    finally:
+                        self._running -= 1
             finally:
-                self._running -= 1
+                self._pulling.discard(puller)
 
     async def _layer_trouble(self, exc: ChannelLayerUnavailable) -> None:
         self._failures += 1

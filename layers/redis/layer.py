@@ -367,7 +367,7 @@ class RedisChannelLayer(ParkingLayer):
     if none answers).
     """
 
-    extensions = ("groups", "flush", "statistics", "delay", "presence", "history")
+    extensions = ("groups", "flush", "statistics", "delay", "presence", "history", "own")
 
     hosts: list[ServerAddress] = attrs.field(factory=lambda: [RedisAddress()], converter=_hosts)
     prefix: str = "trio_channels"
@@ -581,10 +581,7 @@ class RedisChannelLayer(ParkingLayer):
         self._require_open()
         if prefix in self._own_prefixes:
             raise RuntimeError(f"process prefix {prefix!r} is already owned in this process")
-        scope = self._own_prefixes[prefix] = trio.CancelScope()
-        self._own([prefix])  # its heartbeat, too
-        assert self._nursery is not None
-        self._nursery.start_soon(self._poll_own, prefix, scope)
+        scope = self._start_owning(prefix)
         try:
             yield
         finally:
@@ -592,6 +589,20 @@ class RedisChannelLayer(ParkingLayer):
             if self._own_prefixes.get(prefix) is scope:
                 del self._own_prefixes[prefix]
             self._local.drop(prefix)
+
+    def _start_owning(self, prefix: str) -> trio.CancelScope:
+        scope = self._own_prefixes[prefix] = trio.CancelScope()
+        self._own([prefix])  # its heartbeat, too
+        assert self._nursery is not None
+        self._nursery.start_soon(self._poll_own, prefix, scope)
+        return scope
+
+    def _own_channel_prefix(self, prefix: str) -> None:
+        # An own channel's prefix is ours from now on, for the layer's life (its poller ends
+        # with the layer), unless an own_prefix block holds it already.
+        self._require_open()
+        if prefix not in self._own_prefixes:
+            self._start_owning(prefix)
 
     # -- keys and encoding -----------------------------------------------------------------
 
@@ -689,6 +700,25 @@ class RedisChannelLayer(ParkingLayer):
         """Hand *payload* to a receiver parked here, or hold it if *name* is one of our own
         prefixes (:exc:`ChannelFull` if its channel is full); False if it must go to Redis."""
         now = trio.current_time()
+        if name in self._owned_prefixes and channel is not name:
+            own = self._own_target(channel, name)
+            if own is False:
+                return True  # under a prefix with own channels, but not open: gone
+            if own is not True:
+                waiter = self._receivers.claim_own(channel)
+                if waiter is None:
+                    try:
+                        self._local.put_own(channel, payload, now, own.capacity)
+                    except ChannelFull:
+                        own.overflowed(channel)
+                        raise
+                    if self._local_deadline == math.inf:
+                        self._local_wakeup.set()
+                    return True
+                self._local.count_handed_over(name)
+                message = decode_message(payload) if isinstance(payload, bytes) else payload
+                waiter.wake((channel, message, now + self.expiry))
+                return True
         waiter = self._receivers.claim(channel, name)
         if waiter is not None:
             self._local.count_handed_over(name)
@@ -921,7 +951,10 @@ class RedisChannelLayer(ParkingLayer):
     # -- receiving -------------------------------------------------------------------------
 
     def _take(self, names: list[str]) -> Delivery | None:
-        entry = self._local.take(names, trio.current_time())
+        if len(names) == 1 and names[0] in self._own_open:  # receive_own
+            entry = self._local.take_own(names[0], trio.current_time())
+        else:
+            entry = self._local.take(names, trio.current_time())
         if entry is None:
             return None
         deadline, channel, data = entry
@@ -940,7 +973,9 @@ class RedisChannelLayer(ParkingLayer):
                 name = lists[list_key.decode()]
                 self._room_freed(name)
                 deliveries, stamp = self._unpack(name, item, ttl)
-                if deliveries:  # else it expired or could not be read: pop the next
+                if name in self._owned_prefixes:  # own channels' messages go to their own FIFOs
+                    deliveries = self._sort_own(shard, name, deliveries, stamp)
+                if deliveries:  # else it expired, could not be read or was not for us: pop the next
                     first = deliveries[0]
                     if stamp is not None:
                         self._forget_later(shard, self._stamps_key(first[0]), stamp)
@@ -950,7 +985,11 @@ class RedisChannelLayer(ParkingLayer):
                     return first
         return None
 
+    def _drop_own(self, channel: str) -> int:
+        return self._local.drop_own(channel)
+
     def _will_park(self, names: list[str]) -> None:
+        names = [non_local_name(name) for name in names]  # an own channel: its prefix's list
         self._own(names)
         by_shard: dict[int, list[str]] = {}
         for name in names:
@@ -1120,6 +1159,8 @@ class RedisChannelLayer(ParkingLayer):
         self, shard: int, name: str, deliveries: list[Delivery], stamp: bytes | None
     ) -> list[Delivery]:
         """Give each delivery from list *name* to a parked receiver; return those nobody took."""
+        if name in self._owned_prefixes:
+            deliveries = self._sort_own(shard, name, deliveries, stamp)
         leftovers = []
         for delivery in deliveries:
             waiter = self._receivers.claim(delivery[0], name)
@@ -1130,6 +1171,42 @@ class RedisChannelLayer(ParkingLayer):
                 if stamp is not None:
                     self._forget_later(shard, self._stamps_key(delivery[0]), stamp)
         return leftovers
+
+    def _sort_own(
+        self, shard: int, name: str, deliveries: list[Delivery], stamp: bytes | None
+    ) -> list[Delivery]:
+        """Of *deliveries* popped from the list of *name*, a prefix with own channels, give
+        each one for an own channel to its receiver, or hold it in its FIFO here, or drop it
+        (see "Own channels" in :mod:`layers._backend`); return the others."""
+        usual = []
+        now = trio.current_time()
+        for delivery in deliveries:
+            channel = delivery[0]
+            own = self._own_target(channel, name)
+            if own is True:
+                usual.append(delivery)
+                continue
+            if own is not False:
+                waiter = self._receivers.claim_own(channel)
+                if waiter is not None:
+                    waiter.wake(delivery)
+                else:
+                    try:
+                        self._local.put_own(
+                            channel, delivery[1], now, own.capacity, deadline=delivery[2], admitted=True
+                        )
+                    except ChannelFull:
+                        own.overflowed(channel)
+                    else:
+                        if stamp is not None:  # it counts in Redis until it is taken
+                            self._held[id(delivery[1])] = (shard, self._stamps_key(channel), stamp)
+                        if self._local_deadline == math.inf:
+                            self._local_wakeup.set()
+                        continue
+            # Handed over or gone: this message no longer counts against its channel.
+            if stamp is not None:
+                self._forget_later(shard, self._stamps_key(channel), stamp)
+        return usual
 
     def _unpack(self, name: str, item: bytes, ttl_ms: int) -> tuple[list[Delivery], bytes | None]:
         """The deliveries in *item*, which has *ttl_ms* left to live by Redis's clock (never

@@ -212,3 +212,20 @@ async def test_route_class() -> None:
     assert Counter.seen == [("count.too", {"who": "ann"})]
     with pytest.raises(ValueError, match="channel_names"):
         route_class(object)
+
+
+def test_routed_channels_leave_out_the_default_routes() -> None:
+    """Router.routed names the channels the application's own routes listen on, includes
+    too; the default routes (no-op http.disconnect and the rest) are not among them."""
+
+    async def consumer(message: Message) -> None:
+        pass
+
+    router = Router(
+        [
+            route("http.request", consumer),
+            include([route(["websocket.receive", "chat"], consumer)], path="^/x"),
+        ]
+    )
+    assert router.routed == {"http.request", "websocket.receive", "chat"}
+    assert {"http.disconnect", "websocket.connect", "websocket.disconnect"} <= router.channels()

@@ -8,6 +8,7 @@ capped well under it, so a client left waiting for the timeout fails the test.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ import trio
 
 from interface import InterfaceConfig
 from layers import InMemoryChannelLayer
+from layers.redis import RedisChannelLayer
 from trio_channels import Message, route
 from trio_channels.exceptions import RequestAborted
 from trio_channels.http import Request, Response, send_response
 
+from ..redis_server import RedisServer
 from .conftest import StartServer
 
 #: Long enough that a client answered only by http_timeout fails the test's fail_after(10).
@@ -318,15 +321,20 @@ async def test_bad_response_header_is_500_with_one_error_line(
 
 
 async def test_dropped_http_disconnect_is_a_rate_limited_warning(
-    start_server: StartServer, caplog: pytest.LogCaptureFixture
+    redis_servers: list[RedisServer], start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An http.disconnect the full layer refuses is a WARNING: one line for many drops."""
+    """An http.disconnect the full layer refuses is a WARNING: one line for many drops. (On a
+    shared layer the interface cannot know whether a worker elsewhere consumes it: it sends.)"""
     caplog.set_level(logging.WARNING, logger="interface")
 
     async def ok(message: Message) -> None:
         await send_response(message, Response("ok"))
 
-    layer = InMemoryChannelLayer(channel_capacity={"http.disconnect": 1})
+    layer = RedisChannelLayer(
+        hosts=[redis_servers[0].url],
+        prefix=f"t{uuid.uuid4().hex[:12]}",
+        channel_capacity={"http.disconnect": 1},
+    )
     info = await start_server(
         [route("http.request", ok)],
         layer=layer,
@@ -339,6 +347,34 @@ async def test_dropped_http_disconnect_is_a_rate_limited_warning(
     warnings = [record.getMessage() for record in caplog.records if "http.disconnect" in record.getMessage()]
     assert len(warnings) == 1, warnings
     assert "'GET /1 HTTP/1.1'" in warnings[0] and "ChannelFull" in warnings[0]
+
+
+@pytest.mark.parametrize("routed", [True, False])
+async def test_http_disconnect_only_where_something_consumes_it(
+    start_server: StartServer, routed: bool
+) -> None:
+    """Issue 12: with every consumer in this process (the in-memory layer), http.disconnect is
+    sent only if a route of the application's takes it, not to the default no-op."""
+    disconnects: list[str] = []
+
+    async def ok(message: Message) -> None:
+        await send_response(message, Response("ok"))
+
+    async def disconnected(message: Message) -> None:
+        disconnects.append(message["path"])
+
+    routing = [route("http.request", ok)]
+    if routed:
+        routing.append(route("http.disconnect", disconnected))
+    layer = InMemoryChannelLayer()
+    info = await start_server(routing, layer=layer, interface_config=CONFIG)
+    for index in range(3):
+        assert (await get(info.url + f"/{index}")).status_code == 200
+    with trio.fail_after(10):
+        while routed and len(disconnects) < 3:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    sent = (await layer.statistics("http.disconnect")).messages_count
+    assert (sent, disconnects) == ((3, ["/0", "/1", "/2"]) if routed else (0, []))
 
 
 async def test_http_timeout_is_a_rate_limited_warning(

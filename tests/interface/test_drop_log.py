@@ -48,3 +48,21 @@ async def test_kinds_are_counted_apart_and_a_lone_drop_is_one_line(
         (logging.ERROR, "interface.p!c: dropped 1 bad reply (unknown key)"),
         (logging.ERROR, "interface.p!c: dropped 3 bad replies in all (unknown key)"),
     ]
+
+
+async def test_happened_counts_events_that_are_not_drops(
+    autojump: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same helper rate-limits other WARNINGs (the interface's one-a-minute lines): the
+    text first, then a count with the last text, then the total."""
+    caplog.set_level(logging.WARNING, logger="interface")
+    warnings = DropLog("interface", interval=60)
+    for index in range(5):
+        warnings.happened("http_timeout", f"no response to 'GET /{index}'")
+        await trio.sleep(20)
+    warnings.close()
+    assert [record.getMessage() for record in caplog.records] == [
+        "interface: no response to 'GET /0'",
+        "interface: 3 more http_timeouts in 60 s (the last: no response to 'GET /3')",
+        "interface: 5 http_timeouts in all (the last: no response to 'GET /4')",
+    ]

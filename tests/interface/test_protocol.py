@@ -225,6 +225,40 @@ def test_closed_abandons_the_response() -> None:
     assert HttpResponseProtocol().reply({"closed": True, "status": 200}) == [ResponseAbort()]
 
 
+def test_the_first_close_decides_the_code() -> None:
+    """Our close decides the code unless the client's came first; either way once."""
+    ours = ws()
+    assert ours.local_close(1013) is True and ours.closing
+    assert ours.local_close(1001) is False  # a second close: no second close frame
+    ours.remote_close(4000)  # the client's answer does not change what happened
+    assert ours.disconnect_message()["code"] == 1013
+
+    theirs = ws()
+    theirs.remote_close(4002)
+    assert theirs.local_close(1001) is False
+    assert theirs.disconnect_message()["code"] == 4002
+
+
+def test_a_ping_timeout_reports_another_code_than_it_sends() -> None:
+    """A ping timeout sends 1011 but tells the application 1006 (no close frame came back)."""
+    socket = ws()
+    assert socket.local_close(1011, reported=1006) is True
+    assert socket.disconnect_message()["code"] == 1006
+    assert type(socket.disconnect_message()["code"]) is int
+
+
+def test_a_refused_frame_gives_its_order_back() -> None:
+    """Regression (issue 12): a frame the layer refused leaves no gap in order numbers, so the
+    disconnect follows the last frame sent (enforce_ordering would wait for the gap)."""
+    socket = ws()
+    assert socket.receive_message("sent")["order"] == 1
+    assert socket.receive_message("refused")["order"] == 2
+    socket.receive_refused()
+    assert socket.receive_message("next")["order"] == 2
+    socket.local_close(1013)
+    assert socket.disconnect_message()["order"] == 3
+
+
 # ------------------------------------------------------------------ positions and presence events
 
 

@@ -154,3 +154,37 @@ def test_membership_lost_is_one_event_per_loss() -> None:
     assert first.is_set() and layer.last_membership_lost == loss
     assert layer.membership_lost is not first and not layer.membership_lost.is_set()
     assert str(loss) == "redis://a:6379/0: restarted without its data"
+
+
+@pytest.mark.parametrize("existing", [0, 1, 14, 15, 16, 65535])
+def test_append_encoded_splices_one_item_into_a_list(existing: int) -> None:
+    """Issue 12 (the session cookie): appending to an encoded message's list gives what
+    re-encoding would, across every msgpack array header size, the body copied untouched."""
+    from layers.base import append_encoded
+
+    headers = [[b"x-%d" % n, b"v"] for n in range(existing)]
+    message = {"status": 200, "headers": headers, "content": b"\x00" * 100_000, "more_content": False}
+    data = append_encoded(
+        encode_message(message, 2**24), "headers", [b"set-cookie", b"id=1"], require="status", max_size=2**24
+    )
+    assert data is not None
+    assert decode_message(data) == {**message, "headers": [*headers, [b"set-cookie", b"id=1"]]}
+
+
+def test_append_encoded_makes_a_missing_list_and_refuses_what_it_cannot_do() -> None:
+    """A missing list is made (also past 15 keys); no required key, a non-list value or data
+    that is not a map give None; a bad item is a TypeError naming it; the size limit holds."""
+    from layers.base import MessageTooLarge, append_encoded
+
+    many = {f"k{n}": n for n in range(15)} | {"status": 204}
+    data = append_encoded(encode_message(many), "headers", [b"a", b"b"], require="status")
+    assert data is not None and decode_message(data) == {**many, "headers": [[b"a", b"b"]]}
+    assert append_encoded(encode_message({"text": "x"}), "headers", [b"a", b"b"], require="status") is None
+    assert append_encoded(encode_message({"status": 200, "headers": "no"}), "headers", [b"a", b"b"]) is None
+    assert append_encoded(b"\x93\x01\x02\x03", "headers", [b"a", b"b"]) is None
+    with pytest.raises(TypeError, match=r"message\['headers'\]\[-1\]\[0\] is invalid: set values"):
+        append_encoded(encode_message({"status": 200}), "headers", [{1}, b"b"])
+    with pytest.raises(MessageTooLarge, match="over the layer's limit of 40 bytes"):
+        append_encoded(
+            encode_message({"status": 200, "content": b"x" * 30}), "headers", [b"a", b"b"], max_size=40
+        )

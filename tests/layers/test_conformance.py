@@ -985,3 +985,200 @@ async def test_unavailable(outage: Outage) -> None:
                 outage.start()
                 await layer.send("down-after", {"n": 1})
         assert got == [("down-after", {"n": 1})]
+
+
+# ------------------------------------------------------------------ own channels
+
+
+async def test_own_channels_are_fifo_per_channel(layer: BaseChannelLayer) -> None:
+    """Each own channel of a prefix gets its own messages, in sending order, whatever the
+    other channels of the prefix get meanwhile."""
+    channels = ["own.fifo!a", "own.fifo!b"]
+    count = CAPACITY // 2  # the Redis list of a prefix still counts them together
+    for channel in channels:
+        layer.open_own(channel)
+    for n in range(count):
+        for channel in channels:
+            await layer.send(channel, {"n": n, "to": channel})
+    for channel in reversed(channels):
+        with trio.fail_after(5):
+            got = [await layer.receive_own(channel) for _ in range(count)]
+        assert got == [{"n": n, "to": channel} for n in range(count)]
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_own_nowait(channels[0])
+
+
+async def test_own_channel_hand_off(layer: BaseChannelLayer) -> None:
+    """A receiver waiting on its own channel gets each message as it is sent, plain sends and
+    group sends alike, in order, and nothing meant for another channel of the prefix."""
+    layer.open_own("own.handoff!me")
+    layer.open_own("own.handoff!other")
+    await layer.group_add("own-handoff", "own.handoff!me")
+    got: list[dict[str, Any]] = []
+
+    async def receiver() -> None:
+        while len(got) < 6:
+            got.append(await layer.receive_own("own.handoff!me"))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            for n in range(3):
+                await trio.sleep(0.01)
+                await layer.send("own.handoff!other", {"n": -1})
+                await layer.send("own.handoff!me", {"n": 2 * n})
+                await layer.send_group("own-handoff", {"n": 2 * n + 1})
+    assert got == [{"n": n} for n in range(6)]
+    assert await layer.receive_own_nowait("own.handoff!other") == {"n": -1}
+
+
+async def test_own_channel_cancelled_receive_loses_nothing(layer: BaseChannelLayer) -> None:
+    """A receive_own cancelled while it waits leaves the next message for the next receive."""
+    layer.open_own("own.cancel!c")
+    for _ in range(3):
+        with trio.move_on_after(0.05) as scope:
+            await layer.receive_own("own.cancel!c")
+        assert scope.cancelled_caught
+    await layer.send("own.cancel!c", {"value": 1})
+    await layer.send("own.cancel!c", {"value": 2})
+    with trio.fail_after(5):
+        assert await layer.receive_own("own.cancel!c") == {"value": 1}
+        assert await layer.receive_own("own.cancel!c") == {"value": 2}
+
+
+@pytest.mark.parametrize("receivers_cancelled", [1, 3])
+def test_own_channel_cancelled_at_random_loses_nothing(
+    layer_factory: LayerFactory, backend: str, receivers_cancelled: int
+) -> None:
+    """One task receiving its own channel under random cancellations (by its own timeouts and
+    from outside, right as messages are handed over) still gets every message once, in order."""
+    examples = 40 if backend in VIRTUAL_TIME else 6
+
+    @hypothesis.settings(max_examples=examples, deadline=None, derandomize=True)
+    @hypothesis.given(_scenarios())
+    def check(scenario: tuple[int, list[float], list[float], list[int | None]]) -> None:
+        count, gaps, timeouts, cancels = scenario
+
+        async def run() -> None:
+            received: list[int] = []
+            done = trio.Event()
+            scope: list[trio.CancelScope | None] = [None]
+            async with layer_factory(capacity=100) as layer:
+                await layer.flush()
+                layer.open_own("own.prop!c")
+
+                async def receiver() -> None:
+                    attempt = 0
+                    while True:
+                        attempt += 1
+                        with trio.move_on_after(timeouts[attempt % len(timeouts)]) as scope[0]:
+                            received.append((await layer.receive_own("own.prop!c"))["n"])
+                            if len(received) == count:
+                                done.set()
+
+                with trio.fail_after(10):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(receiver)
+                        for n in range(count):
+                            if cancels[n] is not None and cancels[n] < receivers_cancelled and scope[0]:
+                                scope[0].cancel()
+                            await layer.send("own.prop!c", {"n": n})
+                            await trio.sleep(gaps[n])
+                        await done.wait()
+                        nursery.cancel_scope.cancel()
+            assert received == list(range(count))
+
+        clock = trio.testing.MockClock(autojump_threshold=0) if backend in VIRTUAL_TIME else None
+        trio.run(run, clock=clock)
+
+    check()
+
+
+async def _settle(layer: BaseChannelLayer, channel: str) -> None:
+    """Let a shared layer's poller bring in what is queued for *channel*'s prefix."""
+    with trio.move_on_after(0.2):
+        await layer.receive_own(channel)
+        raise AssertionError(f"{channel} got a message it should not have")
+
+
+async def test_own_channel_capacity_and_overflow(layer: BaseChannelLayer) -> None:
+    """An own channel holds at most its capacity; a group send beyond it misses that member
+    and each refusal is reported to on_overflow, in the process receiving the channel."""
+    overflowed: list[str] = []
+    layer.open_own("own.cap!c", capacity=2, on_overflow=overflowed.append)
+    layer.open_own("own.cap!idle")
+    await layer.group_add("own-cap", "own.cap!c")
+    for n in range(4):
+        await layer.send_group("own-cap", {"n": n})  # never raises
+    await _settle(layer, "own.cap!idle")
+    assert overflowed == ["own.cap!c", "own.cap!c"]
+    assert layer.own_statistics("own.cap!c").refused == 2  # type: ignore[union-attr]
+    with trio.fail_after(5):
+        assert [await layer.receive_own("own.cap!c") for _ in range(2)] == [{"n": 0}, {"n": 1}]
+
+
+async def test_own_channel_full_send_raises(layer: BaseChannelLayer) -> None:
+    """A plain send to a full own channel of this process raises ChannelFull (and is reported):
+    on Redis too, since the message never leaves the process (its prefix is this process's own)."""
+    overflowed: list[str] = []
+    layer.open_own("own.capsend!c", capacity=1, on_overflow=overflowed.append)
+    await layer.send("own.capsend!c", {"n": 0})
+    with pytest.raises(ChannelFull, match=r"'own\.capsend!c' is full"):
+        await layer.send("own.capsend!c", {"n": 1})
+    assert overflowed == ["own.capsend!c"]
+
+
+async def test_own_channel_close_drops_what_it_held(layer: BaseChannelLayer) -> None:
+    """close_own drops what waits for the channel and what comes later; the other own channels
+    of the prefix are untouched, and receiving on a closed one is an error naming it."""
+    layer.open_own("own.close!gone")
+    layer.open_own("own.close!kept")
+    await layer.group_add("own-close", "own.close!gone")
+    await layer.group_add("own-close", "own.close!kept")
+    await layer.send("own.close!gone", {"n": 0})
+    await layer.send("own.close!gone", {"n": 1})
+    with trio.fail_after(5):
+        while True:  # a shared layer's poller brings them in: close once both are held
+            try:
+                held = await layer.receive_own_nowait("own.close!kept")
+            except trio.WouldBlock:
+                break
+            raise AssertionError(f"unexpected message {held}")
+    assert layer.close_own("own.close!gone") in (0, 1, 2)
+    assert layer.close_own("own.close!gone") == 0  # closing twice is harmless
+    await layer.send("own.close!gone", {"n": 2})
+    await layer.send_group("own-close", {"n": 3})
+    with trio.fail_after(5):
+        assert await layer.receive_own("own.close!kept") == {"n": 3}
+    with pytest.raises(ValueError, match=r"own channel 'own.close!gone' is not open"):
+        await layer.receive_own("own.close!gone")
+    layer.open_own("own.close!gone")  # it may be opened again: nothing of before is left
+    with pytest.raises(trio.WouldBlock):
+        await layer.receive_own_nowait("own.close!gone")
+
+
+async def test_own_channels_are_checked(layer: BaseChannelLayer) -> None:
+    """Only full process-specific names can be own channels, each opened once."""
+    for name, rule in [
+        ("own.bad!", "full process-specific name"),
+        ("own-bad", "full process-specific name"),
+        ("own bad!x", "only ASCII letters"),
+    ]:
+        with pytest.raises(TypeError, match=rule):
+            layer.open_own(name)
+    layer.open_own("own.twice!x")
+    with pytest.raises(ValueError, match="already open"):
+        layer.open_own("own.twice!x")
+    with pytest.raises(ValueError, match="capacity must be an int"):
+        layer.open_own("own.twice!y", capacity=0)
+    assert "own" in layer.extensions
+
+
+async def test_own_channel_expiry(layer: BaseChannelLayer, layer_clock: Any) -> None:
+    """A message that waited for its own channel longer than the expiry is not received."""
+    layer.open_own("own.expiry!c")
+    await layer.send("own.expiry!c", {"old": True})
+    await trio.sleep(EXPIRY + 0.5)
+    await layer.send("own.expiry!c", {"old": False})
+    with trio.fail_after(5):
+        assert await layer.receive_own("own.expiry!c") == {"old": False}

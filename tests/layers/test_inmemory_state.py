@@ -176,6 +176,51 @@ def test_flush_drops_everything_but_counters() -> None:
     assert state.statistics(now=0).messages_count == 1
 
 
+def test_own_channel_fifos_are_apart_from_their_prefix() -> None:
+    """Own channels queue in FIFOs of their own, by full name, bounded by the capacity given,
+    and leave no trace once empty; a prefix's queue never sees them."""
+    state = _state(capacity=100)
+    state.put_own("p!a", b"1", now=0, capacity=2)
+    state.put_own("p!b", b"2", now=0, capacity=2)
+    state.put_own("p!a", b"3", now=1, capacity=2)
+    with pytest.raises(ChannelFull, match="channel 'p!a' is full"):
+        state.put_own("p!a", b"4", now=1, capacity=2)
+    assert state.take(["p!"], now=2) is None
+    own = [state.take_own("p!a", now=2) for _ in range(3)]
+    assert [entry and entry[2] for entry in own] == [b"1", b"3", None]
+    assert "p!a" not in state.own and "p!b" in state.own
+    assert state.drop_own("p!b") == 1 and state.drop_own("p!b") == 0
+    assert state.own == {}
+
+
+def test_own_channel_expiry_keeps_its_groups() -> None:
+    """An own channel's expired messages are dropped (by take, by a full FIFO, by sweep), but
+    the channel stays in its groups: it is open, unlike a channel whose message expired unread."""
+    state = _state()
+    state.group_add("g", "p!a", now=0)
+    state.put_own("p!a", b"old", now=0, capacity=1)
+    state.put_own("p!a", b"new", now=10, capacity=1)  # the old one expired at 10: room
+    assert state.sweep(now=15) == 20
+    entry = state.take_own("p!a", now=15)
+    assert entry is not None and entry[2] == b"new"
+    state.put_own("p!a", b"late", now=20, capacity=1)
+    assert state.take_own("p!a", now=31) is None and state.own == {}
+    assert state.group_members("g", now=31) == ["p!a"]
+
+
+def test_own_channels_in_statistics_and_flush() -> None:
+    """What waits in own channels counts as pending, for the layer and for their prefix."""
+    state = _state()
+    state.put_own("p!a", b"", now=0, capacity=5)
+    state.put_own("p!a", b"", now=2, capacity=5)
+    assert state.statistics(now=4).messages_pending == 2
+    prefix = state.statistics(now=4, channel="p!")
+    assert (prefix.messages_pending, prefix.messages_max_age) == (2, 4)
+    assert state.statistics(now=4, channel="q!").messages_pending == 0
+    state.flush()
+    assert state.own == {}
+
+
 def test_on_remove_hears_of_every_entry_that_leaves() -> None:
     """Taken, expired (by take, purge or sweep) or dropped: each entry leaving a queue is
     reported once, with its payload and whether it was taken (waiting senders are woken so)."""
