@@ -46,6 +46,7 @@ from .common import (
     WebSocketClosed,
     WebSocketTransport,
 )
+from .counters import InterfaceCounters, InterfaceStatistics
 from .logs import DROP_LOG_INTERVAL, DropLog, log
 from .proxy import TrustedProxies, apply_proxy_headers
 
@@ -60,6 +61,7 @@ __all__ = [
     "HttpResponder",
     "InterfaceConfig",
     "InterfaceServer",
+    "InterfaceStatistics",
     "Replies",
     "WebSocketClosed",
     "WebSocketTransport",
@@ -119,6 +121,7 @@ class Replies:
     on_overflow: Callable[[], None] | None = None
     _drops: DropLog | None = None
     _close: Callable[[], object] | None = None
+    kind: str = "http"  # which InterfaceCounters kind it counts as
 
     async def receive_nowait(self) -> dict[str, Any]:
         """The next reply if one is waiting, else :exc:`trio.WouldBlock`."""
@@ -131,7 +134,9 @@ class Replies:
     def drops(self) -> DropLog:
         """This connection's :class:`DropLog` (made on first use: most connections drop nothing)."""
         if self._drops is None:
-            self._drops = DropLog(self.name)
+            self._drops = DropLog(
+                self.name, counts=None if self._server is None else self._server.counters.dropped
+            )
         return self._drops
 
     def overflowed(self, _: str = "") -> None:
@@ -145,6 +150,7 @@ class Replies:
         """Drop what still waits for this connection; later replies to it are dropped too."""
         if self._server is not None:
             self._server._open -= 1
+            self._server.counters.closed(self.kind)
             self._server = None
         if self._layer is not None:
             self._layer.close_own(self.name)
@@ -251,7 +257,11 @@ class InterfaceServer:
     consumed_channels: frozenset[str] | None = None
     _sessions: dict[str, Session] = attrs.Factory(dict)
     _polled: dict[str, _Polled] = attrs.Factory(dict)
-    _warnings: DropLog = attrs.Factory(lambda: DropLog("interface", interval=60))
+    #: Connections and drops, for :meth:`statistics` (the metrics).
+    counters: InterfaceCounters = attrs.Factory(InterfaceCounters)
+    _warnings: DropLog = attrs.Factory(
+        lambda self: DropLog("interface", interval=60, counts=self.counters.dropped), takes_self=True
+    )
     _gates: dict[str, trio.Lock] = attrs.Factory(dict)
     #: Requests in flight plus WebSockets open (reply channels open), for limit_concurrency.
     _open: int = 0
@@ -281,18 +291,24 @@ class InterfaceServer:
 
     # -- replies ---------------------------------------------------------------------------
 
-    def open_replies(self) -> Replies:
-        """A new reply channel for one connection; :meth:`Replies.close` it when the connection ends."""
+    def statistics(self) -> InterfaceStatistics:
+        """Connections open and taken on, by kind, and what was dropped (see :mod:`interface.counters`)."""
+        return self.counters.snapshot()
+
+    def open_replies(self, kind: str = "http") -> Replies:
+        """A new reply channel for one connection of *kind* (``"http"``, ``"websocket"``);
+        :meth:`Replies.close` it when the connection ends."""
         name = _names.next(self.prefix)
         buffer = self.config.reply_buffer
         layer = self.layer
         self._open += 1
+        self.counters.opened(kind)
         if self.own_channels:
-            replies = Replies(name, partial(layer.receive_own, name), buffer, self, layer)
+            replies = Replies(name, partial(layer.receive_own, name), buffer, self, layer, kind=kind)
             layer.open_own(name, capacity=buffer, on_overflow=replies.overflowed)
             return replies
         sender, receiver = trio.open_memory_channel[dict[str, Any]](buffer)
-        replies = Replies(name, receiver.receive, buffer, self, polled=receiver)
+        replies = Replies(name, receiver.receive, buffer, self, polled=receiver, kind=kind)
         self._polled[name] = _Polled(sender, replies)
 
         def close() -> None:
