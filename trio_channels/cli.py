@@ -430,6 +430,13 @@ def _build() -> tuple[argparse.ArgumentParser, list[Option]]:
     )
     b.add(logs[:1], "--no-access-log", action="store_true", help="no access log")
 
+    b.add(
+        groups("metrics"),
+        "--metrics-bind",
+        metavar="HOST:PORT",
+        field="metrics_bind",
+        help="serve GET /metrics in the Prometheus text format there (needs the metrics extra)",
+    )
     dev = groups("development", "run")
     b.add(
         dev,
@@ -579,6 +586,8 @@ class _Announce:
         else:
             channels = ", ".join(info.workers[0].channels) if info.workers else ""
             log.info("worker listening on %s (%s); press Ctrl+C to stop", channels, layer_name)
+        if info.metrics_url is not None:
+            log.info("Prometheus metrics on %s", info.metrics_url)
 
 
 async def _run(prepared: _Prepared, announce: _Announce) -> None:

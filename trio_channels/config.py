@@ -183,6 +183,23 @@ def _session_store(instance: object, attribute: attrs.Attribute[Any], value: obj
         )
 
 
+def _metrics_bind(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"metrics_bind must be a 'host:port' string or None, got {value!r}")
+    parse_bind(value)  # ValueError naming it
+    if value.startswith(("unix:", "fd://")):
+        raise ValueError(f"metrics_bind {value!r} is invalid: write it as host:port or [ipv6]:port")
+    try:
+        importlib.import_module("prometheus_client")
+    except ImportError as exc:
+        raise ValueError(
+            f"metrics_bind {value!r} needs prometheus_client, which is not installed: "
+            "pip install 'trio-channels[metrics]'"
+        ) from exc
+
+
 def _interface_config(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, InterfaceConfig):
         raise TypeError(f"interface_config must be an interface.InterfaceConfig, got {value!r}")
@@ -213,6 +230,9 @@ class ServerConfig:
     ws_bind: tuple[str | socket.socket, ...] = attrs.field(default=(), converter=_strings, validator=_binds)
     #: The file mode of the Unix sockets ``bind`` creates (gunicorn's practice: owner and group).
     uds_perms: int = attrs.field(default=0o660, validator=_uds_perms)
+    #: Where ``GET /metrics`` answers in the Prometheus text format (``host:port``; port 0 picks
+    #: a free one); ``None``: no metrics listener. Needs the ``metrics`` extra (prometheus_client).
+    metrics_bind: str | None = attrs.field(default=None, validator=_metrics_bind)
     #: TLS certificate and private key (PEM) for the ``bind`` listeners: both, or neither.
     certfile: str | None = attrs.field(default=None, validator=_optional_str)
     keyfile: str | None = attrs.field(default=None, validator=_optional_str)
