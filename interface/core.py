@@ -292,7 +292,7 @@ class InterfaceServer:
     # -- replies ---------------------------------------------------------------------------
 
     def statistics(self) -> InterfaceStatistics:
-        """Connections open and taken on, by kind, and what was dropped (see :mod:`interface.counters`)."""
+        """Connections open and taken on, by kind, and what was dropped (see ``interface.counters``)."""
         return self.counters.snapshot()
 
     def open_replies(self, kind: str = "http") -> Replies:

@@ -25,7 +25,7 @@ class InterfaceStatistics:
     """An interface server's counters at one moment.
 
     ``open`` are the connections open now and ``accepted`` those taken on since the server
-    started, by kind (:data:`KINDS`); ``dropped`` counts what was dropped, by what.
+    started, by kind (``"http"``, ``"websocket"``); ``dropped`` counts what was dropped, by what.
     """
 
     open: Mapping[str, int]

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Nothing polls in the background. A scrape reads what the running parts count already --
-:meth:`~interface.InterfaceServer.statistics`, :meth:`~trio_channels.Worker.statistics`, the
+:meth:`~interface.InterfaceServer.statistics`, ``Worker.statistics()``, the
 layer's :meth:`~layers.BaseChannelLayer.statistics` (global and per channel, for a bounded set
 of channels: those this process's workers and interface use) and, on Redis, the round trips
 and errors per server -- into a :class:`Snapshot` (:func:`take_snapshot`, the one awaiting
@@ -42,6 +42,7 @@ from .worker import Worker, WorkerStatistics
 
 __all__ = [
     "INTERFACE_CHANNELS",
+    "LAYER_TIMEOUT",
     "MAX_CHANNELS",
     "Snapshot",
     "render",

@@ -4,7 +4,7 @@ One nursery supervises everything::
 
     serve()
      ├─ the channel layer (entered: its timers / pollers run in its own nursery)
-     ├─ outer nursery: the interface's reply poller, the signal watcher
+     ├─ outer nursery: the interface's reply poller, the signal watcher, the metrics listener
      └─ graceful nursery: HTTP+WebSocket listeners, WebSocket-only listeners, workers
 
 Shutdown (SIGINT/SIGTERM, or the ``shutdown`` event): listeners stop accepting, cancel the

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
@@ -170,17 +171,22 @@ async def test_dropped_work_is_counted_by_what() -> None:
     assert value(after, name, what="http_timeout") - value(before, name, what="http_timeout") == 2
 
 
-async def test_the_metrics_listener_answers_only_metrics() -> None:
-    """Another path is a 404, another method a 405; keep-alive serves several scrapes."""
+async def test_the_metrics_listener_answers_only_metrics_and_stops_with_the_server() -> None:
+    """Another path is a 404, another method a 405; keep-alive serves several scrapes; SIGTERM
+    stops the listener with the server (a clean exit, the port closed)."""
     with trio.fail_after(60):
-        async with metrics_server() as (_, _url, metrics), httpx.AsyncClient(timeout=20) as client:
-            base = metrics.removesuffix("/metrics")
-            assert (await client.get(base + "/")).status_code == 404
-            assert (await client.post(metrics, content=b"x")).status_code == 405
-            head = await client.head(metrics)
-            assert head.status_code == 200 and head.content == b""
-            for _ in range(3):
-                await scrape(client, metrics)
+        async with httpx.AsyncClient(timeout=20) as client:
+            async with metrics_server() as (process, _url, metrics):
+                base = metrics.removesuffix("/metrics")
+                assert (await client.get(base + "/")).status_code == 404
+                assert (await client.post(metrics, content=b"x")).status_code == 405
+                head = await client.head(metrics)
+                assert head.status_code == 200 and head.content == b""
+                for _ in range(3):
+                    await scrape(client, metrics)
+            assert process.returncode == 0, process.output.text
+            with pytest.raises(httpx.ConnectError):
+                await client.get(metrics)
 
 
 async def test_redis_round_trips_and_layer_errors(redis_server: RedisServer) -> None:
