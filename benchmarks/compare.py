@@ -8,6 +8,10 @@ Servers (``--servers`` to select; each runs the scenarios that apply to it):
 * ``memory``, ``redis``: ``python -m trio_channels run benchmarks.app.routing`` (interface and
   workers in one process; run through ``benchmarks/ours.py`` so it reports Trio tasks) on
   ``memory://``, or on a redis-server this run starts (``tests/redis_server.py``, unpinned);
+* ``redis-2``, ``redis-n`` (only when named in ``--servers``): the same on Redis with
+  ``--processes 2`` or ``--processes 0`` (one per core): a supervisor and its children,
+  **unpinned** (they may run on every core, the load generator's too); CPU and RSS are the
+  whole process tree's;
 * ``bare-ws``: ``benchmarks/bare_ws.py``, bare trio-websocket: the WebSocket baseline;
 * ``bare-h11``: ``benchmarks/bare_h11.py``, bare Trio + h11: an HTTP baseline;
 * ``bare-hypercorn``: ``benchmarks/bare.py``, a bare ASGI app on Hypercorn-Trio: the other HTTP
@@ -16,8 +20,8 @@ Servers (``--servers`` to select; each runs the scenarios that apply to it):
   uvicorn (``benchmarks/peers/``); ``pip install``s channels, daphne, uvicorn[standard] and
   django into this interpreter first if they are missing. Never a project dependency.
 
-Every (pass, scenario, server) gets a fresh server process pinned to CPU 0; the load generator
-(``benchmarks/loadgen.py``, this process) is pinned to CPU 1. Passes are interleaved: pass 1
+Every (pass, scenario, server) gets a fresh server process pinned to CPU 0 (but ``redis-2`` and
+``redis-n``); the load generator (``benchmarks/loadgen.py``, this process) is pinned to CPU 1. Passes are interleaved: pass 1
 runs every scenario on every server, then pass 2 (servers in a rotated order), and so on.
 Prints one JSON line per measurement, then one Markdown table per scenario (median of the
 passes, min–max in brackets, ratios of medians against the baseline), then a summary table.
@@ -63,12 +67,30 @@ class Server:
     scenarios: frozenset[str]
     command: Callable[[argparse.Namespace], list[str]]
     reports_tasks: bool = True
+    #: The CPU its processes are pinned to; ``None``: every CPU.
+    pin: int | None = 0
+    #: Measured unless ``--servers`` says otherwise.
+    default: bool = True
+    #: A supervisor of several processes: CPU and RSS are its process tree's.
+    tree: bool = False
+
+    @property
+    def redis(self) -> bool:
+        return self.key.startswith("redis")
 
 
 def _ours(layer: Callable[[argparse.Namespace], str]) -> Callable[[argparse.Namespace], list[str]]:
     return lambda args: [
         sys.executable, "-m", "benchmarks.ours", "run", "benchmarks.app.routing", "--bind", "127.0.0.1:0",
         "--layer", layer(args), "--no-access-log", "--grace-period", "1",
+    ]  # fmt: skip
+
+
+def _supervised(processes: str) -> Callable[[argparse.Namespace], list[str]]:
+    # Plain `python -m trio_channels` (the children are, whatever the supervisor runs as).
+    return lambda args: [
+        sys.executable, "-m", "trio_channels", "run", "benchmarks.app.routing", "--bind", "127.0.0.1:0",
+        "--layer", args.redis_url, "--no-access-log", "--grace-period", "1", "--processes", processes,
     ]  # fmt: skip
 
 
@@ -79,6 +101,26 @@ def _module(name: str) -> Callable[[argparse.Namespace], list[str]]:
 SERVERS = [
     Server("memory", "trio_channels memory", ALL_SCENARIOS, _ours(lambda args: "memory://")),
     Server("redis", "trio_channels Redis", ALL_SCENARIOS, _ours(lambda args: args.redis_url)),
+    Server(
+        "redis-2",
+        "trio_channels Redis, 2 processes",
+        ALL_SCENARIOS,
+        _supervised("2"),
+        reports_tasks=False,
+        pin=None,
+        default=False,
+        tree=True,
+    ),
+    Server(
+        "redis-n",
+        "trio_channels Redis, one process per core",
+        ALL_SCENARIOS,
+        _supervised("0"),
+        reports_tasks=False,
+        pin=None,
+        default=False,
+        tree=True,
+    ),
     Server("bare-ws", "bare trio-websocket", WS_SCENARIOS, _module("benchmarks.bare_ws")),
     Server("bare-h11", "bare trio + h11", frozenset({"http"}), _module("benchmarks.bare_h11")),
     Server("bare-hypercorn", "bare Hypercorn-Trio", ALL_SCENARIOS, _module("benchmarks.bare")),
@@ -88,6 +130,7 @@ SERVERS = [
         ALL_SCENARIOS,
         _module("benchmarks.peers.serve_channels"),
         reports_tasks=False,
+        default=False,
     ),
 ]
 BY_KEY = {server.key: server for server in SERVERS}
@@ -118,9 +161,15 @@ def _pin(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
-def _server_preexec() -> None:
-    _pin(0)
-    raise_fd_limit()
+def _server_preexec(pin: int | None) -> Callable[[], None]:
+    def preexec() -> None:
+        if pin is not None:
+            _pin(pin)
+        elif hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))  # not the load generator's CPU only
+        raise_fd_limit()
+
+    return preexec
 
 
 class TaskReport:
@@ -166,7 +215,7 @@ async def measure(
     args: argparse.Namespace, server: Server, scenario: str, number: int, logs: Path
 ) -> dict[str, Any]:
     """One measurement: a fresh server, one scenario, one JSON-able dict."""
-    if server.key == "redis":
+    if server.redis:
         await _flush_redis(args.redis_port)
     log_path = logs / f"pass{number}-{scenario}-{server.key}.log"
     record: dict[str, Any] = {
@@ -176,10 +225,11 @@ async def measure(
         "scenario": scenario,
     }
     record["load_before"] = _load()
-    async with started(server.command(args), " at ", preexec_fn=_server_preexec) as running:
+    async with started(server.command(args), " at ", preexec_fn=_server_preexec(server.pin)) as running:
         url = running.found
-        others = {"redis": args.redis_pid} if server.key == "redis" else {}
-        probe = Probe(running.pid, TaskReport(running) if server.reports_tasks else None, others)
+        others = {"redis": args.redis_pid} if server.redis else {}
+        tasks = TaskReport(running) if server.reports_tasks else None
+        probe = Probe(running.pid, tasks, others, tree=server.tree)
         try:
             with trio.fail_after(args.scenario_timeout):
                 record.update(await run_scenario(url, scenario, probe, **sizes(args)[scenario]))
@@ -431,7 +481,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         default=None,
-        help=f"comma-separated, from {','.join(BY_KEY)} (default: all but the peer, which --peers adds)",
+        help=f"comma-separated, from {','.join(BY_KEY)} (default: all but the peer, which --peers adds, "
+        "and redis-2 and redis-n)",
     )
     parser.add_argument("--passes", type=int, default=3, help="interleaved passes; medians are reported (3)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each timed scenario (5)")
@@ -471,7 +522,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         if name not in SCENARIOS:
             parser.error(f"scenario {name!r} is unknown: choose from {', '.join(SCENARIOS)}")
     if args.servers is None:
-        args.servers = [key for key in BY_KEY if key != "channels-uvicorn" or args.peers]
+        args.servers = [
+            server.key
+            for server in SERVERS
+            if server.default or (args.peers and server.key == "channels-uvicorn")
+        ]
     else:
         args.servers = [name.strip() for name in args.servers.split(",") if name.strip()]
         if args.peers and "channels-uvicorn" not in args.servers:
@@ -508,7 +563,7 @@ def cli(argv: list[str] | None = None) -> int:
     if "channels-uvicorn" in args.servers:
         _ensure_peers()
     redis = None
-    if "redis" in args.servers:
+    if any(BY_KEY[key].redis for key in args.servers):
         from tests.redis_server import RedisServer
 
         redis = RedisServer().start()

@@ -7,6 +7,9 @@ Figures:
 * ``pairs_concurrent``: the same with 50 senders and 50 receivers (how traffic from many
   connections and consumers arrives; on Redis their commands share pipelined round trips);
 * ``pairs_sequential``: the same from one task (send, then receive), the per-call overhead;
+* ``pairs_remote`` (shared layers only): 50 senders on one layer object and 50 receivers on
+  another, which the layer cannot tell from two processes: every message crosses the server
+  (in one layer object, a receiver waiting in the sending process gets it in process);
 * ``send_group``: messages delivered per second by ``send_group`` to 1,000 members (members are
   reply channels under one process prefix, drained by one receiver, as an interface server does);
 * ``individual_sends``: the same deliveries done as 1,000 separate ``send`` calls, the baseline
@@ -45,14 +48,21 @@ def emit(figure: str, value: float, unit: str, *, digits: int = 1, **extra: Any)
     print(json.dumps(line, ensure_ascii=False), flush=True)
 
 
-async def bench_pairs(layer: layers.BaseChannelLayer, seconds: float, tasks: int = 1) -> float:
-    """*tasks* senders and *tasks* receivers on one channel; pairs completed per second."""
+async def bench_pairs(
+    layer: layers.BaseChannelLayer,
+    seconds: float,
+    tasks: int = 1,
+    receiving: layers.BaseChannelLayer | None = None,
+) -> float:
+    """*tasks* senders and *tasks* receivers on one channel (the receivers on *receiving*, if
+    given); pairs completed per second."""
     count = 0
+    receiving = receiving or layer
 
     async def receiver() -> None:
         nonlocal count
         while True:
-            await layer.receive(["bench"])
+            await receiving.receive(["bench"])
             count += 1
 
     async def sender(end: float) -> None:
@@ -179,6 +189,11 @@ async def main(url: str, seconds: float, members: int, only: set[str]) -> None:
             emit("pairs", await bench_pairs(layer, seconds), "pairs/s", layer=url, tasks=1)
             emit("pairs_concurrent", await bench_pairs(layer, seconds, 50), "pairs/s", layer=url, tasks=50)
             await layer.flush()
+            if not url.startswith("memory"):
+                async with layers.from_url(url, capacity=1000) as other:
+                    remote = await bench_pairs(layer, seconds, 50, receiving=other)
+                emit("pairs_remote", remote, "pairs/s", layer=url, tasks=50)
+                await layer.flush()
             emit("pairs_sequential", await bench_pairs_sequential(layer, seconds), "pairs/s", layer=url)
         if "fanout" in only:
             grouped = await bench_fanout(layer, seconds, members, grouped=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import time
@@ -55,26 +56,55 @@ class Probe:
     pid: int | None = None
     tasks: Callable[[], Awaitable[int | None]] | None = None
     others: dict[str, int] = attrs.Factory(dict)  # helper processes (redis-server) whose CPU to report
+    #: The server is a supervisor (``--processes N``): its CPU and RSS are those of its whole
+    #: process tree (the supervisor and its children).
+    tree: bool = False
 
     @staticmethod
     def _cpu(pid: int) -> float:
-        with open(f"/proc/{pid}/stat") as file:
-            fields = file.read().rpartition(")")[2].split()
+        try:
+            with open(f"/proc/{pid}/stat") as file:
+                fields = file.read().rpartition(")")[2].split()
+        except FileNotFoundError:  # a child that exited in the meantime
+            return 0.0
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
+    def _pids(self) -> list[int]:
+        """The server's pid, and with ``tree`` its descendants' (from the parents in /proc)."""
+        assert self.pid
+        if not self.tree:
+            return [self.pid]
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as file:
+                        parents[int(entry)] = int(file.read().rpartition(")")[2].split()[1])
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
+        found = [self.pid]
+        for pid in found:  # grows while it is walked: breadth first
+            found.extend(child for child, parent in parents.items() if parent == pid)
+        return found
+
     def cpu_s(self) -> dict[str, float]:
-        found = {"server": self._cpu(self.pid)} if self.pid else {}
+        found = {"server": sum(self._cpu(pid) for pid in self._pids())} if self.pid else {}
         found.update((name, self._cpu(pid)) for name, pid in self.others.items())
         return found
 
     def rss_kib(self) -> int | None:
         if not self.pid:
             return None
-        with open(f"/proc/{self.pid}/status") as file:
-            for line in file:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return None
+        total = None
+        for pid in self._pids():
+            try:
+                with open(f"/proc/{pid}/status") as file:
+                    for line in file:
+                        if line.startswith("VmRSS:"):
+                            total = (total or 0) + int(line.split()[1])
+            except FileNotFoundError:
+                continue
+        return total
 
     async def task_count(self) -> int | None:
         return await self.tasks() if self.tasks is not None else None

@@ -3,9 +3,14 @@
 It owns the process prefix ``interface.<random>!`` and one reply channel per connection under
 it. On a layer with own channels (the ``own`` extension, every layer of this project) a
 connection's task receives its replies itself (``layer.receive_own``): a reply goes from the
-consumer's task straight to the connection's, with no relay task and no second queue. On a
-layer without them, one reply poller receives on the prefix and hands each reply to its
-connection's bounded memory channel.
+consumer's task straight to the connection's, with no relay task and no second queue; and
+since an own channel's prefix is the process's own (``layer.own_prefix``), a reply from a
+worker in this process never leaves it, on Redis too. On a layer without own channels, one
+reply poller receives on the prefix (declared with ``layer.own_prefix`` for as long as it
+runs) and hands each reply to its connection's bounded memory channel. Messages the interface
+builds are given up to the layer (``send_owned``: no copy, no validation walk), and a sender
+that finds a channel full waits for room in the layer's queue of waiting senders
+(:meth:`InterfaceServer.send_waiting`).
 
 Each connection runs as a task of its listener and talks to the layer through
 :meth:`InterfaceServer.http` (:mod:`interface.http`) or :meth:`InterfaceServer.websocket`
@@ -34,7 +39,6 @@ import attrs
 import trio
 
 from layers import BaseChannelLayer, ChannelLayerUnavailable
-from layers.base import retry_when_full
 
 from . import http as _http
 from . import ws as _ws
@@ -258,11 +262,13 @@ class InterfaceServer:
     _sessions: dict[str, Session] = attrs.Factory(dict)
     _polled: dict[str, _Polled] = attrs.Factory(dict)
     #: Connections and drops, for :meth:`statistics` (the metrics).
-    counters: InterfaceCounters = attrs.Factory(InterfaceCounters)
-    _warnings: DropLog = attrs.Factory(
-        lambda self: DropLog("interface", interval=60, counts=self.counters.dropped), takes_self=True
+    counters: InterfaceCounters = attrs.field(factory=InterfaceCounters, init=False)
+    _warnings: DropLog = attrs.field(
+        default=attrs.Factory(
+            lambda self: DropLog("interface", interval=60, counts=self.counters.dropped), takes_self=True
+        ),
+        init=False,
     )
-    _gates: dict[str, trio.Lock] = attrs.Factory(dict)
     #: Requests in flight plus WebSockets open (reply channels open), for limit_concurrency.
     _open: int = 0
     _closed_since_trim: int = 0
@@ -331,10 +337,14 @@ class InterfaceServer:
             nursery.start_soon(self._trim_memory)
             task_status.started()
 
-    #: The name :meth:`run` had when all it did was poll replies.
+    #: The name ``run`` had when all it did was poll replies.
     run_reply_poller = run
 
     async def _poll_replies(self) -> None:
+        with self.layer.own_prefix(self.prefix):
+            await self._poll_reply_loop()
+
+    async def _poll_reply_loop(self) -> None:
         failures = 0
         while True:
             try:
@@ -439,7 +449,7 @@ class InterfaceServer:
         """Serve one HTTP request: send ``http.request``, then relay the response.
 
         *body* yields the request body and raises :exc:`ClientDisconnected` if the client leaves
-        before its end; *respond* writes the response. See :func:`interface.http.serve_request`.
+        before its end; *respond* writes the response. See ``interface.http.serve_request``.
         """
         if self.config.proxy_headers:
             info = _proxied(info, self.config.forwarded_allow_ips)
@@ -449,7 +459,7 @@ class InterfaceServer:
         return next((name for name in offered if name in self.config.ws_protocols), None)
 
     async def websocket(self, info: ConnectionInfo, transport: WebSocketTransport) -> None:
-        """Serve one WebSocket from handshake to close (see :func:`interface.ws.serve_websocket`)."""
+        """Serve one WebSocket from handshake to close (see ``interface.ws.serve_websocket``)."""
         if self.config.proxy_headers:
             info = _proxied(info, self.config.forwarded_allow_ips)
         serving = _ws.serve_websocket(self, info, transport)
@@ -457,20 +467,18 @@ class InterfaceServer:
         await serving
 
     async def send_waiting(self, channel: str, message: dict[str, Any], timeout: float) -> None:
-        """Send *message* to *channel*, waiting while it is full, :exc:`trio.TooSlowError` after
-        *timeout* seconds.
+        """Send *message*, which the interface built and gives up (``send_owned``), to
+        *channel*, waiting while it is full; :exc:`trio.TooSlowError` after *timeout* seconds
+        (the message was not sent).
 
-        Senders that find a channel full queue behind one another (a lock per channel: first
-        come, first served), and only the first retries, with backoff: ten thousand sockets
-        waiting for room cost one poll, not ten thousand, and the workers get the CPU to make
-        the room.
+        The waiting is the layer's (``wait=True``): senders that find a channel full queue
+        behind one another, first come, first served, and only the first tries again, when
+        a receive in this process makes room (or, where the channel drains elsewhere, after a
+        short backoff): ten thousand sockets waiting for room cost one retry, not ten
+        thousand, and the workers get the CPU to make the room.
         """
-        gate = self._gates.get(channel)
-        if gate is None:
-            gate = self._gates[channel] = trio.Lock()
         with trio.fail_after(timeout):
-            async with gate:
-                await retry_when_full(partial(self.layer.send, channel, message), math.inf)
+            await self.layer.send_owned(channel, message, wait=True)
 
     def over_limit(self) -> bool:
         """Whether ``limit_concurrency`` requests and WebSockets are in flight already: a new

@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from layers import ChannelFull, ChannelLayerUnavailable
-from layers.base import retry_when_full
+from layers.base import send_or_wait
 
 from . import protocol
 from .common import (
@@ -162,7 +162,7 @@ async def _request(
         server=info.server,
     )
     try:
-        await layer.send("http.request", as_layer_message(message))
+        await layer.send_owned("http.request", as_layer_message(message))
     except ChannelFull:
         await respond.simple(503, b"Request queue full.")
         log_access(info.client, request_line, 503, "-")
@@ -183,7 +183,7 @@ async def _request(
 async def _send_disconnect(server: InterfaceServer, reply_channel: str, path: str, request_line: str) -> None:
     with trio.move_on_after(1, shield=True) as scope:
         try:
-            await server.layer.send("http.disconnect", {"reply_channel": reply_channel, "path": path})
+            await server.layer.send_owned("http.disconnect", {"reply_channel": reply_channel, "path": path})
         except (ChannelFull, ChannelLayerUnavailable) as exc:  # dropped, as the spec says, not silently
             server.warn(
                 "http.disconnect", f"dropped the http.disconnect of {request_line!r} ({type(exc).__name__})"
@@ -305,8 +305,8 @@ async def _stream_body(
         while more:
             chunk, more = await rest.next_chunk()
             # The consumer may read slower than the client sends: wait (a minute at most).
-            await retry_when_full(
-                partial(layer.send, body_channel, {"content": chunk, "more_content": more}), 60
+            await send_or_wait(
+                partial(layer.send_owned, body_channel, {"content": chunk, "more_content": more}), 60
             )
         return None
     except _BodyTooLarge:
@@ -322,8 +322,9 @@ async def _stream_body(
         )
         return "undeliverable"
     try:
-        await retry_when_full(
-            partial(layer.send, body_channel, {"content": b"", "more_content": False, "closed": True}), 1
+        await send_or_wait(
+            partial(layer.send_owned, body_channel, {"content": b"", "more_content": False, "closed": True}),
+            1,
         )
     except (trio.TooSlowError, ChannelLayerUnavailable) as exc:
         log.warning(

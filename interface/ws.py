@@ -78,7 +78,7 @@ async def serve_websocket(
         )
         log_access(info.client, f"WSCONNECTING {info.path}", "-", "-")
         try:
-            await server.layer.send("websocket.connect", as_layer_message(ws.connect_message()))
+            await server.layer.send_owned("websocket.connect", as_layer_message(ws.connect_message()))
         except ChannelFull:
             await transport.reject(503, b"Connection queue at capacity.")
             log_access(info.client, f"WSREJECT {info.path}", 503, "-")
@@ -124,7 +124,7 @@ async def _send_disconnect(
     reason = "the channel stayed full, or the layer did not answer, for 1 s"
     if trio.current_effective_deadline() == math.inf:  # the common case: no scope needed
         try:
-            await layer.send("websocket.disconnect", message)
+            await layer.send_owned("websocket.disconnect", message)
             return
         except ChannelFull:
             pass
@@ -135,7 +135,7 @@ async def _send_disconnect(
     with trio.move_on_after(1, shield=True):
         try:
             try:
-                await layer.send("websocket.disconnect", message)
+                await layer.send_owned("websocket.disconnect", message)
             except ChannelFull:
                 await server.send_waiting("websocket.disconnect", message, math.inf)
             return
@@ -251,7 +251,7 @@ class Session:
                     message = as_layer_message(ws.receive_message(data))
                     try:
                         try:
-                            await layer.send("websocket.receive", message)
+                            await layer.send_owned("websocket.receive", message)
                         except ChannelFull:
                             await server.send_waiting("websocket.receive", message, timeout)
                     except trio.TooSlowError:

@@ -118,6 +118,11 @@ class WsprotoTransport:
     async def receive(self) -> str | bytes:
         proto = self._proto
         assert proto is not None
+        # A message whose bytes came with an earlier read is returned after a checkpoint: the
+        # consumer task that the previous message woke then starts first (Trio runs the tasks
+        # woken together in either order), so a connection's messages reach the consumers in
+        # the order sent, as through trio-websocket's channel. A read is a checkpoint already.
+        read = False
         while True:
             try:
                 for frame in proto.received_frames():
@@ -130,6 +135,8 @@ class WsprotoTransport:
                             if len(payload) > self.max_size:
                                 await self._fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
                                 continue
+                            if not read:
+                                await trio.lowlevel.cancel_shielded_checkpoint()
                             return payload if type(payload) is str else bytes(payload)
                         self._parts.append(payload if type(payload) is str else bytes(payload))
                         self._size += len(payload)
@@ -138,6 +145,8 @@ class WsprotoTransport:
                             await self._fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
                             continue
                         if frame.message_finished:
+                            if not read:
+                                await trio.lowlevel.cancel_shielded_checkpoint()
                             parts, self._parts, self._size = self._parts, [], 0
                             if type(parts[0]) is str:
                                 return "".join(parts)  # type: ignore[arg-type]
@@ -177,6 +186,7 @@ class WsprotoTransport:
             if not data:
                 raise WebSocketClosed(self._reply_code or 1006)
             proto.receive_bytes(data)
+            read = True
 
     async def _fail(self, code: int, reason: str) -> None:
         # Too big a message: our close frame, then read on until the client's.

@@ -31,10 +31,29 @@ connections that are gone. :meth:`ParkingLayer.close_own` drops what is held and
 Messages of an own channel are received only through ``receive_own``, never by a receive on
 the prefix.
 
+An own channel's prefix is also an *own prefix* in the sense of
+:meth:`~layers.BaseChannelLayer.own_prefix` (locality): opening the first own channel under a
+prefix declares it, for the layer's life, unless an ``own_prefix`` block declared it already.
+So a message this process sends to one of its own channels is handed over (or held, or refused
+as full) here and never leaves the process, and on Redis the own prefix's one poller brings in
+what other processes send (receive_own itself never starts a poller).
+
 :class:`ParkingLayer` is the receive flow built on it: validate, take fairly from what this
 process holds (:meth:`ParkingLayer._take`), else park. The in-memory layer holds everything;
-the Redis layer holds what its pollers brought in, and starts a poller when a receiver parks
-(:meth:`ParkingLayer._will_park`).
+the Redis layer holds what its pollers brought in and what this process sent to its own
+prefixes, and starts a poller when a receiver parks (:meth:`ParkingLayer._will_park`).
+
+Waiting for room
+----------------
+A send with ``wait=True`` to a full channel queues behind the other waiting senders of that
+channel in this process (a ``trio.CapacityLimiter`` per channel: FIFO, cancellation-safe).
+Only the first of them (the first few, where each try is a round trip to a server:
+:meth:`ParkingLayer._room_window`) waits for room, on an event that the backend sets when this
+process removes a message of that channel (:meth:`ParkingLayer._room_freed`), or, where the
+channel drains elsewhere (another process pops a Redis list), for a backoff pause at most
+(:meth:`ParkingLayer._wait_for_room`); then it tries again. Waking one sender per channel,
+never all, keeps a crowd of waiting senders cheap, and since each new first sender tries before
+it waits, a sender cancelled right after being woken loses nobody else their turn.
 """
 
 from __future__ import annotations
@@ -45,6 +64,7 @@ import random
 import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -53,6 +73,7 @@ import trio
 
 from .base import (
     BaseChannelLayer,
+    ChannelFull,
     non_local_name,
     parse_delay_message,
     validate_channel_name,
@@ -83,8 +104,6 @@ class Waiter:
 
     task: trio.lowlevel.Task
     names: Sequence[str]
-    #: For a receiver parked on one own channel: that channel's prefix (counted per prefix).
-    prefix: str | None = None
 
     def wake(self, delivery: Delivery) -> None:
         """Hand *delivery* to the task (it must have been claimed, i.e. unparked, first)."""
@@ -96,11 +115,12 @@ class Receivers:
     """The parked receivers of one layer, by the names they wait on (first come, first served)."""
 
     _parked: dict[str, dict[Waiter, None]] = attrs.field(factory=dict)
-    # How many receivers wait on one own channel, per prefix (for the Redis poller of the prefix).
-    _under: dict[str, int] = attrs.field(factory=dict)
 
     def __contains__(self, name: str) -> bool:
         return name in self._parked
+
+    def __bool__(self) -> bool:
+        return bool(self._parked)
 
     def count(self, names: Sequence[str]) -> int:
         """How many distinct receivers wait on any of *names*."""
@@ -108,10 +128,6 @@ class Receivers:
         if len(names) == 1:
             return len(parked.get(names[0], ()))
         return len({waiter for name in names for waiter in parked.get(name, ())})
-
-    def count_under(self, prefix: str) -> int:
-        """How many receivers wait on own channels (full names) under *prefix*."""
-        return self._under.get(prefix, 0)
 
     def claim(self, channel: str, key: str) -> Waiter | None:
         """Unpark and return the receiver a message on *channel* goes to, or ``None``.
@@ -149,15 +165,8 @@ class Receivers:
         returned (it belongs to this task), never lost. (Not a coroutine itself, to save a
         frame on the hot path: the task parks when this is called.)
         """
-        return self._park(Waiter(trio.lowlevel.current_task(), names))
-
-    def park_own(self, channel: str, prefix: str) -> Awaitable[Delivery]:
-        """:meth:`park` on the one full name *channel* (under *prefix*), counted in :meth:`count_under`."""
-        self._under[prefix] = self._under.get(prefix, 0) + 1
-        return self._park(Waiter(trio.lowlevel.current_task(), (channel,), prefix))
-
-    def _park(self, waiter: Waiter) -> Awaitable[Delivery]:
-        for name in waiter.names:
+        waiter = Waiter(trio.lowlevel.current_task(), names)
+        for name in names:
             self._parked.setdefault(name, {})[waiter] = None
 
         def abort(_: object) -> trio.lowlevel.Abort:
@@ -173,13 +182,6 @@ class Receivers:
             del parked[waiter]
             if not parked:
                 del self._parked[name]
-        prefix = waiter.prefix
-        if prefix is not None:
-            left = self._under[prefix] - 1
-            if left:
-                self._under[prefix] = left
-            else:
-                del self._under[prefix]
 
 
 @attrs.define(eq=False, slots=True)
@@ -231,6 +233,9 @@ class ParkingLayer(BaseChannelLayer):
     #: Open own channels by full name, and the prefixes that have had one.
     _own_open: dict[str, OwnChannel] = attrs.field(factory=dict, init=False, repr=False)
     _owned_prefixes: set[str] = attrs.field(factory=set, init=False, repr=False)
+    #: Per full channel name, while senders wait for room there (see the module docstring).
+    _room_queues: dict[str, trio.CapacityLimiter] = attrs.field(factory=dict, init=False, repr=False)
+    _room_events: dict[str, trio.Event] = attrs.field(factory=dict, init=False, repr=False)
 
     def _require_open(self) -> None:
         """Raise :exc:`RuntimeError` if the layer must be entered first (default: it need not)."""
@@ -252,10 +257,12 @@ class ParkingLayer(BaseChannelLayer):
         if not next(self._calls) & 15:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
+    async def send(
+        self, channel: str, message: dict[str, Any], *, delay: float = 0, wait: bool = False
+    ) -> None:
         if channel == "asgi.delay":
             channel, message, delay = parse_delay_message(message)
-        await self.send_encoded(channel, self._encode(message), delay=delay)
+        await self.send_encoded(channel, self._encode(message), delay=delay, wait=wait)
 
     async def send_nowait(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
         """The same as :meth:`send` where that is one round trip to a server (it never waits
@@ -263,7 +270,12 @@ class ParkingLayer(BaseChannelLayer):
         await self.send(channel, message, delay=delay)
 
     @abc.abstractmethod
-    async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None: ...
+    async def send_encoded(
+        self, channel: str, data: bytes, *, delay: float = 0, wait: bool = False
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def send_owned(self, channel: str, message: dict[str, Any], *, wait: bool = False) -> None: ...
 
     async def send_group(
         self, group: str, message: dict[str, Any], *, exclude: str | Collection[str] | None = None
@@ -274,6 +286,74 @@ class ParkingLayer(BaseChannelLayer):
     async def send_group_encoded(
         self, group: str, data: bytes, *, exclude: str | Collection[str] | None = None
     ) -> GroupSendReport: ...
+
+    # -- waiting for room ------------------------------------------------------------------
+
+    async def _send_waiting(self, channel: str, attempt: Callable[[], Awaitable[None]]) -> None:
+        """Run *attempt* (one send to *channel*) until it does not raise :exc:`ChannelFull`,
+        queued behind the other senders waiting on *channel* (see the module docstring)."""
+        queue = self._room_queues.get(channel)
+        if queue is None:
+            try:
+                await attempt()
+                return
+            except ChannelFull:
+                pass
+            queue = self._room_queues.get(channel) or self._room_queues.setdefault(
+                channel, trio.CapacityLimiter(self._room_window(channel))
+            )
+        try:
+            async with queue:
+                failures = 0
+                while True:
+                    try:
+                        await attempt()
+                        return
+                    except ChannelFull:
+                        failures += 1
+                    # No checkpoint since the attempt failed, so no removal can slip by
+                    # before the event is in place.
+                    await self._wait_for_room(channel, failures)
+        finally:
+            if not queue.borrowed_tokens and not queue.statistics().tasks_waiting:
+                if self._room_queues.get(channel) is queue:
+                    del self._room_queues[channel]
+                    self._room_events.pop(channel, None)
+
+    def _room_window(self, channel: str) -> int:
+        """How many waiting senders of *channel* may try at once: one where a try costs
+        nothing (the exact wake-up of :meth:`_room_freed` lets them in one by one, in order);
+        backends where each try is a server round trip let a few try at once, so that a queue
+        of senders drains at more than one per round trip."""
+        return 1
+
+    async def _wait_for_room(self, channel: str, failures: int) -> None:
+        """Wait until *channel* may have room: by default, until this process removes one of
+        its messages (:meth:`_room_freed`). Backends whose channels also drain elsewhere
+        bound the wait with a backoff pause (*failures* attempts failed so far)."""
+        event = self._room_events.get(channel)
+        if event is None:
+            event = self._room_events[channel] = trio.Event()
+        await event.wait()
+
+    def _room_freed(self, channel: str) -> None:
+        """For backends: a message of *channel* left this process's queues (taken, expired or
+        dropped), so the first sender waiting for room there tries again."""
+        if self._room_events:
+            event = self._room_events.pop(channel, None)
+            if event is not None:
+                event.set()
+
+    def _all_room_freed(self) -> None:
+        events, self._room_events = self._room_events, {}
+        for event in events.values():
+            event.set()
+
+    def _waiting_send(
+        self, method: Callable[..., Awaitable[None]], channel: str, *args: Any, **kwargs: Any
+    ) -> Awaitable[None]:
+        """``method(channel, *args, **kwargs)`` as :meth:`_send_waiting` runs it (for ``wait=True``)."""
+        return self._send_waiting(channel, partial(method, channel, *args, **kwargs))
 
     async def receive_with_deadline(self, channels: Sequence[str]) -> Delivery:
         names = validate_receive_channels(channels)
@@ -320,10 +400,18 @@ class ParkingLayer(BaseChannelLayer):
             raise ValueError(f"own channel {name!r} is already open")
         if capacity is not None and (type(capacity) is not int or capacity < 1):
             raise ValueError(f"own channel capacity must be an int >= 1, got {capacity!r}")
+        prefix = non_local_name(name)
+        self._own_channel_prefix(prefix)
         self._own_open[name] = OwnChannel(
             self.get_capacity(name) if capacity is None else capacity, on_overflow
         )
-        self._owned_prefixes.add(non_local_name(name))
+        self._owned_prefixes.add(prefix)
+
+    def _own_channel_prefix(self, prefix: str) -> None:
+        """For backends: an own channel opens under *prefix*, so this process owns *prefix*
+        from now on (as :meth:`~layers.BaseChannelLayer.own_prefix` declares it, for the
+        layer's life if no such block does already): its messages from other processes must
+        be brought in without anyone parking on the prefix. Nothing to do in memory."""
 
     def close_own(self, channel: str) -> int:
         """Unregister *channel* and drop what waits for it; return how many messages that was.
@@ -351,20 +439,17 @@ class ParkingLayer(BaseChannelLayer):
         if found is not None:
             await self._maybe_yield()
             return found[1]
-        prefix = non_local_name(channel)
-        self._will_park([channel])
-        delivery = await self._receivers.park_own(channel, prefix)
+        # No _will_park: the backend brings in its own prefixes' messages (see open_own).
+        delivery = await self._receivers.park((channel,))
         return delivery[1]
 
     async def receive_own_nowait(self, channel: str) -> dict[str, Any]:
-        """The next message waiting for the own channel *channel*; :exc:`trio.WouldBlock` if
-        there is none. No checkpoint in memory; on Redis at most one non-blocking pop."""
+        """The next message waiting for the own channel *channel* in this process;
+        :exc:`trio.WouldBlock` if there is none. No checkpoint, no round trip to a server."""
         self._check_own(channel)
         found = self._take([channel])
         if found is None:
-            found = await self._fetch_own_nowait(channel)
-            if found is None:
-                raise trio.WouldBlock
+            raise trio.WouldBlock
         return found[1]
 
     def _check_own(self, channel: str) -> None:
@@ -384,10 +469,6 @@ class ParkingLayer(BaseChannelLayer):
     def _drop_own(self, channel: str) -> int:
         """Drop what this process holds for the own channel *channel*; return how many."""
         return 0
-
-    async def _fetch_own_nowait(self, channel: str) -> Delivery | None:
-        """A delivery for the own channel *channel* from outside this process, without waiting."""
-        return None
 
 
 def single_reader_names(pattern: str) -> Iterator[str]:

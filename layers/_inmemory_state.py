@@ -8,8 +8,9 @@ Nothing here reads a clock or knows about tasks: every method that needs the tim
 parks receivers and runs the timer; it offers a message to a parked receiver first and asks
 this state to queue it only when nobody waits (:meth:`InMemoryState.put`).
 
-Each channel, by its non-local name, has a FIFO of ``(deadline, full_name, encoded_message)``
-entries, so every ``prefix!local`` channel shares its prefix's FIFO (one receive on the prefix
+Each channel, by its non-local name, has a FIFO of ``(deadline, full_name, payload)`` entries
+(the payload is the encoded message, or the message itself when its sender gave it up:
+:meth:`layers.BaseChannelLayer.send_owned`), so every ``prefix!local`` channel shares its prefix's FIFO (one receive on the prefix
 sees them in sending order). Capacity is still per channel: a prefix's queue counts its
 entries per full name (a count leaves the table when it drops to zero, so the table is never
 larger than what is waiting), and a send is refused when *its* channel holds ``capacity``
@@ -34,6 +35,9 @@ A group with history keeps a :class:`_History`: its epoch, its latest offset and
 the last ``size`` ``(offset, data)`` pairs. The messages go ``ttl`` seconds after the last
 send; the epoch and offset live on for ``max(ttl, group_expiry)`` after the last use (a send,
 a read or a recovery), so a quiet group's members can still recover "nothing missed".
+
+The owner learns of every entry that leaves a queue through :attr:`InMemoryState.on_remove`
+(taken, expired or dropped): that is when its channel has room again.
 """
 
 from __future__ import annotations
@@ -51,10 +55,14 @@ import msgpack
 from .base import CapacityMap, ChannelFull, LayerStatistics, non_local_name
 from .groups import HistoryOptions, Since, recovery_problem
 
-__all__ = ["Entry", "InMemoryState"]
+__all__ = ["Entry", "InMemoryState", "Payload"]
 
-#: ``(deadline, full channel name, encoded message)``
-Entry = tuple[float, str, bytes]
+#: An encoded message, or a message its sender gave up (held as it is).
+Payload = bytes | dict[str, Any]
+#: ``(deadline, full channel name, payload)``
+Entry = tuple[float, str, Payload]
+#: ``on_remove(channel, payload, taken)``: *taken* is False for an entry that expired or was dropped.
+RemoveHook = Callable[[str, Payload, bool], None]
 
 
 @attrs.define(eq=False, slots=True)
@@ -102,6 +110,9 @@ class InMemoryState:
     presence_events: Callable[[str], bool] = lambda group: False
     #: Makes a fresh epoch (random; a test may pass something predictable).
     new_epoch: Callable[[], str] = _new_epoch
+    #: Called for every entry that leaves a queue (see the module docstring); must not call back
+    #: into the state.
+    on_remove: RemoveHook | None = None
     #: The queues by non-local name (read them, do not change them).
     queues: dict[str, _Queue] = attrs.field(factory=dict, init=False)
     #: Own channels' FIFOs by full name, while something waits in them (read them only).
@@ -114,7 +125,7 @@ class InMemoryState:
     # (lapse time, group, channel) of members of groups with presence events, for sweep()
     _lapses: list[tuple[float, str, str]] = attrs.field(factory=list, init=False)
     _memberships: dict[str, set[str]] = attrs.field(factory=dict, init=False)
-    _delayed: list[tuple[float, int, str, bytes]] = attrs.field(factory=list, init=False)
+    _delayed: list[tuple[float, int, str, Payload]] = attrs.field(factory=list, init=False)
     _delayed_seq: int = attrs.field(default=0, init=False)
     _messages_count: int = attrs.field(default=0, init=False)
     _channel_full_count: int = attrs.field(default=0, init=False)
@@ -128,15 +139,27 @@ class InMemoryState:
             queue = self.queues[key] = _Queue(self.capacities.get(key), per_channel)
         return queue
 
-    def put(self, key: str, channel: str, data: bytes, now: float) -> None:
-        """Queue *data* for *channel* (whose non-local name is *key*) until ``now + expiry``.
+    def put(
+        self,
+        key: str,
+        channel: str,
+        data: Payload,
+        now: float,
+        *,
+        deadline: float | None = None,
+        admitted: bool = False,
+    ) -> None:
+        """Queue *data* for *channel* (whose non-local name is *key*) until ``now + expiry``
+        (or *deadline*).
 
         Raises :exc:`ChannelFull` (and counts it) if *channel* holds ``capacity`` live messages.
+        With *admitted*, the message was accepted (and counted) elsewhere already, e.g. by a
+        server the owner popped it from: it is queued without a capacity check or a count.
         """
         queue = self.queues.get(key) or self._queue(key)
         per_channel = queue.per_channel
         waiting = len(queue.entries) if per_channel is None else per_channel.get(channel, 0)
-        if waiting >= queue.capacity:
+        if waiting >= queue.capacity and not admitted:
             self._purge(queue, now)
             waiting = len(queue.entries) if per_channel is None else per_channel.get(channel, 0)
             if waiting >= queue.capacity:
@@ -146,11 +169,12 @@ class InMemoryState:
                     f"channel {channel!r} is full ({queue.capacity} messages waiting); "
                     "the message was not sent"
                 )
-        queue.entries.append((now + self.expiry, channel, data))
+        queue.entries.append((now + self.expiry if deadline is None else deadline, channel, data))
         if per_channel is not None:
             per_channel[channel] = waiting + 1
-        queue.messages_count += 1
-        self._messages_count += 1
+        if not admitted:
+            queue.messages_count += 1
+            self._messages_count += 1
 
     def count_handed_over(self, key: str) -> None:
         """Count a message the owner handed straight to a parked receiver as sent."""
@@ -165,6 +189,7 @@ class InMemoryState:
             if queue is None:
                 continue
             entries = queue.entries
+            on_remove = self.on_remove
             while entries:
                 entry = entries.popleft()
                 if queue.per_channel is not None:
@@ -172,29 +197,46 @@ class InMemoryState:
                 if entry[0] > now:
                     if not entries and "?" in key:
                         del self.queues[key]
+                    if on_remove is not None:
+                        on_remove(entry[1], entry[2], True)
                     return entry
+                if on_remove is not None:
+                    on_remove(entry[1], entry[2], False)
                 self._expired(entry[1])
         return None
 
     # -- own channels ----------------------------------------------------------------------
 
-    def put_own(self, channel: str, data: bytes, now: float, capacity: int) -> None:
-        """Queue *data* in the own channel *channel*'s FIFO until ``now + expiry``.
+    def put_own(
+        self,
+        channel: str,
+        data: Payload,
+        now: float,
+        capacity: int,
+        *,
+        deadline: float | None = None,
+        admitted: bool = False,
+    ) -> None:
+        """Queue *data* in the own channel *channel*'s FIFO until ``now + expiry`` (or
+        *deadline*).
 
-        Raises :exc:`ChannelFull` (and counts it) if *capacity* live messages wait there.
+        Raises :exc:`ChannelFull` if *capacity* live messages wait there (counted, unless
+        *admitted*: as for :meth:`put`, the message was accepted and counted elsewhere).
         """
         entries = self.own.get(channel)
         if entries is None:
             entries = self.own[channel] = deque()
         elif len(entries) >= capacity:
-            _drop_expired(entries, now)
+            self._drop_expired(entries, now)
             if len(entries) >= capacity:
-                self._channel_full_count += 1
+                if not admitted:
+                    self._channel_full_count += 1
                 raise ChannelFull(
                     f"channel {channel!r} is full ({capacity} messages waiting); the message was not sent"
                 )
-        entries.append((now + self.expiry, channel, data))
-        self._messages_count += 1
+        entries.append((now + self.expiry if deadline is None else deadline, channel, data))
+        if not admitted:
+            self._messages_count += 1
 
     def take_own(self, channel: str, now: float) -> Entry | None:
         """Pop the first live entry of the own channel *channel*, if any."""
@@ -202,11 +244,16 @@ class InMemoryState:
         if entries is None:
             return None
         found = None
+        on_remove = self.on_remove
         while entries:
             entry = entries.popleft()
             if entry[0] > now:
                 found = entry
+                if on_remove is not None:
+                    on_remove(channel, entry[2], True)
                 break
+            if on_remove is not None:
+                on_remove(channel, entry[2], False)
         if not entries:
             del self.own[channel]
         return found
@@ -214,7 +261,19 @@ class InMemoryState:
     def drop_own(self, channel: str) -> int:
         """Drop the own channel *channel*'s FIFO; return how many entries it held."""
         entries = self.own.pop(channel, None)
-        return 0 if entries is None else len(entries)
+        if entries is None:
+            return 0
+        if self.on_remove is not None:
+            for _, _, data in entries:
+                self.on_remove(channel, data, False)
+        return len(entries)
+
+    def _drop_expired(self, entries: deque[Entry], now: float) -> None:
+        # An own channel's expired messages go; the channel stays in its groups (it is open).
+        while entries and entries[0][0] <= now:
+            _, channel, data = entries.popleft()
+            if self.on_remove is not None:
+                self.on_remove(channel, data, False)
 
     def has_channel(self, name: str) -> bool:
         """Whether a queue exists for *name* (so a fresh single-reader name must not be it)."""
@@ -233,9 +292,11 @@ class InMemoryState:
     def _purge(self, queue: _Queue, now: float) -> None:
         entries = queue.entries
         while entries and entries[0][0] <= now:
-            channel = entries.popleft()[1]
+            _, channel, data = entries.popleft()
             if queue.per_channel is not None:
                 self._uncount(queue.per_channel, channel)
+            if self.on_remove is not None:
+                self.on_remove(channel, data, False)
             self._expired(channel)
 
     def _expired(self, channel: str) -> None:
@@ -267,7 +328,7 @@ class InMemoryState:
             elif "?" in key:
                 del self.queues[key]
         for channel, entries in list(self.own.items()):
-            _drop_expired(entries, now)
+            self._drop_expired(entries, now)
             if entries:
                 earliest = min(earliest, entries[0][0])
             else:
@@ -276,12 +337,12 @@ class InMemoryState:
 
     # -- delayed messages ------------------------------------------------------------------
 
-    def schedule(self, channel: str, data: bytes, due: float) -> None:
+    def schedule(self, channel: str, data: Payload, due: float) -> None:
         """Keep *data* for *channel* until *due*; :meth:`pop_due` hands it back then."""
         self._delayed_seq += 1
         heapq.heappush(self._delayed, (due, self._delayed_seq, channel, data))
 
-    def pop_due(self, now: float) -> list[tuple[str, bytes]]:
+    def pop_due(self, now: float) -> list[tuple[str, Payload]]:
         """The delayed messages due at *now*, in due order, as ``(channel, data)``."""
         delayed = self._delayed
         due = []
@@ -460,8 +521,16 @@ class InMemoryState:
 
     # -- housekeeping ----------------------------------------------------------------------
 
+    def drop(self, key: str) -> None:
+        """Drop every message queued under the non-local name *key* (its queue goes too)."""
+        queue = self.queues.pop(key, None)
+        if queue is not None and self.on_remove is not None:
+            for _, channel, data in queue.entries:
+                self.on_remove(channel, data, False)
+
     def flush(self) -> None:
-        """Drop every message, group, history and delayed message (counters stay)."""
+        """Drop every message, group, history and delayed message (counters stay; no
+        ``on_remove``)."""
         self.queues.clear()
         self.own.clear()
         self._groups.clear()
@@ -489,7 +558,7 @@ class InMemoryState:
         key = None if channel is None else non_local_name(channel)
         for name, entries in self.own.items():
             if key is None or non_local_name(name) == key:
-                _drop_expired(entries, now)
+                self._drop_expired(entries, now)
                 pending += len(entries)
                 if entries:
                     max_age = max(max_age, now - (entries[0][0] - self.expiry))
@@ -508,9 +577,3 @@ class InMemoryState:
             messages_max_age=max_age,
             channel_full_count=self._channel_full_count,
         )
-
-
-def _drop_expired(entries: deque[Entry], now: float) -> None:
-    # An own channel's expired messages go; the channel stays in its groups (it is open).
-    while entries and entries[0][0] <= now:
-        entries.popleft()

@@ -21,9 +21,10 @@ import abc
 import contextlib
 import fnmatch
 import math
+import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
@@ -52,14 +53,18 @@ __all__ = [
     "MembershipLost",
     "MessageTooLarge",
     "append_encoded",
+    "check_owned_message",
     "decode_message",
     "encode_message",
+    "encode_trusted_message",
     "non_local_name",
     "parse_delay_message",
     "retry_when_full",
+    "send_or_wait",
     "validate_channel_name",
     "validate_group_name",
     "validate_message",
+    "validate_process_prefix",
     "validate_receive_channels",
 ]
 
@@ -165,6 +170,14 @@ def validate_group_name(name: object) -> str:
     return name
 
 
+def validate_process_prefix(prefix: object) -> str:
+    """Return *prefix* if it is a valid process prefix (a channel name ending in ``!``), else
+    raise :exc:`TypeError`."""
+    if not isinstance(prefix, str) or not prefix.endswith("!"):
+        raise TypeError(f"process prefix {prefix!r} is invalid: it must be a str ending in '!'")
+    return validate_channel_name(prefix)
+
+
 def non_local_name(name: str) -> str:
     """The part of a process-specific name up to and including ``!``; other names unchanged."""
     bang = name.find("!")
@@ -253,10 +266,52 @@ def encode_message(message: object, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) ->
     validate_message(message)
     data: bytes = _packer.pack(message)
     if len(data) > max_size:
-        raise MessageTooLarge(
-            f"message is {len(data)} bytes encoded, over the layer's limit of {max_size} bytes; "
-            "split large payloads into chunks"
-        )
+        raise _too_large(len(data), max_size)
+    return data
+
+
+def _too_large(size: int, max_size: int) -> MessageTooLarge:
+    return MessageTooLarge(
+        f"message is {size} bytes encoded, over the layer's limit of {max_size} bytes; "
+        "split large payloads into chunks"
+    )
+
+
+#: Whether owned sends (:meth:`BaseChannelLayer.send_owned`) check their messages in full, as
+#: user sends do. Off by default: the interface builds its messages of plain types, so the
+#: walk would find nothing. On under ``python -X dev`` or with ``TRIO_CHANNELS_CHECK_OWNED=1``
+#: in the environment (the test suite sets it), where a bad message then fails its sender.
+CHECK_OWNED: bool = sys.flags.dev_mode or os.environ.get("TRIO_CHANNELS_CHECK_OWNED", "") not in ("", "0")
+
+
+def check_owned_message(message: dict[str, Any], max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    """What an owned send checks of *message* before handing it over as it is.
+
+    A dict whose top-level ``str``/``bytes`` values (the payload an interface puts in a
+    message: a frame, a body chunk) add up to at most *max_size*; the exact encoded size is
+    checked wherever the message is encoded (when it leaves the process). With
+    ``CHECK_OWNED``, everything ``encode_message`` checks.
+    """
+    if type(message) is not dict:
+        raise TypeError(f"message must be a dict, not {type(message).__name__}: {message!r:.80}")
+    if CHECK_OWNED:
+        encode_message(message, max_size)
+        return
+    size = 0
+    for value in message.values():
+        kind = type(value)
+        if kind is bytes or kind is str:
+            size += len(value)
+    if size > max_size:
+        raise _too_large(size, max_size)
+
+
+def encode_trusted_message(message: dict[str, Any], max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
+    """Encode an owned message (see :func:`check_owned_message`): no validation walk, only the
+    exact size limit (:exc:`MessageTooLarge`)."""
+    data: bytes = _packer.pack(message)
+    if len(data) > max_size:
+        raise _too_large(len(data), max_size)
     return data
 
 
@@ -570,8 +625,19 @@ class BaseChannelLayer(abc.ABC):
     # -- the async contract ------------------------------------------------------------
 
     @abc.abstractmethod
-    async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
+    async def send(
+        self, channel: str, message: dict[str, Any], *, delay: float = 0, wait: bool = False
+    ) -> None:
         """Send *message* to *channel*; with ``delay`` (seconds) deliver it that much later.
+
+        The layer stores a copy: changing *message* afterwards changes nothing. A full channel
+        raises :exc:`ChannelFull` at once; with ``wait=True`` the send waits for room instead,
+        for as long as the caller's cancel scope allows (``with trio.fail_after(5): await
+        layer.send(c, m, wait=True)``; or see :func:`send_or_wait`). Senders waiting on one
+        channel in one process get room in the order they started waiting; where the channel's
+        receivers are in this process a receive wakes the first of them, elsewhere (another
+        process drains a Redis list) the first 16 retry with backoff, so their order is only
+        roughly kept there. Delayed sends never wait.
 
         Raises :exc:`ChannelFull`, :exc:`MessageTooLarge`, :exc:`TypeError` /
         :exc:`ValueError` for a bad name or message, and :exc:`ChannelLayerUnavailable`. If
@@ -582,24 +648,54 @@ class BaseChannelLayer(abc.ABC):
     async def send_nowait(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
         """:meth:`send` without yielding to other tasks, like Trio's ``send_nowait``.
 
-        A send never waits for room (a full channel raises :exc:`ChannelFull` at once), so
-        the twins differ only in scheduling: in memory this one is no checkpoint at all; a
+        It never waits for room (a full channel raises :exc:`ChannelFull` at once), so the
+        twins differ only in scheduling: in memory this one is no checkpoint at all; a
         backend that must talk to a server still awaits that round trip.
         """
 
-    async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None:
-        """Send a message already made by :func:`encode_message` (validated, copied, sized).
+    async def send_owned(self, channel: str, message: dict[str, Any], *, wait: bool = False) -> None:
+        """:meth:`send` for a message the caller gives up: no copy, no validation walk.
+
+        For messages built of plain types by code that keeps no reference to them, like the
+        interface's ``websocket.receive`` and ``http.request`` (the dict and everything in it
+        must not be used by the caller afterwards). A receiver in this process gets this very
+        object; where the message leaves the process (to Redis) it is encoded once. Only a
+        cheap check runs (:func:`layers.base.check_owned_message`; all of
+        :func:`~layers.validate_message` under ``python -X dev``). ``wait`` as for
+        :meth:`send`; there is no ``delay``. The default implementation is :meth:`send`,
+        with its copy.
+        """
+        await self.send(channel, message, wait=wait)
+
+    async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0, wait: bool = False) -> None:
+        """Send a message already made by ``encode_message`` (validated, copied, sized).
 
         Saves a second encoding where a caller buffered the message itself (consumer outboxes).
-        Backends override it to store *data* as it is.
+        Backends override it to store *data* as it is. ``delay`` and ``wait`` as for :meth:`send`.
         """
-        await self.send(channel, decode_message(data), delay=delay)
+        await self.send(channel, decode_message(data), delay=delay, wait=wait)
 
     async def send_group_encoded(
         self, group: str, data: bytes, *, exclude: str | Collection[str] | None = None
     ) -> GroupSendReport:
         """:meth:`send_group` for a message already made by :func:`encode_message`."""
         return await self.send_group(group, decode_message(data), exclude=exclude)
+
+    @contextlib.contextmanager
+    def own_prefix(self, prefix: str) -> Iterator[None]:
+        """``with layer.own_prefix("interface.abc!"):`` this process alone receives on the
+        process prefix *prefix* (the ASGI rule for ``!`` names), until the block ends.
+
+        An interface server declares its prefix so: then a message that a task of this
+        process sends to a channel under it is handed over (or held) in this process and never
+        leaves it, while messages from other processes still arrive through the layer. What is
+        held for a channel counts against that channel's capacity. On leaving the block, what
+        is still held under *prefix* here is dropped (nobody is left to receive it). In memory
+        everything is in one process anyway: there the declaration only does that. Raises
+        :exc:`TypeError` unless *prefix* is a valid name ending in ``!``.
+        """
+        validate_process_prefix(prefix)
+        yield
 
     async def receive(self, channels: Sequence[str]) -> tuple[str, dict[str, Any]]:
         """Wait for the next message on any of *channels*; return ``(channel, message)``.
@@ -780,8 +876,8 @@ async def retry_when_full(send: Callable[[], Awaitable[None]], timeout: float) -
     *timeout* seconds.
 
     The first attempt is made at once, with no cancel scope (the common case costs nothing).
-    Nothing can wake us when a channel, perhaps in another process, drains, so retries back off:
-    5 ms, doubling, at most 200 ms apart.
+    Retries back off: 5 ms, doubling, at most 200 ms apart. For any *send* (a consumer's
+    ``Channel.send``, say); a layer's own send methods wait better: :func:`send_or_wait`.
     """
     try:
         await send()
@@ -800,3 +896,21 @@ async def retry_when_full(send: Callable[[], Awaitable[None]], timeout: float) -
             return
         except ChannelFull:
             pass
+
+
+async def send_or_wait(send: Callable[..., Awaitable[None]], timeout: float) -> None:
+    """``await send()``, and if the channel is full, ``await send(wait=True)`` for up to
+    *timeout* seconds (then :exc:`trio.TooSlowError`; the message was not sent).
+
+    *send* is a layer's ``send``, ``send_owned`` or ``send_encoded`` with its arguments bound
+    (``functools.partial``). The first attempt runs with no cancel scope, so the common case
+    costs nothing; waiting is the layer's (see :meth:`BaseChannelLayer.send`), not a loop of
+    sleeps.
+    """
+    try:
+        await send()
+        return
+    except ChannelFull:
+        pass
+    with trio.fail_after(timeout):
+        await send(wait=True)

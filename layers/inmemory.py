@@ -15,8 +15,13 @@ a send or receive that found a member gone, the timer finding a membership lapse
 
 Capacity is per channel, also under a process prefix (``interface.abc!x`` and
 ``interface.abc!y`` each hold ``capacity`` messages, in one FIFO that a receive on
-``interface.abc!`` reads in sending order). The layer lives and dies with its process, so it
-never raises :exc:`~layers.ChannelLayerUnavailable`.
+``interface.abc!`` reads in sending order). A sender that waits for room (``wait=True``) is
+woken when a message of its channel leaves the state (``InMemoryState.on_remove``). The layer
+lives and dies with its process, so it never raises :exc:`~layers.ChannelLayerUnavailable`.
+
+Copies: a user's ``send`` stores the message encoded (copy-on-send) and every receiver gets a
+decoded copy; an owned send (``send_owned``, the interface's messages) is handed over or
+queued as it is, so its receiver gets the very dict, with no encoding and no validation walk.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterator
 from typing import Any
 
 import attrs
@@ -32,10 +37,11 @@ import outcome
 import trio
 
 from ._backend import Delivery, ParkingLayer, single_reader_names
-from ._inmemory_state import InMemoryState
+from ._inmemory_state import InMemoryState, Payload
 from .base import (
     ChannelFull,
     LayerStatistics,
+    check_owned_message,
     decode_message,
     encode_message,
     non_local_name,
@@ -87,9 +93,13 @@ class InMemoryChannelLayer(ParkingLayer):
             expiry=self.expiry,
             group_expiry=self.group_expiry,
             capacities=self._capacities,
+            on_remove=self._removed,
             history=self.history_options,
             presence_events=self.presence_events,
         )
+
+    def _removed(self, channel: str, payload: Payload, taken: bool) -> None:
+        self._room_freed(channel)
 
     @property
     def state(self) -> InMemoryState:
@@ -133,13 +143,18 @@ class InMemoryChannelLayer(ParkingLayer):
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def send(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
-        """See :meth:`layers.BaseChannelLayer.send`. Never blocks.
+    async def send(
+        self, channel: str, message: dict[str, Any], *, delay: float = 0, wait: bool = False
+    ) -> None:
+        """See :meth:`layers.BaseChannelLayer.send`. Blocks only with ``wait=True``.
 
         Always a cancellation point; a schedule point every 16th call (a send that never
         blocks gains nothing from yielding each time, and each yield costs a scheduler pass),
         so even a tight loop of sends lets other tasks run.
         """
+        if wait and not delay and channel != "asgi.delay":
+            await self._waiting_send(self.send, channel, message)
+            return
         await trio.lowlevel.checkpoint_if_cancelled()
         self._send(channel, message, delay)
         await self._maybe_yield()
@@ -147,6 +162,20 @@ class InMemoryChannelLayer(ParkingLayer):
     async def send_nowait(self, channel: str, message: dict[str, Any], *, delay: float = 0) -> None:
         """See :meth:`layers.BaseChannelLayer.send_nowait`: here no checkpoint at all."""
         self._send(channel, message, delay)
+
+    async def send_owned(self, channel: str, message: dict[str, Any], *, wait: bool = False) -> None:
+        """See :meth:`layers.BaseChannelLayer.send_owned`: the receiver gets *message* itself."""
+        if wait and channel != "asgi.delay":
+            await self._waiting_send(self.send_owned, channel, message)
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if channel == "asgi.delay":
+            self._send(channel, message, 0)
+        else:
+            validate_channel_name(channel)
+            check_owned_message(message, self.max_message_size)
+            self._deliver(channel, message, trio.current_time())
+        await self._maybe_yield()
 
     def _send(self, channel: str, message: dict[str, Any], delay: float) -> None:
         if channel == "asgi.delay":
@@ -158,7 +187,10 @@ class InMemoryChannelLayer(ParkingLayer):
         else:
             self._deliver(channel, data, trio.current_time())
 
-    async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None:
+    async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0, wait: bool = False) -> None:
+        if wait and not delay:
+            await self._waiting_send(self.send_encoded, channel, data)
+            return
         await trio.lowlevel.checkpoint_if_cancelled()
         validate_channel_name(channel)
         if delay:
@@ -167,7 +199,7 @@ class InMemoryChannelLayer(ParkingLayer):
             self._deliver(channel, data, trio.current_time())
         await self._maybe_yield()
 
-    def _schedule(self, channel: str, data: bytes, delay: float) -> None:
+    def _schedule(self, channel: str, data: Payload, delay: float) -> None:
         if not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
             raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
         if not self._timer_running:
@@ -180,7 +212,7 @@ class InMemoryChannelLayer(ParkingLayer):
         if due < self._timer_deadline:
             self._wake_timer()
 
-    def _deliver(self, channel: str, data: bytes, now: float) -> None:
+    def _deliver(self, channel: str, data: Payload, now: float) -> None:
         key = non_local_name(channel)
         if channel is not key and key in self._owned_prefixes:
             self._deliver_own(channel, key, data, now)
@@ -188,10 +220,9 @@ class InMemoryChannelLayer(ParkingLayer):
         waiter = self._receivers.claim(channel, key)
         if waiter is not None:
             self._state.count_handed_over(key)
+            message = decode_message(data) if isinstance(data, bytes) else data
             # waiter.wake(), inlined: this is the hot path
-            trio.lowlevel.reschedule(
-                waiter.task, outcome.Value((channel, decode_message(data), now + self.expiry))
-            )
+            trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, message, now + self.expiry)))
             return
         try:
             self._state.put(key, channel, data, now)
@@ -201,16 +232,15 @@ class InMemoryChannelLayer(ParkingLayer):
         if self._timer_deadline == math.inf:
             self._wake_timer()
 
-    def _deliver_own(self, channel: str, key: str, data: bytes, now: float) -> None:
+    def _deliver_own(self, channel: str, key: str, data: Payload, now: float) -> None:
         own = self._own_open.get(channel)
         if own is None:
             return  # under an owned prefix but not open: its connection is gone
         waiter = self._receivers.claim_own(channel)
         if waiter is not None:
             self._state.count_handed_over(key)
-            trio.lowlevel.reschedule(
-                waiter.task, outcome.Value((channel, decode_message(data), now + self.expiry))
-            )
+            message = decode_message(data) if isinstance(data, bytes) else data
+            trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, message, now + self.expiry)))
             return
         try:
             self._state.put_own(channel, data, now, own.capacity)
@@ -264,7 +294,17 @@ class InMemoryChannelLayer(ParkingLayer):
         if entry is None:
             return None
         deadline, channel, data = entry
-        return channel, decode_message(data), deadline
+        return channel, decode_message(data) if isinstance(data, bytes) else data, deadline
+
+    @contextlib.contextmanager
+    def own_prefix(self, prefix: str) -> Iterator[None]:
+        """See :meth:`layers.BaseChannelLayer.own_prefix`; here it only drops, on leaving, what
+        is still queued under *prefix* (everything is in this process anyway)."""
+        with super().own_prefix(prefix):
+            try:
+                yield
+            finally:
+                self._state.drop(prefix)
 
     def _drop_own(self, channel: str) -> int:
         return self._state.drop_own(channel)
@@ -372,6 +412,7 @@ class InMemoryChannelLayer(ParkingLayer):
     async def flush(self) -> None:
         await trio.lowlevel.checkpoint()
         self._state.flush()
+        self._all_room_freed()
 
     async def statistics(self, channel: str | None = None) -> LayerStatistics:
         await trio.lowlevel.checkpoint()

@@ -7,6 +7,7 @@ one: they never skip.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
@@ -55,7 +56,10 @@ class Tab:
 
     browser: Browser
     session_id: str
+    target_id: str
     dialogs: trio.MemoryReceiveChannel[str]
+    #: Uncaught JavaScript exceptions and console errors of the page, as text.
+    errors: list[str] = attrs.Factory(list)
     _loaded: trio.Event = attrs.Factory(trio.Event)
 
     async def call(self, method: str, **params: Any) -> Any:
@@ -87,6 +91,28 @@ class Tab:
     async def next_alert(self, timeout: float = 10) -> str:
         with trio.fail_after(timeout):
             return await self.dialogs.receive()
+
+    async def set_viewport(self, width: int, height: int, *, scale: float = 1) -> None:
+        """Lay the page out at *width* x *height* CSS pixels (for screenshots)."""
+        await self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=scale,
+            mobile=False,
+        )
+
+    async def screenshot(self) -> bytes:
+        """A PNG of the viewport (``Page.captureScreenshot``; the tab is brought to the front
+        first, since a tab in the background may never draw a frame to capture)."""
+        await self.call("Page.bringToFront")
+        result = await self.call("Page.captureScreenshot", format="png")
+        return base64.b64decode(result["data"])
+
+    async def close(self) -> None:
+        """Close the tab, as a user does (its WebSockets go away)."""
+        self.browser._tabs.pop(self.session_id, None)
+        await self.browser.call("Target.closeTarget", targetId=self.target_id)
 
 
 @attrs.define(eq=False)
@@ -133,6 +159,15 @@ class Browser:
                 self.spawn(tab.call, "Page.handleJavaScriptDialog", accept=True)
             elif method == "Page.loadEventFired":
                 tab._loaded.set()
+            elif method == "Runtime.exceptionThrown":
+                details = message["params"]["exceptionDetails"]
+                tab.errors.append(details.get("exception", {}).get("description") or details.get("text", ""))
+            elif method == "Runtime.consoleAPICalled" and message["params"].get("type") == "error":
+                tab.errors.append(
+                    " ".join(
+                        str(arg.get("value", arg.get("description", ""))) for arg in message["params"]["args"]
+                    )
+                )
 
     def spawn(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         """Run a call in the background; one still in flight when the browser closes is moot."""
@@ -147,7 +182,7 @@ class Browser:
         target = await self.call("Target.createTarget", url="about:blank")
         attached = await self.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)
         sender, receiver = trio.open_memory_channel[str](100)
-        tab = Tab(self, attached["sessionId"], receiver)
+        tab = Tab(self, attached["sessionId"], target["targetId"], receiver)
         self._tabs[tab.session_id] = (sender, tab)
         await tab.call("Page.enable")
         await tab.call("Runtime.enable")

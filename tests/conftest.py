@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import trio.testing
 
+import layers.base
+
 from .redis_server import RedisServer
+
+# Owned sends (the interface's messages) are checked in full throughout the suite, in this
+# process and in the servers it starts: a message the interface builds that a user's send
+# would refuse fails its test instead of passing unnoticed (production trusts the interface).
+os.environ["TRIO_CHANNELS_CHECK_OWNED"] = "1"
+layers.base.CHECK_OWNED = True
 
 
 @pytest.fixture

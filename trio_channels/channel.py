@@ -21,10 +21,10 @@ import trio
 from interface.messages import Reply
 from layers import BaseChannelLayer, ChannelLayerUnavailable
 from layers.base import (
+    ChannelFull,
     append_encoded,
     decode_message,
     encode_message,
-    retry_when_full,
     validate_channel_name,
     validate_group_name,
 )
@@ -205,12 +205,17 @@ class Outbox:
 
     async def _deliver(self, pending: list[_Pending], deadline: float) -> None:
         for index, item in enumerate(pending):
-            if item.group:
-                send = partial(self._send_group, item)
-            else:
-                send = partial(self.layer.send_encoded, item.name, item.data, delay=item.delay)
             try:
-                await retry_when_full(send, deadline - trio.current_time())
+                if item.group:  # never full
+                    await self._send_group(item)
+                    continue
+                send = partial(self.layer.send_encoded, item.name, item.data, delay=item.delay)
+                try:
+                    await send()  # the common case, with no cancel scope
+                except ChannelFull:
+                    # Wait for room (woken by the receive that makes it, where the layer can).
+                    with trio.fail_at(deadline):
+                        await send(wait=True)
             except trio.TooSlowError:
                 log.error(
                     "gave up delivering %d buffered message(s): channel %r stayed full",

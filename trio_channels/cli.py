@@ -12,6 +12,11 @@ settings module, layer URL, ASGI app, TLS file, log config, environment variable
 that cannot be bound, or a layer that cannot start: no sentinel of a ``redis+sentinel://`` URL
 answers), printed as one line on stderr like argparse's own usage errors; 130 after a second
 Ctrl+C (or one before start-up finished); 1 for an error while running.
+
+``--processes N`` (and ``--reload``) run the server as children of a supervisor
+(:mod:`trio_channels.supervisor`): this process binds and checks everything a child would,
+then starts them; a supervisor that gives up prints one line and exits 2 (a child failed
+before every child had been ready) or 1 (later: a crash loop).
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, cast
 
 import attrs
 import trio
 
 from interface import InterfaceConfig
+from interface.asgi import tls_context
 from interface.listeners import bind_sockets, close_sockets
 from layers import ChannelLayerUnavailable
 
@@ -35,9 +42,9 @@ from . import __version__
 from .config import DEMO_ROUTING, ConfigurationError, ServerConfig, Settings, describe_error, load_settings
 from .http import http_fallback
 from .logconfig import LOG_LEVELS, configure_logging
-from .reload import Reloader, child_sockets
 from .routing import Router
 from .server import ServerInfo
+from .supervisor import Supervised, Supervisor, cpu_count
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -211,6 +218,14 @@ def _build() -> tuple[argparse.ArgumentParser, list[Option]]:
         metavar="SECONDS",
         field="grace_period",
         help=f"on SIGINT/SIGTERM, let in-flight work finish this long ({_default('grace_period')})",
+    )
+    b.add(
+        groups("processes"),
+        "--processes",
+        type=int,
+        metavar="N",
+        help="run N processes sharing the listening sockets, under a supervisor that restarts them; "
+        "0: one per core (default 1: this process serves; N > 1 needs a cross-process layer)",
     )
     channels = groups("channels", "worker")
     b.add(
@@ -540,12 +555,29 @@ def _in_memory(layer: Any) -> bool:
         return False  # a bad layer: _config says what is wrong with it
 
 
+def _processes(args: argparse.Namespace) -> int:
+    """How many processes ``--processes`` asks for (0: one per core)."""
+    processes: int | None = args.processes
+    if processes is None:
+        return 1
+    if processes < 0:
+        raise ConfigurationError(f"--processes must be 0 (one per core) or more, got {processes}")
+    return processes or cpu_count()
+
+
 def _prepare(args: argparse.Namespace, found: list[Option], *, load_app: bool = True) -> _Prepared:
     """The routing and config the command line asks for; with *load_app*, the routing and
     the ASGI app are imported too, so a typo is one line now, not a traceback later."""
     settings = load_settings(args.settings) if args.settings else None
     routing = args.routing or (settings.routing if settings else None) or DEMO_ROUTING
     layer = args.layer or (settings.options.get("layer") if settings else None)
+    if args.processes not in (None, 1) and _in_memory(layer):
+        several = "0 (one per core)" if args.processes == 0 else str(args.processes)
+        raise ConfigurationError(
+            f"--processes {several} needs a cross-process channel layer: the in-memory layer lives in "
+            "one process, so groups would not span the processes; use --layer redis://localhost:6379/0 "
+            "(or one process)"
+        )
     if args.command == "worker" or getattr(args, "workers", None) == 0:
         if _in_memory(layer):
             what = "'worker'" if args.command == "worker" else "'run --noworker'"
@@ -568,46 +600,99 @@ def _prepare(args: argparse.Namespace, found: list[Option], *, load_app: bool = 
     return _Prepared(routing, config)
 
 
+def _banner(command: str, what: str, report: dict[str, Any], processes: int = 1) -> None:
+    """Say where the server serves (or what the worker listens on), once it does."""
+    layer = report["layer"] + (f", {processes} processes" if processes > 1 else "")
+    if command == "run":
+        for url in report["urls"] + report["ws_urls"]:
+            log.info("serving %s at %s (%s); press Ctrl+C to stop", what, url, layer)
+    else:
+        log.info("worker listening on %s (%s); press Ctrl+C to stop", ", ".join(report["channels"]), layer)
+    for url in report["metrics_urls"]:
+        log.info("Prometheus metrics on %s", url)
+
+
 @attrs.define
 class _Announce:
-    """The CLI's ``task_status``: says where it serves once ``serve()`` is ready."""
+    """The CLI's ``task_status``: once ``serve()`` is ready, says where it serves (or tells
+    the supervisor, which says it once for all its children)."""
 
     command: str
     what: str
+    supervised: Supervised | None = None
     started_: bool = False
 
     def started(self, info: ServerInfo | None = None) -> None:
         assert info is not None
         self.started_ = True
-        layer_name = type(info.layer).__name__
-        if self.command == "run":
-            for url in info.urls + info.ws_urls:
-                log.info("serving %s at %s (%s); press Ctrl+C to stop", self.what, url, layer_name)
+        report = {
+            "pid": os.getpid(),
+            "urls": info.urls,
+            "ws_urls": info.ws_urls,
+            "layer": type(info.layer).__name__,
+            "channels": list(info.workers[0].channels) if info.workers else [],
+            "metrics_urls": [info.metrics_url] if info.metrics_url is not None else [],
+        }
+        if self.supervised is not None:
+            self.supervised.report_ready(report)
         else:
-            channels = ", ".join(info.workers[0].channels) if info.workers else ""
-            log.info("worker listening on %s (%s); press Ctrl+C to stop", channels, layer_name)
-        if info.metrics_url is not None:
-            log.info("Prometheus metrics on %s", info.metrics_url)
+            _banner(self.command, self.what, report)
 
 
 async def _run(prepared: _Prepared, announce: _Announce) -> None:
     from .server import serve
 
-    await serve(prepared.routing, prepared.config, handle_signals=True, task_status=announce)
-
-
-async def _reload(argv: Sequence[str], prepared: _Prepared, directories: Sequence[str]) -> int:
-    config = prepared.config
-    sockets = await bind_sockets([*config.bind, *config.ws_bind], uds_perms=config.uds_perms)
+    if announce.supervised is None:
+        await serve(prepared.routing, prepared.config, handle_signals=True, task_status=announce)
+        return
+    shutdown = trio.Event()
     try:
-        reloader = Reloader(
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_orphaned, announce.supervised, shutdown)
+            await serve(
+                prepared.routing,
+                prepared.config,
+                shutdown=shutdown,
+                handle_signals=True,
+                task_status=announce,
+            )
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:  # serve()'s own error, as main() expects it
+            raise group.exceptions[0] from None
+        raise
+
+
+async def _orphaned(supervised: Supervised, shutdown: trio.Event) -> None:
+    """A child whose supervisor is gone (even killed with SIGKILL) shuts down gracefully."""
+    await supervised.wait_orphaned()
+    log.warning("the supervisor is gone; shutting down gracefully")
+    shutdown.set()
+
+
+async def _supervise(
+    argv: Sequence[str],
+    prepared: _Prepared,
+    on_ready: Callable[[list[dict[str, Any]]], None],
+    *,
+    processes: int = 1,
+    directories: Sequence[str] | None = None,
+) -> tuple[int, str | None]:
+    """Bind the sockets once and run the children on them: (the exit status, why it gave up)."""
+    config = prepared.config
+    binds = [*config.bind, *config.ws_bind] if config.interface else []
+    sockets = await bind_sockets(binds, uds_perms=config.uds_perms)
+    try:
+        supervisor = Supervisor(
             argv=argv,
-            directories=directories,
             binds=sockets[: len(config.bind)],
             ws_binds=sockets[len(config.bind) :],
+            processes=processes,
             grace_period=config.grace_period,
+            reload_directories=directories,
+            on_ready=on_ready,
         )
-        return await reloader.run()
+        return await supervisor.run(), supervisor.error
     finally:
         close_sockets(sockets)
 
@@ -632,14 +717,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    inherited = child_sockets()
-    if inherited is not None:  # a child of --reload: serve the supervisor's sockets
-        args.bind, args.ws_bind = inherited
+    supervised = Supervised.from_environment()
+    if supervised is not None:  # a child of a supervisor: serve its sockets, supervise nothing
+        args.bind, args.ws_bind = list(supervised.bind), list(supervised.ws_bind)
         args.reload = None
+        args.processes = None
     reloading = args.command == "run" and bool(args.reload)
     try:
+        processes = _processes(args)
+        if reloading and args.processes not in (None, 1):
+            raise ConfigurationError(
+                f"--reload runs one process: it cannot be combined with --processes {args.processes}"
+            )
         # The reloader's child imports the application: an error in it waits for the next change.
+        # With --processes, this process checks it (and the TLS files) once, so a typo is one line.
         prepared = _prepare(args, found, load_app=not reloading)
+        if processes > 1:
+            try:
+                tls_context(prepared.config.certfile, prepared.config.keyfile)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from exc
         if reloading:
             for directory in args.reload_dir or []:
                 if not os.path.isdir(directory):
@@ -653,11 +750,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    announce = _Announce(args.command, "the built-in demo" if prepared.demo else str(prepared.routing))
+    what = "the built-in demo" if prepared.demo else str(prepared.routing)
+    announce = _Announce(args.command, what, supervised)
     try:
-        if reloading:
-            directories = [os.path.abspath(directory) for directory in args.reload_dir or ["."]]
-            return trio.run(_reload, argv, prepared, directories)
+        if reloading or processes > 1:
+            directories = (
+                [os.path.abspath(directory) for directory in args.reload_dir or ["."]] if reloading else None
+            )
+
+            def on_ready(reports: list[dict[str, Any]]) -> None:
+                announce.started_ = True
+                metrics_urls = [url for report in reports for url in report["metrics_urls"]]
+                _banner(args.command, what, {**reports[0], "metrics_urls": metrics_urls}, processes)
+
+            status, error = trio.run(
+                partial(_supervise, argv, prepared, on_ready, processes=processes, directories=directories)
+            )
+            if error is not None:
+                print(f"{prog}: error: {error}", file=sys.stderr)
+            return status
         trio.run(_run, prepared, announce)
     except (OSError, ValueError, TypeError, ImportError, ChannelLayerUnavailable) as exc:
         if announce.started_ and not isinstance(exc, (OSError, ChannelLayerUnavailable)):

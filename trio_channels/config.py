@@ -291,11 +291,14 @@ class ServerConfig:
             return layer.lower().startswith("memory:")
         return isinstance(layer, InMemoryChannelLayer)
 
-    def make_layer(self) -> BaseChannelLayer:
-        """The layer to serve on: ``layer`` itself, or a new one built from the URL."""
+    def make_layer(self, **options: Any) -> BaseChannelLayer:
+        """The layer to serve on: ``layer`` itself, or a new one built from the URL (with the
+        layer *options*, e.g. ``history=``, which a layer object ignores)."""
         if isinstance(self.layer, BaseChannelLayer):
             return self.layer
-        return layers.from_url(self.layer or "memory://", channel_capacity=DEFAULT_CHANNEL_CAPACITY)
+        return layers.from_url(
+            self.layer or "memory://", **{"channel_capacity": DEFAULT_CHANNEL_CAPACITY, **options}
+        )
 
     def resolved_user_loader(self) -> UserLoader | None:
         """``user_loader``, imported if it is a path."""

@@ -3,6 +3,10 @@
 An instance is made for each message with ``(message, **kwargs)`` and its async
 :meth:`BaseConsumer.dispatch` runs the method that ``method_mapping`` names for the message's
 channel, wrapped in the session/auth/ordering decorators the class flags ask for.
+
+Also here: the server side of the browser client's requests (:func:`reply_to`,
+:meth:`WebsocketMultiplexer.reply`) and of its recovery (:func:`join_stream`,
+:func:`recover_positions`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
 
 from interface.messages import WebSocketReply
 from layers.groups import CannotRecover, GroupHistory, GroupSendReport
@@ -27,6 +32,7 @@ from .routing import RouteClass
 from .sessions import channel_session
 
 __all__ = [
+    "REQUEST_KEY",
     "AsyncHttpConsumer",
     "BaseConsumer",
     "BaseWebsocketConsumer",
@@ -37,6 +43,8 @@ __all__ = [
     "WebsocketMultiplexer",
     "join_stream",
     "recover_positions",
+    "reply_to",
+    "request_id",
 ]
 
 log = logging.getLogger("trio_channels.generic")
@@ -285,9 +293,31 @@ class WebsocketMultiplexer:
             raise ValueError(f"the multiplexer of stream {self.stream!r} has no connect message to read")
         return await join_stream(self.message, self.stream, group, info=info, last=last)
 
+    async def reply(self, request: Any, payload: Any = None, *, error: Any = None) -> bool:
+        """Answer *request* (a payload this stream's consumer received) with *payload*, or fail it
+        with *error*; see :func:`reply_to`. False (nothing sent) if it is not a request."""
+        ident = request_id(request, path=self.message.get("path") if self.message else None)
+        if ident is None:
+            return False
+        await self.reply_channel.send(self.encode_reply(self.stream, ident, payload, error=error))
+        return True
+
     @classmethod
     def encode(cls, stream: str, payload: Any) -> WebSocketReply:
         return {"text": json.dumps({"stream": stream, "payload": payload})}
+
+    @classmethod
+    def encode_reply(
+        cls, stream: str, ident: int | str, payload: Any = None, *, error: Any = None
+    ) -> WebSocketReply:
+        """The reply frame ``{"stream": ..., "reply": <id>, "payload": ...}`` (with *error*:
+        ``"error": {"message": ...}`` instead of the payload)."""
+        frame: dict[str, Any] = {"stream": stream, "reply": ident}
+        if error is not None:
+            frame["error"] = error if isinstance(error, Mapping) else {"message": str(error)}
+        else:
+            frame["payload"] = payload
+        return {"text": json.dumps(frame)}
 
     @classmethod
     async def group_send(
@@ -308,6 +338,47 @@ class WebsocketMultiplexer:
         if close:
             frame["close"] = close
         return await Group(name).send(frame, exclude=exclude)
+
+
+#: The key of a request's correlation id in its payload: ``trio-channels.js`` sends
+#: ``client.request("chat", {"get": "history"})`` as ``{"stream": "chat", "payload": {"get":
+#: "history", "__request__": 7}}`` and waits for the frame ``{"stream": "chat", "reply": 7,
+#: "payload": ...}``.
+REQUEST_KEY: Final = "__request__"
+
+
+def request_id(payload: Any, *, path: str | None = None) -> int | str | None:
+    """The correlation id in a request's *payload*, or ``None`` if it is not a request (the
+    client sent it with ``send()``, not ``request()``). An id that is not an int or a str is
+    logged and taken as no request: the client's promise times out, nothing else breaks."""
+    if not isinstance(payload, Mapping) or REQUEST_KEY not in payload:
+        return None
+    ident = payload[REQUEST_KEY]
+    if isinstance(ident, bool) or not isinstance(ident, (int, str)):
+        log.warning("ignored a request id that is not an int or a str on %s: %r", path, ident)
+        return None
+    return ident
+
+
+async def reply_to(message: Message, frame: Any, payload: Any = None, *, error: Any = None) -> bool:
+    """Answer the client's request *frame* (the frame it sent, decoded: ``{"stream": ...,
+    "payload": {..., "__request__": id}}``) with *payload*, on its stream, through *message*'s
+    reply channel (buffered like any send of the consumer).
+
+    With *error* (a str, or a JSON object with a ``"message"``) the client's promise rejects
+    with a ``RequestError`` carrying it instead. Returns whether a reply was sent: ``False`` if
+    *frame* is not a request (one consumer can serve sends and requests alike). In a
+    demultiplexed stream consumer, use :meth:`WebsocketMultiplexer.reply` with the payload.
+    """
+    if not isinstance(frame, Mapping) or not isinstance(frame.get("stream"), str):
+        return False
+    ident = request_id(frame.get("payload"), path=message.get("path"))
+    if ident is None:
+        return False
+    await message.reply_channel.send(
+        WebsocketMultiplexer.encode_reply(frame["stream"], ident, payload, error=error)
+    )
+    return True
 
 
 def recover_positions(message: Message) -> dict[str, tuple[str, int]]:

@@ -1,14 +1,21 @@
-"""HTTP helpers for consumers: ``Request``, ``Response``, and the fallback for un-routed HTTP.
+"""HTTP helpers for consumers: ``Request``, ``Response``, the fallback for un-routed HTTP, and
+the browser client's files.
 
 ``Response(...).encode()`` is the seed's ``AsgiHandler.encode_response``: it yields the
 ``http.response`` message and its chunks (512 KiB each). Un-routed ``http.request`` messages
 go to the fallback: an ASGI-3 app (``--http-app``, run in the worker against the message, so
 Starlette or Quart-Trio apps just work), else static files, else a 404.
+
+The browser client (``trio_channels/static/trio-channels.js``) is served at
+:data:`CLIENT_PREFIX` by :func:`client_route`, which every :class:`~trio_channels.routing.Router`
+puts ahead of the application's routes (see ``docs/client.rst``).
 """
 
 from __future__ import annotations
 
 import email.utils
+import functools
+import hashlib
 import http.cookies
 import json
 import logging
@@ -18,6 +25,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +37,20 @@ from layers.base import retry_when_full
 
 from .channel import Message
 from .exceptions import RequestAborted
-from .routing import Consumer, import_by_path
+from .routing import Consumer, Route, import_by_path
 
 __all__ = [
     "CHUNK_SIZE",
+    "CLIENT_FILES",
+    "CLIENT_PREFIX",
+    "MODULE_EXPORTS",
     "Headers",
     "Request",
     "Response",
     "asgi_consumer",
+    "client_file",
+    "client_files",
+    "client_route",
     "cookie_header",
     "http_fallback",
     "parse_cookies",
@@ -426,3 +440,75 @@ def http_fallback(
     if static_root is not None:
         return static_files_consumer(static_root, static_url)
     return None
+
+
+# ----------------------------------------------------------------------------- the browser client
+
+#: The URL prefix of the browser client's files; ``/_trio_channels/`` is reserved for them.
+CLIENT_PREFIX = "/_trio_channels/"
+
+#: The files served under :data:`CLIENT_PREFIX`: ``{name: (package file, content type)}``.
+#: ``client.js`` and ``client.mjs`` are the same file, ``trio-channels.js``: the ES module is
+#: that classic script plus the ``export`` lines of :data:`MODULE_EXPORTS`.
+CLIENT_FILES: dict[str, tuple[str, str]] = {
+    "client.js": ("trio-channels.js", "text/javascript; charset=utf-8"),
+    "client.mjs": ("trio-channels.js", "text/javascript; charset=utf-8"),
+    "client.d.ts": ("trio-channels.d.ts", "application/typescript; charset=utf-8"),
+}
+
+#: What turns ``trio-channels.js`` into ``client.mjs``: its global, as named and default exports
+#: (the names are the keys of the object the script builds; a browser test checks they agree).
+MODULE_EXPORTS = (
+    "\n// client.mjs: the classic script above, as an ES module\n"
+    "export const { Client, Stream, TrioChannelsError, TimeoutError, RequestError, backoffDelay, EVENTS, "
+    "REQUEST_KEY, VERSION } = TrioChannels;\n"
+    "export default TrioChannels;\n"
+)
+
+_CLIENT_PATH = r"^/_trio_channels/(?P<name>client\.(?:js|mjs|d\.ts))$"
+
+
+@functools.cache
+def client_file(name: str) -> tuple[bytes, str, str]:
+    """``(body, content type, ETag)`` of the client file *name* (a key of :data:`CLIENT_FILES`),
+    read from the package data once; :exc:`KeyError` for any other name."""
+    source, kind = CLIENT_FILES[name]
+    body = resources.files("trio_channels").joinpath("static").joinpath(source).read_bytes()
+    if name.endswith(".mjs"):
+        body += MODULE_EXPORTS.encode()
+    return body, kind, '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+
+
+async def client_files(message: Message, name: str) -> None:
+    """Answer ``GET``/``HEAD`` ``/_trio_channels/<name>`` with a client file.
+
+    ``Cache-Control: no-cache`` with an ``ETag`` (a browser revalidates and gets ``304 Not
+    Modified`` until the server's copy changes, so an upgrade reaches it at once), and
+    ``Access-Control-Allow-Origin: *``: the file is public code, and a page served from another
+    origin (a Django site beside a trio_channels server) may import the module.
+    """
+    body, kind, etag = client_file(name)
+    headers = [
+        ("Cache-Control", "no-cache"),
+        ("ETag", etag),
+        ("Access-Control-Allow-Origin", "*"),
+        ("X-Content-Type-Options", "nosniff"),
+    ]
+    asked = Headers(message.get("headers", [])).get("if-none-match")
+    if asked is not None and etag in [tag.strip().removeprefix("W/") for tag in asked.split(",")]:
+        await send_response(message, Response(b"", 304, [*headers, ("Content-Length", "0")], kind))
+        return
+    length = ("Content-Length", str(len(body)))
+    content = b"" if message.get("method") == "HEAD" else body
+    await send_response(message, Response(content, 200, [*headers, length], content_type=kind))
+
+
+def client_route() -> Route:
+    """The route of the client's files (:data:`CLIENT_FILES` under :data:`CLIENT_PREFIX`).
+
+    A :class:`~trio_channels.routing.Router` puts it first, ahead of every route of the
+    application, so no route takes those URLs by accident (a catch-all ``http.request`` route
+    included). To take them deliberately (to serve a copy of your own), place
+    ``client_route()`` in your routing yourself: the routes before it come first.
+    """
+    return Route("http.request", client_files, path=_CLIENT_PATH, method=r"^(?:GET|HEAD)$")

@@ -324,11 +324,13 @@ include = Include
 
 @attrs.define(eq=False, init=False)
 class Router:
-    """The root of a routing: resolves everything up front and appends the default routes.
+    """The root of a routing: resolves everything up front and adds the default routes.
 
     Default routes come last: ``websocket.connect`` accepts, ``websocket.receive``,
     ``websocket.disconnect`` and ``http.disconnect`` do nothing, and ``http.request`` goes to
-    the HTTP fallback (by default a 404 response).
+    the HTTP fallback (by default a 404 response). One comes first: the browser client's files
+    (:func:`trio_channels.http.client_route`), unless the routing places that route itself.
+    With ``defaults=False`` the routing is used as it is.
     """
 
     root: Include
@@ -342,15 +344,16 @@ class Router:
         defaults: bool = True,
         http_fallback: Consumer | None = None,
     ) -> None:
-        entries = list(_as_routing_list(routing))
-        own = Include(list(entries))
+        self.root = Include(list(_as_routing_list(routing)))
+        self.root.resolve()
+        # What the user's routing itself routes (the defaults do nothing with what they add).
+        self.routed = frozenset(self.root.channel_names())
         if defaults:
             from . import _defaults
 
-            entries.extend(_defaults.default_routes(http_fallback))
-        self.root = Include(entries)
-        self.root.resolve()
-        self.routed = frozenset(own.channel_names())
+            first = _defaults.first_routes(self.root)
+            self.root = Include([*first, self.root, *_defaults.default_routes(http_fallback)])
+            self.root.resolve()
 
     def channels(self) -> set[str]:
         """Every channel some route listens on: what a worker must receive from."""

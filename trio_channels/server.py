@@ -104,6 +104,15 @@ async def _open_session_store(
     return InMemorySessionStore()
 
 
+def _layer_options(routing: Any) -> dict[str, Any]:
+    """The options of a layer made for *routing*: the demo's (history, presence events)."""
+    if not (isinstance(routing, str) and routing == DEMO_ROUTING):
+        return {}
+    from .demo.routing import LAYER_OPTIONS
+
+    return LAYER_OPTIONS
+
+
 async def serve(
     routing: Any = None,
     config: ServerConfig | None = None,
@@ -117,7 +126,8 @@ async def serve(
     *routing* is a routing list, its import path (``"myproject.routing:channel_routing"`` or
     ``"myproject.routing.channel_routing"``), or ``None`` for the built-in demo. *config* is a
     :class:`~trio_channels.config.ServerConfig` (``None``: the defaults, the demo's
-    ``127.0.0.1:8000`` on an in-memory layer).
+    ``127.0.0.1:8000`` on an in-memory layer). A layer made from a URL for the demo gets the
+    demo's history and presence options (``trio_channels.demo.routing.LAYER_OPTIONS``).
 
     ``task_status.started()`` hands back a :class:`ServerInfo` once every listener is bound and
     every worker is pulling. Stops when *shutdown* is set, or on SIGINT/SIGTERM with
@@ -137,7 +147,7 @@ async def serve(
         )
     if routing is None:
         routing = DEMO_ROUTING
-    layer = config.make_layer()
+    layer = config.make_layer(**_layer_options(routing))
     n_workers = config.workers
     http_fallback_consumer = http_fallback(config.http_app, config.static_root, config.static_url)
     router = Router(routing, http_fallback=http_fallback_consumer) if n_workers else None
@@ -145,7 +155,7 @@ async def serve(
     interface_config = attrs.evolve(config.interface_config, grace_period=config.grace_period)
     tls_context(config.certfile, config.keyfile)  # fail now, not after the workers started
     user_loader = config.resolved_user_loader()
-    shutdown = shutdown or trio.Event()
+    shutdown = shutdown if shutdown is not None else trio.Event()
     signals = _Signals(shutdown) if handle_signals else None
 
     hosts_setting = use_allowed_hosts(config.allowed_hosts) if config.allowed_hosts is not None else None

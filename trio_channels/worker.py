@@ -36,7 +36,7 @@ import trio
 
 from interface.protocol import HttpResponseProtocol
 from layers import BaseChannelLayer, ChannelLayerUnavailable
-from layers.base import non_local_name, retry_when_full, validate_channel_name
+from layers.base import non_local_name, send_or_wait, validate_channel_name
 from layers.concurrency import leaves
 from layers.histograms import Histogram, HistogramSnapshot
 
@@ -293,7 +293,7 @@ class Worker:
             return
         message.content["__retries__"] = retries
         try:
-            await retry_when_full(partial(self.layer.send, channel, message.content), 0.5)
+            await send_or_wait(partial(self.layer.send, channel, message.content), 0.5)
         except trio.TooSlowError:
             log.warning("dropped a ConsumeLater message: channel %r stayed full", channel)
         except ChannelLayerUnavailable as exc:

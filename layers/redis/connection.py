@@ -52,6 +52,7 @@ __all__ = [
     "ConnectionPool",
     "RedisAddress",
     "RedisConnection",
+    "RequestCounter",
     "SentinelAddress",
     "SentinelResolver",
     "ServerAddress",
@@ -461,6 +462,14 @@ def _error_reply(text: str) -> RedisError:
         return ResponseError(text)
 
 
+@attrs.define(eq=False, slots=True)
+class RequestCounter:
+    """How many requests (:meth:`RedisConnection.execute_many` calls: one round trip each,
+    whatever the number of commands in it) some connections have made."""
+
+    requests: int = 0
+
+
 @attrs.define(eq=False)
 class RedisConnection:
     """One connection; see the module docstring. Use :meth:`open` inside a nursery."""
@@ -474,6 +483,8 @@ class RedisConnection:
     _closed: trio.Event = attrs.Factory(trio.Event)
     _failure: BaseException | None = None
     _retired: bool = False
+    #: Where its requests are counted (its pool's), if anywhere.
+    counter: RequestCounter | None = None
 
     @classmethod
     async def open(cls, address: RedisAddress, nursery: trio.Nursery) -> RedisConnection:
@@ -531,6 +542,8 @@ class RedisConnection:
             raise ConnectionError(f"Redis at {self.address}: connection closed ({self._failure})")
         if self._retired:
             raise ConnectionError(f"Redis at {self.address}: connection retired (not sent)")
+        if self.counter is not None:
+            self.counter.requests += 1
         for command in commands:
             for chunk in self._serializer.pack(*command):
                 self._outgoing += chunk
@@ -810,6 +823,8 @@ class ConnectionPool:
     nursery: trio.Nursery
     max_idle: int = 8
     on_connect: Callable[[RedisConnection], Awaitable[None]] | None = None
+    #: The requests of every connection of the pool (for measurements: round trips).
+    counter: RequestCounter = attrs.Factory(RequestCounter)
     _resolver: _FixedServer | SentinelResolver = attrs.field(init=False)
     _shared: RedisConnection | None = None
     _connecting: trio.Lock = attrs.Factory(trio.Lock)
@@ -827,6 +842,7 @@ class ConnectionPool:
 
     async def _open(self) -> RedisConnection:
         connection = await self._resolver.connect(self.nursery)
+        connection.counter = self.counter
         if self.on_connect is not None:
             try:
                 await self.on_connect(connection)

@@ -9,13 +9,32 @@ round trip). A group is a sorted set of members scored by add time, plus a hash 
 member's capacity; a group send pushes one item per list, so the members a process holds get
 **one** item that the process fans out locally.
 
+A process-specific channel ``prefix!local`` shares its prefix's list yet has a capacity of
+its own: the SEND script keeps, per such channel, a list of the *stamps* (expiry times) of its
+messages not yet taken, and the owning process removes the stamp of each message it takes
+(``LREM``, written ahead of its next pop or send, or soon after by a background task). Stamps
+past their time drop out by themselves, so a count can never stay wrong for longer than the
+layer's expiry.
+
 Receiving shares the in-memory layer's machinery (:mod:`layers._backend`): a receiver parks
-on its channel names, and one *poller* task per (server, set of lists) runs ``BLPOP`` on a
-dedicated connection **only while** someone here is waiting, handing each item to a parked
-receiver. An item nobody is
-waiting for any more (the receiver was cancelled meanwhile) goes back to the head of its
-list, so a cancelled receive loses nothing and a busy worker hoards nothing; items for this
-process's own prefix stay in a local queue instead, since only this process reads them.
+on its channel names, and one *poller* task per (server, set of lists) pops on a dedicated
+connection **only while** someone here is waiting, handing each item to a parked receiver.
+One blocking pop per round trip takes as many items as there are waiting receivers (all that
+is queued, for a process prefix): ``BLMPOP`` on Redis >= 7, else ``BLPOP`` with a
+non-blocking pop for the rest pipelined behind it. An item nobody is waiting for any more (the
+receiver was cancelled meanwhile) goes back to the head of its list, so a cancelled receive
+loses nothing and a busy worker hoards nothing; items for a process prefix are held here
+instead, since only this process reads them.
+
+Locality (DESIGN §11, "the process is the unit of locality"): a send first looks for a
+receiver parked in this process and hands the message straight to it, never touching Redis;
+only when none waits here does it go to Redis, for any process. A process that declares a
+prefix its own (``own_prefix``: the interface does) keeps whatever it sends under it: handed
+over, or held here against each channel's capacity; one poller per own prefix pops what
+other processes send there. To keep each channel's order, a message is handed over here only
+if no earlier message of this process to that list may still wait in Redis: the layer notes
+the lists it sent to, and forgets one when a pop issued after those sends found it empty, or
+after ``expiry``.
 
 Several hosts shard by consistent hashing on the channel's non-local name (so a process
 prefix and everything under it live on one server) and on the group name. A host is a fixed
@@ -46,8 +65,7 @@ import math
 import random
 import secrets
 import zlib
-from collections import deque
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any, Final
@@ -67,16 +85,20 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from .._backend import Delivery, OwnChannel, ParkingLayer, fair_order, query_options, single_reader_names
+from .._backend import Delivery, ParkingLayer, fair_order, query_options, single_reader_names
+from .._inmemory_state import InMemoryState, Payload
 from ..base import (
     ChannelFull,
     ChannelLayerUnavailable,
     LayerStatistics,
     MembershipLost,
+    check_owned_message,
     decode_message,
+    encode_trusted_message,
     non_local_name,
     validate_channel_name,
     validate_group_name,
+    validate_process_prefix,
 )
 from ..concurrency import open_service_nursery
 from ..groups import (
@@ -109,8 +131,13 @@ __all__ = ["RedisChannelLayer", "RedisServerStatistics"]
 
 log = logging.getLogger("layers.redis")
 
-#: How long one BLPOP waits before the poller checks whether anyone still waits.
+#: How long one blocking pop waits before the poller checks whether anyone still waits.
 BLOCK_SECONDS = 1
+#: How many lists this process remembers having sent to (see "Locality").
+_IN_REDIS_LIMIT: Final = 4096
+#: Seconds the stamps of taken messages wait for a pop or a send to carry them to Redis before
+#: they get a request of their own (meanwhile other processes see those channels that much fuller).
+FORGET_DELAY = 0.05
 
 #: What "Redis cannot serve us now" looks like: socket trouble (redis-py's ConnectionError and
 #: TimeoutError, as connection.py raises them; OSError should one slip through) and the error
@@ -258,21 +285,37 @@ def _positive_seconds(instance: object, attribute: attrs.Attribute[Any], value: 
 
 @attrs.define(eq=False)
 class _ServerIdentity:
-    """What this process knows of one shard's server (see "Lost memberships" above)."""
+    """What this process knows of one shard's server (see "Lost memberships" above), and
+    whether it has ``BLMPOP`` (Redis >= 7)."""
 
     run_id: str | None = None
     epoch: bytes | None = None
     address: str | None = None
+    blmpop: bool = False
 
 
-def _run_id(info: Any) -> str | None:
-    """The ``run_id`` in an ``INFO server`` reply (None if INFO was refused, e.g. by an ACL)."""
+def _info_field(info: Any, field: str) -> str | None:
+    """A field of an ``INFO server`` reply (None if INFO was refused, e.g. by an ACL)."""
     if not isinstance(info, bytes):
         return None
     for line in info.decode("utf-8", "replace").splitlines():
-        if line.startswith("run_id:"):
-            return line[len("run_id:") :].strip()
+        if line.startswith(field + ":"):
+            return line[len(field) + 1 :].strip()
     return None
+
+
+def _run_id(info: Any) -> str | None:
+    """The ``run_id`` in an ``INFO server`` reply."""
+    return _info_field(info, "run_id")
+
+
+def _version(info: Any) -> tuple[int, ...]:
+    """The ``redis_version`` in an ``INFO server`` reply, ``()`` if unknown."""
+    text = _info_field(info, "redis_version") or ""
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return ()
 
 
 def _fernet(keys: Sequence[str | bytes] | None) -> Any:
@@ -336,7 +379,6 @@ class RedisChannelLayer(ParkingLayer):
     _crypter: Any = attrs.field(init=False, default=None, repr=False)
     _pools: list[ConnectionPool] = attrs.field(factory=list, init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False, repr=False)
-    _local: dict[str, deque[Delivery]] = attrs.field(factory=dict, init=False, repr=False)
     _pollers: set[tuple[int, frozenset[str]]] = attrs.field(factory=set, init=False, repr=False)
     _delay_wakeup: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
     _servers: list[_ServerIdentity] = attrs.field(factory=list, init=False, repr=False)
@@ -345,12 +387,39 @@ class RedisChannelLayer(ParkingLayer):
     # Per shard: the prefixes whose heartbeat key this process has set there (a key missing
     # later lapsed; a shard reported as having lost its data starts afresh).
     _beating: list[set[str]] = attrs.field(factory=list, init=False, repr=False)
+    # What this process holds (see "Locality"): its own prefixes' messages, and what its
+    # pollers popped for prefixes that nobody here took yet.
+    _local: InMemoryState = attrs.field(init=False, repr=False)
+    _local_wakeup: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+    _local_deadline: float = attrs.field(default=math.inf, init=False, repr=False)
+    #: Our own prefixes, with the scopes of their pollers.
+    _own_prefixes: dict[str, trio.CancelScope] = attrs.field(factory=dict, init=False, repr=False)
+    #: id(message) of a held, counted message -> (shard, stamps key, stamp).
+    _held: dict[int, tuple[int, str, bytes]] = attrs.field(factory=dict, init=False, repr=False)
+    #: Per shard: stamps of taken messages to remove, by stamps key.
+    _forget: dict[int, dict[str, list[bytes]]] = attrs.field(factory=dict, init=False, repr=False)
+    #: Lists this process sent to that may still hold its messages: name -> (send number or
+    #: inf while in flight, when).
+    _in_redis: dict[str, tuple[float, float]] = attrs.field(factory=dict, init=False, repr=False)
+    _forget_since: float = attrs.field(default=0.0, init=False, repr=False)
+    #: Reply channels under our own prefixes answered through Redis, until when.
+    _remote_replies: dict[str, float] = attrs.field(factory=dict, init=False, repr=False)
+    _sends_done: int = attrs.field(default=0, init=False, repr=False)
+    _all_in_redis_until: float = attrs.field(default=-math.inf, init=False, repr=False)
+    _list_key_offset: int = attrs.field(default=0, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         if not isinstance(self.prefix, str) or not self.prefix:
             raise ValueError(f"prefix must be a non-empty str, got {self.prefix!r}")
         self._crypter = _fernet(self.symmetric_encryption_keys)
+        self._local = InMemoryState(
+            expiry=self.expiry,
+            group_expiry=self.group_expiry,
+            capacities=self._capacities,
+            on_remove=self._removed,
+        )
+        self._list_key_offset = len(self._list_key(""))
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisChannelLayer:
@@ -364,6 +433,12 @@ class RedisChannelLayer(ParkingLayer):
             raise ValueError(f"layer URL {url!r} is invalid: it names no Redis server")
         parsed = query_options(url, urlsplit(hosts[-1]).query, text=("prefix",), numbers={"heartbeat": float})
         return cls(hosts=hosts, **{**parsed, **options})
+
+    @property
+    def request_count(self) -> int:
+        """How many requests (round trips, each of one or more pipelined commands) this layer
+        has made to its servers since it was entered: for measurements."""
+        return sum(pool.counter.requests for pool in self._pools)
 
     def shared_store_address(self) -> tuple[ServerAddress, str]:
         """The first server, and this layer's prefix (``serve()`` keeps sessions there)."""
@@ -391,6 +466,7 @@ class RedisChannelLayer(ParkingLayer):
                 nursery.start_soon(self._move_delayed, shard)
                 nursery.start_soon(self._heartbeat, shard)
                 nursery.start_soon(self._sweep, shard)
+            await nursery.start(self._run_local)
             try:
                 yield
             finally:
@@ -402,6 +478,9 @@ class RedisChannelLayer(ParkingLayer):
                                 await _command(pool, "DEL", *keys)
                 nursery.cancel_scope.cancel()
                 self._nursery = None
+                for scope in self._own_prefixes.values():
+                    scope.cancel()
+                self._own_prefixes.clear()
                 with trio.CancelScope(shield=True):
                     for pool in self._pools:
                         await pool.aclose()
@@ -417,6 +496,7 @@ class RedisChannelLayer(ParkingLayer):
             raise epoch
         run_id = _run_id(info)
         known = self._servers[shard]
+        known.blmpop = _version(info) >= (7, 0)
         old_run_id, old_epoch, old_address = known.run_id, known.epoch, known.address
         known.run_id, known.epoch, known.address = run_id, epoch, str(connection.address)
         restarted = run_id is not None and old_run_id is not None and run_id != old_run_id
@@ -449,6 +529,37 @@ class RedisChannelLayer(ParkingLayer):
                 "the Redis layer is not open: use it as 'async with RedisChannelLayer(...) as layer:'"
             )
 
+    @contextlib.contextmanager
+    def own_prefix(self, prefix: str) -> Iterator[None]:
+        """See :meth:`layers.BaseChannelLayer.own_prefix`: sends from this process to channels
+        under *prefix* never touch Redis, and one poller pops what other processes send there."""
+        validate_process_prefix(prefix)
+        self._require_open()
+        if prefix in self._own_prefixes:
+            raise RuntimeError(f"process prefix {prefix!r} is already owned in this process")
+        scope = self._start_owning(prefix)
+        try:
+            yield
+        finally:
+            scope.cancel()
+            if self._own_prefixes.get(prefix) is scope:
+                del self._own_prefixes[prefix]
+            self._local.drop(prefix)
+
+    def _start_owning(self, prefix: str) -> trio.CancelScope:
+        scope = self._own_prefixes[prefix] = trio.CancelScope()
+        self._own([prefix])  # its heartbeat, too
+        assert self._nursery is not None
+        self._nursery.start_soon(self._poll_own, prefix, scope)
+        return scope
+
+    def _own_channel_prefix(self, prefix: str) -> None:
+        # An own channel's prefix is ours from now on, for the layer's life (its poller ends
+        # with the layer), unless an own_prefix block holds it already.
+        self._require_open()
+        if prefix not in self._own_prefixes:
+            self._start_owning(prefix)
+
     # -- keys and encoding -----------------------------------------------------------------
 
     def _list_key(self, name: str) -> str:
@@ -456,6 +567,9 @@ class RedisChannelLayer(ParkingLayer):
 
     def _stats_key(self, name: str) -> str:
         return f"{self.prefix}:s:{name}"
+
+    def _stamps_key(self, channel: str) -> str:
+        return f"{self.prefix}:n:{channel}"
 
     def _shard(self, name: str) -> int:
         return consistent_hash(non_local_name(name), len(self.hosts))
@@ -476,35 +590,171 @@ class RedisChannelLayer(ParkingLayer):
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0) -> None:
+    async def send_encoded(self, channel: str, data: bytes, *, delay: float = 0, wait: bool = False) -> None:
         validate_channel_name(channel)
-        name = non_local_name(channel)
-        pool = self._pool(name)
-        capacity = self.get_capacity(name)
         if delay:
-            if not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
-                raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
-            member = b"|".join(
-                [
-                    secrets.token_hex(8).encode(),
-                    str(capacity).encode(),
-                    channel.encode(),
-                    name.encode(),
-                    self._seal(data),
-                ]
-            )
-            await _DELAY_ADD(pool, [f"{self.prefix}:d"], [delay, member])
-            self._delay_wakeup.set()
+            await self._send_delayed(channel, data, delay)
+        elif wait:
+            await self._waiting_send(self._send_now, channel, data)
+        else:
+            await self._send_now(channel, data)
+
+    async def send_owned(self, channel: str, message: dict[str, Any], *, wait: bool = False) -> None:
+        """See :meth:`layers.BaseChannelLayer.send_owned`: a receiver in this process gets
+        *message* itself; through Redis it is encoded once, without a validation walk."""
+        if channel == "asgi.delay":
+            await self.send(channel, message)
             return
-        sent = await _SEND(
-            pool,
-            [self._list_key(name), self._stats_key(name), self._stats_key("#global#")],
-            [capacity, self.expiry, channel, self._seal(data)],
+        validate_channel_name(channel)
+        check_owned_message(message, self.max_message_size)
+        if wait:
+            await self._waiting_send(self._send_now, channel, message)
+        else:
+            await self._send_now(channel, message)
+
+    async def _send_delayed(self, channel: str, data: bytes, delay: float) -> None:
+        if not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
+            raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+        name = non_local_name(channel)
+        member = b"|".join(
+            [
+                secrets.token_hex(8).encode(),
+                str(self.get_capacity(name)).encode(),
+                channel.encode(),
+                name.encode(),
+                self._seal(data),
+            ]
         )
+        await _DELAY_ADD(self._pool(name), [f"{self.prefix}:d"], [delay, member])
+        self._delay_wakeup.set()
+
+    async def _send_now(self, channel: str, payload: Payload) -> None:
+        """One attempt: in this process where the receiver is here (see "Locality"), else
+        through Redis. Raises :exc:`ChannelFull`."""
+        self._require_open()
+        name = non_local_name(channel)
+        if name in self._own_prefixes:
+            local = not self._answered_elsewhere(channel)
+        else:
+            local = bool(self._receivers) and not self._sent_to_redis(name)
+        if local:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._deliver_here(channel, name, payload):
+                await self._maybe_yield()
+                return
+        await self._send_to_redis(channel, name, payload)
+
+    def _deliver_here(self, channel: str, name: str, payload: Payload) -> bool:
+        """Hand *payload* to a receiver parked here, or hold it if *name* is one of our own
+        prefixes (:exc:`ChannelFull` if its channel is full); False if it must go to Redis."""
+        now = trio.current_time()
+        if name in self._owned_prefixes and channel is not name:
+            own = self._own_target(channel, name)
+            if own is False:
+                return True  # under a prefix with own channels, but not open: gone
+            if own is not True:
+                waiter = self._receivers.claim_own(channel)
+                if waiter is None:
+                    try:
+                        self._local.put_own(channel, payload, now, own.capacity)
+                    except ChannelFull:
+                        own.overflowed(channel)
+                        raise
+                    if self._local_deadline == math.inf:
+                        self._local_wakeup.set()
+                    return True
+                self._local.count_handed_over(name)
+                message = decode_message(payload) if isinstance(payload, bytes) else payload
+                waiter.wake((channel, message, now + self.expiry))
+                return True
+        waiter = self._receivers.claim(channel, name)
+        if waiter is not None:
+            self._local.count_handed_over(name)
+            message = decode_message(payload) if isinstance(payload, bytes) else payload
+            waiter.wake((channel, message, now + self.expiry))
+            return True
+        if name not in self._own_prefixes:
+            return False
+        self._local.put(name, channel, payload, now)
+        if self._local_deadline == math.inf:
+            self._local_wakeup.set()
+        return True
+
+    def _answered_elsewhere(self, channel: str) -> bool:
+        """Whether *channel*, under one of our own prefixes, may get messages from another
+        process that this one's must not overtake: it was the ``reply_channel`` of a message
+        this process sent through Redis lately, whose consumer (anywhere) may answer it."""
+        until = self._remote_replies.get(channel)
+        if until is None:
+            return False
+        if trio.current_time() < until:
+            return True
+        del self._remote_replies[channel]
+        return False
+
+    def _note_reply_channel(self, payload: Payload) -> None:
+        # An owned message (the interface's) sent through Redis: its consumer may run in any
+        # process and answer on its reply channel through Redis. Until it can no longer (twice
+        # the expiry: the message's life, then its consumer's), this process answers that
+        # channel through Redis as well, behind it: so a reply that a consumer here sends after
+        # one sent elsewhere (enforce_ordering's successor) cannot arrive first.
+        reply = payload.get("reply_channel") if isinstance(payload, dict) else None
+        if type(reply) is not str or non_local_name(reply) not in self._own_prefixes:
+            return
+        now = trio.current_time()
+        table = self._remote_replies
+        if len(table) >= _IN_REDIS_LIMIT and reply not in table:
+            for old in [key for key, until in table.items() if until <= now]:
+                del table[old]
+            if len(table) >= _IN_REDIS_LIMIT:
+                del table[next(iter(table))]  # the oldest: it would have expired first
+        table.pop(reply, None)
+        table[reply] = now + 2 * self.expiry
+
+    async def _send_to_redis(self, channel: str, name: str, payload: Payload) -> None:
+        data = (
+            payload if isinstance(payload, bytes) else encode_trusted_message(payload, self.max_message_size)
+        )
+        shard = self._shard(name)
+        list_key = self._list_key(name)
+        capacity = self.get_capacity(name)
+        counted = "!" in channel
+        stamps_key = self._stamps_key(channel) if counted else list_key
+        # Stamps of this channel's messages we took and have not told Redis about yet: with
+        # this send, so that a take followed by a send finds the room it made.
+        forget: list[bytes] = []
+        if counted and shard in self._forget:
+            pending = self._forget[shard]
+            forget = pending.pop(stamps_key, forget)
+            if not pending:
+                del self._forget[shard]
+        before = self._in_redis.get(name)
+        self._in_redis[name] = (math.inf, trio.current_time())
+        try:
+            sent = await _SEND(
+                self._pools[shard],
+                [list_key, self._stats_key(name), self._stats_key("#global#"), stamps_key],
+                [capacity, self.expiry, channel, self._seal(data), *forget],
+            )
+        except BaseException:
+            if forget:
+                self._forget.setdefault(shard, {}).setdefault(stamps_key, []).extend(forget)
+            # Perhaps it was stored.
+            self._note_in_redis(name)
+            if self._own_prefixes:
+                self._note_reply_channel(payload)
+            raise
         if not sent:
+            if before is None:
+                self._in_redis.pop(name, None)
+            else:
+                self._in_redis[name] = before
             raise ChannelFull(
                 f"channel {channel!r} is full ({capacity} messages waiting); the message was not sent"
             )
+        self._note_in_redis(name)
+        if self._own_prefixes:
+            self._note_reply_channel(payload)
 
     async def _move_delayed(self, shard: int) -> None:
         pool = self._pools[shard]
@@ -535,19 +785,127 @@ class RedisChannelLayer(ParkingLayer):
             with trio.move_on_after(pause):
                 await wakeup.wait()
 
+    # -- locality bookkeeping --------------------------------------------------------------
+
+    def _note_in_redis(self, name: str) -> None:
+        """A message of this process for list *name* may be in Redis from now on."""
+        self._sends_done += 1
+        now = trio.current_time()
+        table = self._in_redis
+        table[name] = (self._sends_done, now)
+        if len(table) > _IN_REDIS_LIMIT:
+            for old in [key for key, (_, since) in table.items() if now - since > self.expiry]:
+                del table[old]
+            if len(table) > _IN_REDIS_LIMIT:
+                # Too many to remember: presume every list holds some of ours, for a while.
+                table.clear()
+                self._all_in_redis_until = now + self.expiry
+
+    def _sent_to_redis(self, name: str) -> bool:
+        """Whether a message this process sent to list *name* may still wait in Redis, so a
+        later one must not overtake it by a hand-over here."""
+        entry = self._in_redis.get(name)
+        now = trio.current_time()
+        if entry is None:
+            return now < self._all_in_redis_until
+        if now - entry[1] > self.expiry:  # whatever we sent has expired by now
+            del self._in_redis[name]
+            return False
+        return True
+
+    def _seen_empty(self, names: Sequence[str], issued: int) -> None:
+        """A pop issued when :attr:`_sends_done` was *issued* found the lists *names* empty:
+        what this process had sent to them before is out of Redis."""
+        table = self._in_redis
+        if not table:
+            return
+        for name in names:
+            entry = table.get(name)
+            if entry is not None and entry[0] <= issued:
+                del table[name]
+
+    def _forget_later(self, shard: int, stamps_key: str, stamp: bytes) -> None:
+        """A counted message was taken here: tell Redis (with the next pop or send, or within
+        :data:`FORGET_DELAY` seconds)."""
+        if not self._forget:
+            self._forget_since = trio.current_time()
+            self._local_wakeup.set()
+        self._forget.setdefault(shard, {}).setdefault(stamps_key, []).append(stamp)
+
+    def _removed(self, channel: str, payload: Payload, taken: bool) -> None:
+        # on_remove of the local state: a held message left it.
+        self._room_freed(channel)
+        if self._held:
+            held = self._held.pop(id(payload), None)
+            if held is not None and taken:
+                self._forget_later(*held)
+
+    async def _run_local(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sweep expired held messages; tell Redis of taken ones that no pop or send carried
+        there within :data:`FORGET_DELAY` (a receiver that parks again soon, the common case,
+        sends them with its next pop: no round trip of their own)."""
+        task_status.started()
+        while True:
+            now = trio.current_time()
+            self._local_deadline = deadline = self._local.sweep(now)
+            self._local_wakeup = wakeup = trio.Event()
+            if self._forget:
+                due = self._forget_since + FORGET_DELAY
+                if now < due:
+                    deadline = min(deadline, due)
+                else:
+                    forget, self._forget = self._forget, {}
+                    for shard, by_key in forget.items():
+                        commands = [
+                            ("LREM", key, 1, stamp) for key, stamps in by_key.items() for stamp in stamps
+                        ]
+                        # Unavailable: the stamps expire with their messages; until then they count.
+                        with contextlib.suppress(ChannelLayerUnavailable):
+                            await _commands(self._pools[shard], commands)
+                    continue
+            with trio.move_on_at(deadline):
+                await wakeup.wait()
+
+    def _room_window(self, channel: str) -> int:
+        # Held here: exact wake-ups, one at a time. In Redis: up to 16 tries in flight (their
+        # round trips pipelined on one connection), in the order the senders came.
+        return 1 if non_local_name(channel) in self._own_prefixes else 16
+
+    async def _wait_for_room(self, channel: str, failures: int) -> None:
+        if non_local_name(channel) in self._own_prefixes:
+            # Held here: only a take here makes room.
+            await super()._wait_for_room(channel, failures)
+            return
+        # Redis holds it, and another process may drain it: nothing can wake us then, so back
+        # off (5 ms, doubling, 200 ms at most), but wake early when this process pops from it.
+        event = self._room_events.get(channel)
+        if event is None:
+            event = self._room_events[channel] = trio.Event()
+        with trio.move_on_after(min(0.005 * 2 ** min(failures - 1, 6), 0.2)):
+            await event.wait()
+
+    def _hold(self, shard: int, name: str, deliveries: list[Delivery], stamp: bytes | None) -> None:
+        """Keep popped *deliveries* of list *name* here for the next receive (only this
+        process reads its prefixes); a counted one counts in Redis until it is taken."""
+        now = trio.current_time()
+        for channel, message, deadline in deliveries:
+            self._local.put(name, channel, message, now, deadline=deadline, admitted=True)
+            if stamp is not None:
+                self._held[id(message)] = (shard, self._stamps_key(channel), stamp)
+        if self._local_deadline == math.inf:
+            self._local_wakeup.set()
+
     # -- receiving -------------------------------------------------------------------------
 
     def _take(self, names: list[str]) -> Delivery | None:
-        now = trio.current_time()
-        for name in names:
-            queue = self._local.get(name)
-            while queue:
-                delivery = queue.popleft()
-                if not queue:
-                    del self._local[name]
-                if delivery[2] > now:
-                    return delivery
-        return None
+        if len(names) == 1 and names[0] in self._own_open:  # receive_own
+            entry = self._local.take_own(names[0], trio.current_time())
+        else:
+            entry = self._local.take(names, trio.current_time())
+        if entry is None:
+            return None
+        deadline, channel, data = entry
+        return channel, decode_message(data) if isinstance(data, bytes) else data, deadline
 
     async def _fetch_nowait(self, names: list[str]) -> Delivery | None:
         self._own(names)
@@ -560,52 +918,30 @@ class RedisChannelLayer(ParkingLayer):
             while flat := await _POP_MANY(pool, fair_order(list(lists)), [1]):
                 list_key, ttl, item = flat[:3]
                 name = lists[list_key.decode()]
-                deliveries = self._unpack(name, item, ttl)
+                self._room_freed(name)
+                deliveries, stamp = self._unpack(name, item, ttl)
                 if name in self._owned_prefixes:  # own channels' messages go to their own FIFOs
-                    usual: list[Delivery] = []
-                    for delivery in deliveries:
-                        if self._own_target(delivery[0], name) is True:
-                            usual.append(delivery)
-                        else:
-                            self._hand_out(name, [delivery])
-                    deliveries = usual
-                if deliveries:  # else it expired, could not be read or was not ours: pop the next
-                    leftovers = self._hand_out(name, deliveries[1:])
+                    deliveries = self._sort_own(shard, name, deliveries, stamp)
+                if deliveries:  # else it expired, could not be read or was not for us: pop the next
+                    first = deliveries[0]
+                    if stamp is not None:
+                        self._forget_later(shard, self._stamps_key(first[0]), stamp)
+                    leftovers = self._hand_out(shard, name, deliveries[1:], None)
                     if leftovers:  # the rest of a fan-out item: only this process reads it
-                        self._local.setdefault(name, deque()).extend(leftovers)
-                    return deliveries[0]
+                        self._hold(shard, name, leftovers, None)
+                    return first
         return None
 
-    async def _fetch_own_nowait(self, channel: str) -> Delivery | None:
-        # One round trip: take what is queued for the channel's prefix and sort it out here.
-        name = non_local_name(channel)
-        pool = self._pools[self._shard(name)]
-        flat = await _POP_MANY(pool, [self._list_key(name)], [100])
-        for index in range(0, len(flat), 3):
-            _, ttl, item = flat[index : index + 3]
-            leftovers = self._hand_out(name, self._unpack(name, item, ttl))
-            if leftovers:
-                self._local.setdefault(name, deque()).extend(leftovers)
-        return self._take([channel])
-
     def _drop_own(self, channel: str) -> int:
-        held = self._local.pop(channel, None)
-        return 0 if held is None else len(held)
-
-    def _waiting(self, names: Sequence[str]) -> int:
-        """Receivers waiting on *names*, and on own channels under those that are prefixes."""
-        waiting = self._receivers.count(names)
-        for name in names:
-            if name.endswith("!"):
-                waiting += self._receivers.count_under(name)
-        return waiting
+        return self._local.drop_own(channel)
 
     def _will_park(self, names: list[str]) -> None:
         names = [non_local_name(name) for name in names]  # an own channel: its prefix's list
         self._own(names)
         by_shard: dict[int, list[str]] = {}
         for name in names:
-            by_shard.setdefault(self._shard(name), []).append(name)
+            if name not in self._own_prefixes:  # our own prefixes have a poller of their own
+                by_shard.setdefault(self._shard(name), []).append(name)
         for shard, shard_names in by_shard.items():
             key = (shard, frozenset(shard_names))
             if key not in self._pollers:
@@ -613,124 +949,219 @@ class RedisChannelLayer(ParkingLayer):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._poll, key)
 
+    async def _pop(
+        self, shard: int, connection: RedisConnection, keys: list[str], want: int, *, block: bool = True
+    ) -> list[tuple[str, int, bytes]]:
+        """Pop up to *want* items from the first of the lists *keys* that has some, with
+        *block* waiting up to ``BLOCK_SECONDS`` while all are empty: one round trip. Blocking:
+        ``BLMPOP`` (Redis >= 7), else ``BLPOP`` with a non-blocking pop for the rest pipelined
+        behind it; not blocking: ``LMPOP``, else the ``POP_MANY`` script. Returns ``(list key,
+        ms to live, item)``; ahead of the pop go the stamps of taken messages Redis has not been
+        told of. Lists seen empty are reported to :meth:`_seen_empty`."""
+        forget = self._forget.pop(shard, None)
+        commands: list[tuple[Any, ...]] = (
+            [("LREM", key, 1, stamp) for key, stamps in forget.items() for stamp in stamps] if forget else []
+        )
+        skip = len(commands)
+        issued = self._sends_done
+        mpop = self._servers[shard].blmpop
+        if mpop:
+            if block:
+                commands.append(("BLMPOP", BLOCK_SECONDS, len(keys), *keys, "LEFT", "COUNT", want))
+            else:
+                commands.append(("LMPOP", len(keys), *keys, "LEFT", "COUNT", want))
+        elif block:
+            commands.append(("BLPOP", *keys, BLOCK_SECONDS))
+        commands.append(("TIME",))
+        if not mpop and (want > 1 or not block):
+            more = want - 1 if block else want
+            if len(keys) == 1:
+                commands.append(("LPOP", keys[0], more))
+            else:
+                commands.append(("EVALSHA", _POP_MANY.sha, len(keys), *keys, more))
+        try:
+            replies = await connection.execute_many(commands)
+        except BaseException:
+            if forget:  # perhaps not run: again next time (removing a stamp twice is harmless)
+                mine = self._forget.setdefault(shard, {})
+                for key, stamps in forget.items():
+                    mine.setdefault(key, []).extend(stamps)
+            raise
+        for reply in replies:
+            if isinstance(reply, RedisError) and not isinstance(reply, NoScriptError):
+                raise reply
+        replies = replies[skip:]
+        popped = replies.pop(0) if mpop or block else None
+        time, rest = replies[0], (replies[1] if len(replies) > 1 else None)
+        now_ms = int(time[0]) * 1000 + int(time[1]) // 1000
+        names = [key[self._list_key_offset :] for key in keys]
+        items: list[tuple[str, int, bytes]] = []
+        if mpop:
+            if popped is None:
+                self._seen_empty(names, issued)
+                return items
+            list_key = popped[0].decode()
+            items = [(list_key, _expires_ms(item) - now_ms, item) for item in popped[1]]
+            if len(items) < want:
+                self._seen_empty([list_key[self._list_key_offset :]], issued)
+            return items
+        if popped is not None:
+            list_key = popped[0].decode()
+            items.append((list_key, _expires_ms(popped[1]) - now_ms, popped[1]))
+        if isinstance(rest, NoScriptError):
+            await connection.execute("SCRIPT", "LOAD", _POP_MANY.source)
+            return items
+        if len(keys) == 1 and rest:
+            items.extend((keys[0], _expires_ms(item) - now_ms, item) for item in rest)
+        elif rest:
+            for index in range(0, len(rest), 3):
+                items.append((rest[index].decode(), int(rest[index + 1]), rest[index + 2]))
+        if (block and popped is None) or len(items) < want:
+            # Nothing to block on, or the non-blocking pop came back short: all were empty.
+            self._seen_empty(names, issued)
+        return items
+
     async def _poll(self, key: tuple[int, frozenset[str]]) -> None:
+        """Pop for the receivers parked here on *key*'s lists, while there are any."""
         shard, names = key
-        pool = self._pools[shard]
         lists = {self._list_key(name): name for name in names}
         keys = tuple(names)
         # Only this process reads its own prefix, so take all that is queued there at once.
-        own_prefix = any(name.endswith("!") for name in names)
-        backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
-        failures = 0
+        prefixes = any(name.endswith("!") for name in names)
         try:
-            while self._waiting(keys):
-                try:
-                    async with _MapErrors(pool.address), pool.dedicated() as connection:
-                        while True:
-                            waiting = self._waiting(keys)
-                            if not waiting:
-                                break
-                            order = random.sample(list(lists), len(lists))
-                            if waiting > 1 or own_prefix:
-                                # As many as there are receivers waiting (everything queued, for
-                                # our own prefix) in one round trip; block only when empty.
-                                flat = await _POP_MANY(
-                                    pool, order, [1000 if own_prefix else min(waiting, 100)]
-                                )
-                                if flat:
-                                    for index in range(0, len(flat), 3):
-                                        list_key, ttl, item = flat[index : index + 3]
-                                        await self._dispatch(
-                                            pool, list_key, lists[list_key.decode()], item, ttl
-                                        )
-                                    continue
-                            # TIME runs as soon as BLPOP returns (one connection runs its commands
-                            # in order): the item's time to live, by Redis's clock.
-                            popped, now = await connection.execute_many(
-                                [("BLPOP", *order, BLOCK_SECONDS), ("TIME",)]
-                            )
-                            if isinstance(popped, RedisError):
-                                raise popped
-                            if failures:
-                                log.info("Redis at %s is back", pool.address)
-                                failures = 0
-                            if popped is not None:
-                                list_key, item = popped
-                                ttl = _expires_ms(item) - (int(now[0]) * 1000 + int(now[1]) // 1000)
-                                await self._dispatch(pool, list_key, lists[list_key.decode()], item, ttl)
-                except ChannelLayerUnavailable as exc:
-                    failures += 1
-                    if failures == 1:
-                        log.warning(
-                            "receiving from Redis at %s failed (%s); retrying with backoff",
-                            pool.address,
-                            exc.__cause__,
-                        )
-                    await trio.sleep(backoff.compute(failures))
+            await self._poll_lists(shard, lists, lambda: self._receivers.count(keys), prefixes)
         finally:
             self._pollers.discard(key)
 
-    async def _dispatch(
-        self, pool: ConnectionPool, list_key: bytes, name: str, item: bytes, ttl_ms: int
+    async def _poll_own(self, prefix: str, scope: trio.CancelScope) -> None:
+        """Pop everything other processes send to our own *prefix*, for as long as we own it."""
+        with scope:
+            await self._poll_lists(self._shard(prefix), {self._list_key(prefix): prefix}, lambda: 1, True)
+
+    async def _poll_lists(
+        self, shard: int, lists: dict[str, str], waiting: Callable[[], int], everything: bool
     ) -> None:
-        deliveries = self._unpack(name, item, ttl_ms)
-        leftovers = self._hand_out(name, deliveries)
-        if not leftovers:
-            return
-        if name.endswith("!") or len(deliveries) > 1:
-            # Only this process reads its prefix: keep them here for the next receive.
-            self._local.setdefault(name, deque()).extend(leftovers)
-        else:
-            # The receiver left meanwhile: give the message back, at the head, for anyone.
+        pool = self._pools[shard]
+        backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
+        failures = 0
+        names = list(lists.values())
+        probed = -1
+        while waiting():
+            try:
+                async with _MapErrors(pool.address), pool.dedicated() as connection:
+                    while count := waiting():
+                        order = random.sample(list(lists), len(lists))
+                        # Where messages of ours may still wait in these lists, first pop without
+                        # blocking: coming back short, it tells us they are out (see "Locality"),
+                        # and sends may be handed over here again. Once per batch of our sends.
+                        probe = self._sends_done != probed and any(map(self._sent_to_redis, names))
+                        if probe:
+                            probed = self._sends_done
+                        items = await self._pop(
+                            shard, connection, order, 1000 if everything else min(count, 100), block=not probe
+                        )
+                        if failures:
+                            log.info("Redis at %s is back", pool.address)
+                            failures = 0
+                        if items:
+                            await self._dispatch(shard, pool, lists, items)
+            except ChannelLayerUnavailable as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "receiving from Redis at %s failed (%s); retrying with backoff",
+                        pool.address,
+                        exc.__cause__,
+                    )
+                await trio.sleep(backoff.compute(failures))
+
+    async def _dispatch(
+        self, shard: int, pool: ConnectionPool, lists: dict[str, str], items: list[tuple[str, int, bytes]]
+    ) -> None:
+        back: dict[str, list[bytes]] = {}
+        for list_key, ttl, item in items:
+            name = lists[list_key]
+            self._room_freed(name)  # a sender here waiting for room in that list may try again
+            deliveries, stamp = self._unpack(name, item, ttl)
+            leftovers = self._hand_out(shard, name, deliveries, stamp)
+            if not leftovers:
+                continue
+            if name.endswith("!") or len(deliveries) > 1:
+                # Only this process reads its prefix: keep them here for the next receive.
+                self._hold(shard, name, leftovers, stamp)
+            else:
+                back.setdefault(list_key, []).append(item)
+        for list_key in back:
+            # Before any checkpoint: from now on a send must not overtake what goes back.
+            self._in_redis[lists[list_key]] = (math.inf, trio.current_time())
+        for list_key, returned in back.items():
+            # The receivers left meanwhile: give the messages back, at the head and in their
+            # order, for anyone.
             with trio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
-                await pool.execute("LPUSH", list_key, item)
+                await pool.execute("LPUSH", list_key, *reversed(returned))
+            self._note_in_redis(lists[list_key])
 
-    def _hand_out(self, name: str, deliveries: list[Delivery]) -> list[Delivery]:
-        """Give each delivery from list *name* to a parked receiver; return those nobody took.
-
-        A delivery for an own channel goes to its own receiver or waits in its own FIFO here
-        (or is dropped: see "Own channels" in :mod:`layers._backend`); it is never returned.
-        """
+    def _hand_out(
+        self, shard: int, name: str, deliveries: list[Delivery], stamp: bytes | None
+    ) -> list[Delivery]:
+        """Give each delivery from list *name* to a parked receiver; return those nobody took."""
+        if name in self._owned_prefixes:
+            deliveries = self._sort_own(shard, name, deliveries, stamp)
         leftovers = []
-        owned = name in self._owned_prefixes
         for delivery in deliveries:
-            target = self._own_target(delivery[0], name) if owned else True
-            if target is True:
-                waiter = self._receivers.claim(delivery[0], name)
-                if waiter is None:
-                    leftovers.append(delivery)
-                else:
-                    waiter.wake(delivery)
-            elif target is not False:
-                waiter = self._receivers.claim_own(delivery[0])
-                if waiter is None:
-                    self._keep_own(delivery, target)
-                else:
-                    waiter.wake(delivery)
+            waiter = self._receivers.claim(delivery[0], name)
+            if waiter is None:
+                leftovers.append(delivery)
+            else:
+                waiter.wake(delivery)
+                if stamp is not None:
+                    self._forget_later(shard, self._stamps_key(delivery[0]), stamp)
         return leftovers
 
-    def _keep_own(self, delivery: Delivery, own: OwnChannel) -> None:
-        channel = delivery[0]
-        held = self._local.get(channel)
-        if held is None:
-            self._local[channel] = deque([delivery])
-            return
-        if len(held) >= own.capacity:
-            now = trio.current_time()
-            while held and held[0][2] <= now:
-                held.popleft()
-            if len(held) >= own.capacity:
-                own.overflowed(channel)
-                return
-        held.append(delivery)
+    def _sort_own(
+        self, shard: int, name: str, deliveries: list[Delivery], stamp: bytes | None
+    ) -> list[Delivery]:
+        """Of *deliveries* popped from the list of *name*, a prefix with own channels, give
+        each one for an own channel to its receiver, or hold it in its FIFO here, or drop it
+        (see "Own channels" in :mod:`layers._backend`); return the others."""
+        usual = []
+        now = trio.current_time()
+        for delivery in deliveries:
+            channel = delivery[0]
+            own = self._own_target(channel, name)
+            if own is True:
+                usual.append(delivery)
+                continue
+            if own is not False:
+                waiter = self._receivers.claim_own(channel)
+                if waiter is not None:
+                    waiter.wake(delivery)
+                else:
+                    try:
+                        self._local.put_own(
+                            channel, delivery[1], now, own.capacity, deadline=delivery[2], admitted=True
+                        )
+                    except ChannelFull:
+                        own.overflowed(channel)
+                    else:
+                        if stamp is not None:  # it counts in Redis until it is taken
+                            self._held[id(delivery[1])] = (shard, self._stamps_key(channel), stamp)
+                        if self._local_deadline == math.inf:
+                            self._local_wakeup.set()
+                        continue
+            # Handed over or gone: this message no longer counts against its channel.
+            if stamp is not None:
+                self._forget_later(shard, self._stamps_key(channel), stamp)
+        return usual
 
-    def _unpack(self, name: str, item: bytes, ttl_ms: int) -> list[Delivery]:
+    def _unpack(self, name: str, item: bytes, ttl_ms: int) -> tuple[list[Delivery], bytes | None]:
         """The deliveries in *item*, which has *ttl_ms* left to live by Redis's clock (never
-        this host's: the deadline is that much from now on Trio's clock)."""
+        this host's: the deadline is that much from now on Trio's clock), and its stamp if it
+        counts in its channel's stamps (a live message sent to one process-specific channel)."""
         if ttl_ms <= 0:
-            return []
+            return [], None
         deadline = trio.current_time() + ttl_ms / 1000
-        _, kind, field, data = item.split(b"|", 3)
+        stamp, kind, field, data = item.split(b"|", 3)
         position: tuple[str, int, str] | None = None
         if kind in (b"DH", b"FH"):
             place, data = data.split(b"|", 1)
@@ -740,11 +1171,15 @@ class RedisChannelLayer(ParkingLayer):
             payload = self._open_data(data)
         except Exception:
             log.error("dropped a message on %r that could not be decrypted (wrong or retired key?)", name)
-            return []
+            return [], None
         if position is None:  # the common case, kept tight
             if kind == b"D":
-                return [(field.decode(), decode_message(payload), deadline)]
-            return [(name + local, decode_message(payload), deadline) for local in field.decode().split(",")]
+                channel = field.decode()
+                # A message SEND pushed for one process-specific channel counts in its stamps.
+                return [(channel, decode_message(payload), deadline)], stamp if "!" in channel else None
+            return [
+                (name + local, decode_message(payload), deadline) for local in field.decode().split(",")
+            ], None
         group, offset, epoch = position
         channels = (
             [field.decode()] if kind == b"DH" else [name + local for local in field.decode().split(",")]
@@ -754,7 +1189,7 @@ class RedisChannelLayer(ParkingLayer):
             message = decode_message(payload)
             message[HISTORY_KEY] = {"group": group, "epoch": epoch, "offset": offset}
             deliveries.append((channel, message, deadline))
-        return deliveries
+        return deliveries, None
 
     # -- channels --------------------------------------------------------------------------
 
@@ -1116,7 +1551,12 @@ class RedisChannelLayer(ParkingLayer):
 
     async def flush(self) -> None:
         self._require_open()
-        self._local.clear()
+        self._local.flush()
+        self._held.clear()
+        self._forget.clear()
+        self._in_redis.clear()
+        self._remote_replies.clear()
+        self._all_room_freed()
         for pool in self._pools:
             cursor = b"0"
             epoch = f"{self.prefix}:epoch".encode()  # kept: a flush is no loss to report later
@@ -1151,12 +1591,15 @@ class RedisChannelLayer(ParkingLayer):
                 pool, "HMGET", self._stats_key(name), "messages_count", "channel_full_count"
             )
             length, age = await _LIST_STATS(pool, [self._list_key(name)], [self.expiry])
-            return LayerStatistics(
-                channel=channel,
-                messages_count=int(counters[0] or 0),
-                messages_pending=int(length),
-                messages_max_age=max(0.0, age / 1000) if age >= 0 else 0.0,
-                channel_full_count=int(counters[1] or 0),
+            return _plus(
+                LayerStatistics(
+                    channel=channel,
+                    messages_count=int(counters[0] or 0),
+                    messages_pending=int(length),
+                    messages_max_age=max(0.0, age / 1000) if age >= 0 else 0.0,
+                    channel_full_count=int(counters[1] or 0),
+                ),
+                self._local.statistics(trio.current_time(), channel),
             )
         messages = full = pending = 0
         max_age = 0.0
@@ -1178,10 +1621,24 @@ class RedisChannelLayer(ParkingLayer):
                         max_age = max(max_age, age / 1000)
                 if cursor in (b"0", 0, "0"):
                     break
-        return LayerStatistics(
-            channel=None,
-            messages_count=messages,
-            messages_pending=pending,
-            messages_max_age=max_age,
-            channel_full_count=full,
+        return _plus(
+            LayerStatistics(
+                channel=None,
+                messages_count=messages,
+                messages_pending=pending,
+                messages_max_age=max_age,
+                channel_full_count=full,
+            ),
+            self._local.statistics(trio.current_time()),
         )
+
+
+def _plus(shared: LayerStatistics, local: LayerStatistics) -> LayerStatistics:
+    """What Redis counted, plus what this process handled without it (see "Locality")."""
+    return LayerStatistics(
+        channel=shared.channel,
+        messages_count=shared.messages_count + local.messages_count,
+        messages_pending=shared.messages_pending + local.messages_pending,
+        messages_max_age=max(shared.messages_max_age, local.messages_max_age),
+        channel_full_count=shared.channel_full_count + local.channel_full_count,
+    )

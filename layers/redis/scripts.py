@@ -41,23 +41,55 @@ local function count(stats, field)
 end
 """
 
-#: KEYS: list, channel stats, global stats. ARGV: capacity, expiry (s), full channel, data.
+#: KEYS: list, channel stats, global stats, the channel's stamps (see below).
+#: ARGV: capacity, expiry (s), full channel, data, then stamps to forget (see below).
 #: Returns 1 if queued, 0 if the channel is full.
+#:
+#: A channel's capacity is its own. For a plain channel the list is the channel: its length is
+#: what waits. A process-specific channel ``prefix!local`` shares its prefix's list, so it
+#: keeps its own count: a list of *stamps* ``<prefix>:n:<full channel>``, one per message sent
+#: and not yet taken, each the message's expiry (the same string as the item's). A stamp
+#: whose time has come is dropped here (its message expired, taken or not), so the count
+#: heals itself; the owning process forgets the stamps of messages it took (``LREM``, with
+#: its next pop or here, after ARGV[4]). The stamps list lives as long as the channel's list.
 SEND: Final = (
     _NOW
     + """
 local cap = tonumber(ARGV[1])
 local exp = tonumber(ARGV[2]) * 1000
-if redis.call('LLEN', KEYS[1]) >= cap then
-  trim_expired(KEYS[1])
-  if redis.call('LLEN', KEYS[1]) >= cap then
-    count(KEYS[2], 'channel_full_count')
-    count(KEYS[3], 'channel_full_count')
-    return 0
+local stamp = fmt(now + exp)
+local stamps = nil
+if string.find(ARGV[3], '!', 1, true) then stamps = KEYS[4] end
+local full
+if stamps then
+  for i = 5, #ARGV do redis.call('LREM', stamps, 1, ARGV[i]) end
+  full = redis.call('LLEN', stamps) >= cap
+  if full then
+    for _ = 1, 1000 do
+      local head = redis.call('LINDEX', stamps, 0)
+      if not head or tonumber(head) > now then break end
+      redis.call('LPOP', stamps)
+    end
+    full = redis.call('LLEN', stamps) >= cap
+  end
+else
+  full = redis.call('LLEN', KEYS[1]) >= cap
+  if full then
+    trim_expired(KEYS[1])
+    full = redis.call('LLEN', KEYS[1]) >= cap
   end
 end
-redis.call('RPUSH', KEYS[1], fmt(now + exp) .. '|D|' .. ARGV[3] .. '|' .. ARGV[4])
+if full then
+  count(KEYS[2], 'channel_full_count')
+  count(KEYS[3], 'channel_full_count')
+  return 0
+end
+redis.call('RPUSH', KEYS[1], stamp .. '|D|' .. ARGV[3] .. '|' .. ARGV[4])
 redis.call('PEXPIRE', KEYS[1], math.ceil(exp) + 1000)
+if stamps then
+  redis.call('RPUSH', stamps, stamp)
+  redis.call('PEXPIRE', stamps, math.ceil(exp) + 1000)
+end
 count(KEYS[2], 'messages_count')
 count(KEYS[3], 'messages_count')
 return 1
@@ -590,7 +622,8 @@ return {redis.call('LLEN', KEYS[1]), age}
 
 #: KEYS: lists, in the order to try. ARGV: how many items at most. Non-blocking: returns a
 #: flat {key, ms to live, item, key, ms to live, item, ...} of the live items it popped (as many
-#: as there are receivers waiting); expired items on the way are dropped.
+#: as there are receivers waiting); expired items on the way are dropped. Used by
+#: ``receive_nowait``, and on Redis < 7 pipelined behind a ``BLPOP`` (Redis 7 has ``BLMPOP``).
 POP_MANY: Final = (
     _NOW
     + """

@@ -216,6 +216,8 @@ async def test_nothing_a_consumer_raises_stops_the_worker(
     await layer.send("work", {"fail": True})
     await layer.send("work", {"fail": False})
     assert await receive_now(layer, ["out"]) == ("out", {"ok": True})
+    # The two messages run in two consumer tasks: the reply may come before the failure is counted.
+    await trio.testing.wait_all_tasks_blocked()
     assert worker.statistics().failed == 1
     assert type(error).__name__ in caplog.text
 

@@ -7,6 +7,7 @@ import signal
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from functools import partial
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from layers import from_url
+from trio_channels import run_worker
 from trio_channels.server import DEFAULT_CHANNEL_CAPACITY
 
 from ..redis_server import RedisServer
@@ -89,20 +91,30 @@ def redis_server_aof() -> Iterator[RedisServer]:
 
 
 async def test_redis_outage_and_recovery(redis_server_aof: RedisServer, start_server: StartServer) -> None:
-    """Redis (with persistence) killed while traffic flows: new HTTP gets 503, open WebSockets
-    stay open, nothing crashes; within 5 s of Redis coming back, traffic flows again."""
+    """Redis (with persistence) killed while traffic flows between an interface and a worker
+    that do not share a process: new HTTP gets 503, open WebSockets stay open, nothing
+    crashes; within 5 s of Redis coming back, traffic flows again."""
     redis_server = redis_server_aof
     layer = from_url(redis_server.url, channel_capacity=DEFAULT_CHANNEL_CAPACITY)
-    info = await start_server(ROUTING, layer=layer)
-    async with httpx.AsyncClient() as client, open_websocket_url(ws_url(info.url, "/echo/")) as ws:
+    # The worker's own layer stands for another process: every message crosses Redis.
+    async with from_url(redis_server.url, channel_capacity=DEFAULT_CHANNEL_CAPACITY) as worker_layer:
+        async with trio.open_nursery() as workers:
+            await workers.start(partial(run_worker, worker_layer, ROUTING))
+            info = await start_server(ROUTING, layer=layer, workers=False)
+            await _outage(redis_server, info.url)
+            workers.cancel_scope.cancel()
+
+
+async def _outage(redis_server: RedisServer, url: str) -> None:
+    async with httpx.AsyncClient() as client, open_websocket_url(ws_url(url, "/echo/")) as ws:
         with trio.fail_after(10):
             await ws.send_message("before")
             assert await ws.get_message() == "before"
-            assert await _get_hello(client, info.url) == 200
+            assert await _get_hello(client, url) == 200
 
         redis_server.stop()
         with trio.fail_after(10):
-            assert await _get_hello(client, info.url) == 503
+            assert await _get_hello(client, url) == 503
             await ws.send_message("during")  # dropped (at most once), but the socket stays open
             await trio.sleep(1)
         assert ws.closed is None
@@ -112,7 +124,7 @@ async def test_redis_outage_and_recovery(redis_server_aof: RedisServer, start_se
         start = trio.current_time()
         with trio.fail_after(10):
             while recovered_at is None:
-                if await _get_hello(client, info.url) == 200:
+                if await _get_hello(client, url) == 200:
                     recovered_at = trio.current_time()
                 else:
                     await trio.sleep(0.1)
@@ -122,6 +134,24 @@ async def test_redis_outage_and_recovery(redis_server_aof: RedisServer, start_se
             assert message == "after"
         assert recovered_at - start < 5
         assert ws.closed is None
+
+
+async def test_local_traffic_needs_no_redis(redis_server: RedisServer, start_server: StartServer) -> None:
+    """Interface and workers in one process (issue 12, locality): a request and its reply never
+    leave the process, so with Redis down HTTP is still answered and echo still echoes, and
+    nothing is logged as lost."""
+    layer = from_url(redis_server.url, channel_capacity=DEFAULT_CHANNEL_CAPACITY)
+    info = await start_server(ROUTING, layer=layer)
+    async with httpx.AsyncClient() as client, open_websocket_url(ws_url(info.url, "/echo/")) as ws:
+        with trio.fail_after(10):
+            assert await _get_hello(client, info.url) == 200
+        redis_server.stop()
+        with trio.fail_after(10):
+            for number in range(20):
+                assert await _get_hello(client, info.url) == 200
+                await ws.send_message(f"down {number}")
+                assert await ws.get_message() == f"down {number}"
+        redis_server.start()
 
 
 async def test_killed_worker_leaves_the_other_serving(redis_server: RedisServer) -> None:

@@ -325,13 +325,19 @@ async def test_ordering_needs_an_order_key() -> None:
         enforce_ordering(slight=True)
 
 
-async def test_ordering_under_stress_with_two_worker_processes(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("local_worker", [False, True], ids=["interface-alone", "interface-with-workers"])
+async def test_ordering_under_stress_with_two_worker_processes(
+    redis_server: RedisServer, local_worker: bool
+) -> None:
     """50 connections x 200 messages through 2 worker processes on Redis, consumers sleeping
-    random short times: every connection's replies come back 1..200, strictly in order."""
+    random short times: every connection's replies come back 1..200, strictly in order. Also
+    with workers in the interface's process, which take its messages in process whenever they
+    are free (issue 12, locality) while the others take the rest through Redis."""
     layer = ["--layer", redis_server.url]
     routing = "tests.e2e.ordering_app.routing"
+    interface = ["run", routing, "--bind", "127.0.0.1:0", *layer, *([] if local_worker else ["--noworker"])]
     async with (
-        running("run", routing, "--noworker", "--bind", "127.0.0.1:0", *layer) as (_, url),
+        running(*interface) as (_, url),
         running("worker", routing, *layer, marker="worker listening on"),
         running("worker", routing, *layer, marker="worker listening on"),
     ):

@@ -24,6 +24,7 @@ from trio_channels.generic import WebsocketConsumer
 from trio_channels.server import ServerInfo
 
 from .conftest import StartServer, ws_url
+from .demo_helpers import next_chat
 from .raw_websocket import RawWebSocket, frame
 
 
@@ -177,8 +178,8 @@ async def test_the_demo_lobby_empties_when_its_visitors_leave(
     with trio.fail_after(20):
         async with open_websocket_url(base + "/chat/lobby/") as first:
             async with open_websocket_url(base + "/chat/lobby/") as second:
-                await second.send_message("hello")
-                assert await first.get_message() == "hello"  # both are members
+                await second.send_message("hello")  # plain text: said as it is
+                assert (await next_chat(first))["text"] == "hello"  # both are members
                 assert len(await members(info, "chat-lobby")) == 2
                 await second.aclose(1001)  # a tab closing says "going away"
             await first.aclose(1001)

@@ -4,6 +4,9 @@ Each backend contributes a factory that makes an *unentered* layer with the suit
 (expiry 1 s, group expiry 2 s, capacity 5, as asgiref's own run). In-memory backends run under
 an autojumping ``MockClock`` (``layer_clock``), so expiry costs no wall time; backends with
 their own clock (Redis) get ``None`` and wait in real time.
+
+The Redis backends run on the newest redis-server found; ``redis-6.2`` runs the suite once more
+on an older one (no ``BLMPOP``: the layer's fallback) where both exist (tests/redis_server.py).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import trio.testing
 import layers
 from layers.redis import RedisChannelLayer
 
-from ..redis_server import RedisServer
+from ..redis_server import RedisServer, legacy_redis_server_binary
 
 EXPIRY = 1
 GROUP_EXPIRY = 2
@@ -59,6 +62,10 @@ def _redis_factory(shards: int) -> Callable[[pytest.FixtureRequest], LayerFactor
     return factory
 
 
+def _legacy_redis_factory(request: pytest.FixtureRequest) -> LayerFactory:
+    return _redis_layers(request.getfixturevalue("legacy_redis_servers"))
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], LayerFactory]] = {
     "memory": _memory_factory,
     "redis": _redis_factory(1),
@@ -67,6 +74,24 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest], LayerFactory]] = {
 VIRTUAL_TIME = {"memory"}
 #: How many servers of its own each backend needs for an outage (none: it has no server to lose).
 SERVERS = {"memory": 0, "redis": 1, "redis-3-shards": 3}
+#: The redis-server binary of each backend that does not run on the newest.
+BINARIES: dict[str, str] = {}
+LEGACY_BINARY = legacy_redis_server_binary()
+if LEGACY_BINARY is not None:
+    BACKENDS["redis-6.2"] = _legacy_redis_factory
+    SERVERS["redis-6.2"] = 1
+    BINARIES["redis-6.2"] = LEGACY_BINARY
+
+
+@pytest.fixture(scope="session")
+def legacy_redis_servers() -> Iterator[list[RedisServer]]:
+    """One redis-server of the older binary for the whole session (``redis-6.2`` backend)."""
+    assert LEGACY_BINARY is not None
+    server = RedisServer(binary=LEGACY_BINARY).start()
+    try:
+        yield [server]
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -112,32 +137,12 @@ class Outage:
 @pytest.fixture
 def outage(backend: str, request: pytest.FixtureRequest) -> Iterator[Outage]:
     """For tests that take the backend's servers away (the in-memory layer has none)."""
-    servers = [RedisServer().start() for _ in range(SERVERS[backend])]
+    binary = BINARIES.get(backend)
+    servers = [
+        (RedisServer(binary=binary) if binary else RedisServer()).start() for _ in range(SERVERS[backend])
+    ]
     try:
         yield Outage(_redis_layers(servers) if servers else _memory_factory(request), servers)
     finally:
         for server in servers:
             server.cleanup()
-
-
-@pytest.fixture
-def per_channel_capacity_gap(backend: str, request: pytest.FixtureRequest) -> None:
-    """Marks the Redis backends' known gap: their SEND script still checks a process-specific
-    channel against its prefix's whole list (layers/redis/scripts.py, to be changed there)."""
-    if backend.startswith("redis"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True, reason="Redis counts a process prefix's list, not each channel under it"
-            )
-        )
-
-
-@pytest.fixture
-def own_channel_locality_gap(backend: str, request: pytest.FixtureRequest) -> None:
-    """Marks the Redis backends' known gap: a send to this process's own channel goes through
-    Redis, and the channel's FIFO is checked only when the message comes back, so the sender
-    cannot be told it was full (in-process hand-off will close it: issue 12, locality)."""
-    if backend.startswith("redis"):
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="a send to an own channel goes through Redis first")
-        )

@@ -219,3 +219,43 @@ def test_own_channels_in_statistics_and_flush() -> None:
     assert state.statistics(now=4, channel="q!").messages_pending == 0
     state.flush()
     assert state.own == {}
+
+
+def test_on_remove_hears_of_every_entry_that_leaves() -> None:
+    """Taken, expired (by take, purge or sweep) or dropped: each entry leaving a queue is
+    reported once, with its payload and whether it was taken (waiting senders are woken so)."""
+    removed: list[tuple[str, object, bool]] = []
+    state = _state(capacity=2)
+    state.on_remove = lambda channel, payload, taken: removed.append((channel, payload, taken))
+    owned = {"n": 1}
+    state.put("p!", "p!a", owned, now=0)
+    state.put("p!", "p!a", b"2", now=5)
+    state.put("q", "q", b"3", now=0)
+    state.put("r", "r", b"4", now=0)
+    assert state.take(["p!"], now=1) == (10, "p!a", owned)
+    assert state.take(["q"], now=11) is None  # expired on the way
+    state.put("p!", "p!a", b"5", now=6)
+    state.sweep(now=15.5)  # b"2" (due at 15) goes
+    state.drop("p!")
+    state.drop("nothing-here")
+    assert removed == [
+        ("p!a", owned, True),
+        ("q", b"3", False),
+        ("p!a", b"2", False),
+        ("r", b"4", False),
+        ("p!a", b"5", False),
+    ]
+
+
+def test_admitted_entries_skip_capacity_and_counts() -> None:
+    """An entry accepted elsewhere (a Redis server's pop) is queued past capacity, with its
+    own deadline, and counted neither as sent nor as refused."""
+    state = _state(capacity=1)
+    state.put("p!", "p!a", b"1", now=0)
+    with pytest.raises(ChannelFull):
+        state.put("p!", "p!a", b"2", now=0)
+    state.put("p!", "p!a", b"3", now=0, deadline=4, admitted=True)
+    stats = state.statistics(1, "p!a")
+    assert (stats.messages_count, stats.messages_pending, stats.channel_full_count) == (1, 2, 1)
+    assert _take(state, "p!", 1) == ("p!a", b"1")
+    assert _take(state, "p!", 5) is None  # b"3" died at its own deadline
