@@ -361,10 +361,16 @@ class _Handler:
     async def _serve(self, stream: trio.abc.Stream) -> None:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         while True:
+            request = None
             with trio.move_on_after(REQUEST_TIMEOUT):
                 request = await _next_event(connection, stream)
-                while not isinstance(await _next_event(connection, stream), h11.EndOfMessage):
-                    pass  # a body: not for us
+                if isinstance(request, h11.Request):
+                    # Read to the end of a body (not for us); once the client closed, every
+                    # next event is ConnectionClosed again: stop there, do not spin on it.
+                    while not isinstance(
+                        await _next_event(connection, stream), (h11.EndOfMessage, h11.ConnectionClosed)
+                    ):
+                        pass
             if not isinstance(request, h11.Request) or connection.their_state is not h11.DONE:
                 return  # timed out, or the client closed
             target = request.target.split(b"?", 1)[0]

@@ -184,6 +184,12 @@ async def test_the_metrics_listener_answers_only_metrics_and_stops_with_the_serv
                 assert head.status_code == 200 and head.content == b""
                 for _ in range(3):
                     await scrape(client, metrics)
+                # A scraper that closes its connection (Prometheus does, after an error) is its own
+                # business: regression test for a busy loop on the closed connection that kept
+                # the server from stopping.
+                async with httpx.AsyncClient(timeout=20) as once:
+                    await scrape(once, metrics)
+                await scrape(client, metrics)
             assert process.returncode == 0, process.output.text
             with pytest.raises(httpx.ConnectError):
                 await client.get(metrics)
