@@ -39,7 +39,15 @@ from interface.listeners import bind_sockets, close_sockets
 from layers import ChannelLayerUnavailable
 
 from . import __version__
-from .config import DEMO_ROUTING, ConfigurationError, ServerConfig, Settings, describe_error, load_settings
+from .config import (
+    DEMO_ROUTING,
+    ConfigurationError,
+    ServerConfig,
+    Settings,
+    describe_error,
+    load_settings,
+    metrics_bind_for_process,
+)
 from .http import http_fallback
 from .logconfig import LOG_LEVELS, configure_logging
 from .routing import Router
@@ -732,6 +740,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reloader's child imports the application: an error in it waits for the next change.
         # With --processes, this process checks it (and the TLS files) once, so a typo is one line.
         prepared = _prepare(args, found, load_app=not reloading)
+        if supervised is not None and prepared.config.metrics_bind is not None:
+            # Child i of a supervisor serves its own metrics on the port + i - 1 (docs/metrics.rst).
+            try:
+                metrics_bind = metrics_bind_for_process(prepared.config.metrics_bind, supervised.index)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from exc
+            prepared = attrs.evolve(prepared, config=prepared.config.evolve(metrics_bind=metrics_bind))
         if processes > 1:
             try:
                 tls_context(prepared.config.certfile, prepared.config.keyfile)

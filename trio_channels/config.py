@@ -53,6 +53,7 @@ __all__ = [
     "Settings",
     "describe_error",
     "load_settings",
+    "metrics_bind_for_process",
 ]
 
 #: The routing served when none is given: the built-in demo (``python -m trio_channels run``).
@@ -188,8 +189,11 @@ def _metrics_bind(instance: object, attribute: attrs.Attribute[Any], value: obje
         return
     if not isinstance(value, str):
         raise TypeError(f"metrics_bind must be a 'host:port' string or None, got {value!r}")
-    parse_bind(value)  # ValueError naming it
-    if value.startswith(("unix:", "fd://")):
+    try:
+        tcp = not value.startswith(("unix:", "fd://")) and parse_bind(value) is not None
+    except ValueError:
+        tcp = False
+    if not tcp:
         raise ValueError(f"metrics_bind {value!r} is invalid: write it as host:port or [ipv6]:port")
     try:
         importlib.import_module("prometheus_client")
@@ -198,6 +202,21 @@ def _metrics_bind(instance: object, attribute: attrs.Attribute[Any], value: obje
             f"metrics_bind {value!r} needs prometheus_client, which is not installed: "
             "pip install 'trio-channels[metrics]'"
         ) from exc
+
+
+def metrics_bind_for_process(bind: str, index: int) -> str:
+    """The ``metrics_bind`` of the supervisor's child *index* (1 to N): the port + index - 1
+    (``127.0.0.1:9100`` -> ``127.0.0.1:9101`` for child 2); port 0 stays 0 (each picks one).
+
+    Raises :exc:`ValueError` naming *bind* if that port would be over 65535.
+    """
+    host, _, port = bind.rpartition(":")
+    if int(port) == 0:
+        return bind
+    shifted = int(port) + index - 1
+    if shifted > 65535:
+        raise ValueError(f"metrics_bind {bind!r}: process {index} would listen on port {shifted}, over 65535")
+    return f"{host}:{shifted}"
 
 
 def _interface_config(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:

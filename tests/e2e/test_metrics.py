@@ -4,6 +4,7 @@ after real HTTP and WebSocket traffic (and against a real Redis)."""
 from __future__ import annotations
 
 import re
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -219,6 +220,54 @@ async def test_redis_round_trips_and_layer_errors(redis_server: RedisServer) -> 
                 assert value(down, "trio_channels_layer_up") == 0
                 assert value(down, "trio_channels_layer_errors_total", server=server) >= 1
                 assert value(down, "trio_channels_connections_accepted_total", kind="http") == 3
+
+
+def _free_port_pair() -> int:
+    """A port P with P and P + 1 both free now (for --processes 2)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return int(port)
+    raise AssertionError("no two consecutive free ports")
+
+
+async def test_with_processes_each_child_serves_its_own_metrics_on_the_next_port(
+    redis_server: RedisServer,
+) -> None:
+    """--processes 2 --metrics-bind HOST:P: child 1 on P, child 2 on P + 1, both named in the
+    banner; each counts only its own connections, so their sum is every request."""
+    port = _free_port_pair()
+    layer = redis_server.url + "?prefix=metricsprocs"
+    args = ("run", "tests.e2e.processes_app:routing", "--bind", "127.0.0.1:0", "--layer", layer)
+    args += ("--processes", "2", "--metrics-bind", f"127.0.0.1:{port}")
+    with trio.fail_after(90):
+        async with running(*args) as (process, url), httpx.AsyncClient(timeout=30) as client:
+            await process.output.wait_for_count("Prometheus metrics on ", 2)
+            urls = re.findall(r"Prometheus metrics on (\S+)", process.output.text)
+            assert urls == [f"http://127.0.0.1:{port}/metrics", f"http://127.0.0.1:{port + 1}/metrics"]
+            before = [await scrape(client, metrics) for metrics in urls]
+            prefixes = set()
+            for _ in range(6):
+                async with httpx.AsyncClient(timeout=30) as fresh:  # a new connection each time
+                    response = await fresh.get(url + "/who")
+                    prefixes.add(response.json()["prefix"])
+            after = [await scrape(client, metrics) for metrics in urls]
+    name = "trio_channels_connections_accepted_total"
+    moved = [
+        value(late, name, kind="http") - value(early, name, kind="http")
+        for early, late in zip(before, after, strict=True)
+    ]
+    assert sum(moved) == 6, moved
+    if len(prefixes) == 2:  # the kernel gave both children some (it usually does, not always)
+        assert all(count > 0 for count in moved), moved
 
 
 async def test_without_the_extra_metrics_bind_is_one_clear_error(tmp_path: Path) -> None:
