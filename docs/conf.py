@@ -34,6 +34,7 @@ nitpick_ignore_regex = [
     # Internals of the interface package that its public API names.
     (r"py:.*", r"(interface\.(listeners|protocol|core)(\..*)?|ClientDisconnected|layers\._\w+\..*)"),
     (r"py:class", r"(ChannelFull|MessageTooLarge|BaseChannelLayer|CapacityMap|LayerStatistics)"),
+    (r"py:class", r"(InterfaceCounters|HistogramSnapshot)"),
     (r"py:class", r"(GroupHistory|GroupSendReport|HistoryOptions|Since|Collection)"),
     # The type variables of the ParamSpec-typed decorators, and PyJWT's key types.
     (

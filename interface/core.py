@@ -50,6 +50,7 @@ from .common import (
     WebSocketClosed,
     WebSocketTransport,
 )
+from .counters import InterfaceCounters, InterfaceStatistics
 from .logs import DROP_LOG_INTERVAL, DropLog, log
 from .proxy import TrustedProxies, apply_proxy_headers
 
@@ -64,6 +65,7 @@ __all__ = [
     "HttpResponder",
     "InterfaceConfig",
     "InterfaceServer",
+    "InterfaceStatistics",
     "Replies",
     "WebSocketClosed",
     "WebSocketTransport",
@@ -123,6 +125,7 @@ class Replies:
     on_overflow: Callable[[], None] | None = None
     _drops: DropLog | None = None
     _close: Callable[[], object] | None = None
+    kind: str = "http"  # which InterfaceCounters kind it counts as
 
     async def receive_nowait(self) -> dict[str, Any]:
         """The next reply if one is waiting, else :exc:`trio.WouldBlock`."""
@@ -135,7 +138,9 @@ class Replies:
     def drops(self) -> DropLog:
         """This connection's :class:`DropLog` (made on first use: most connections drop nothing)."""
         if self._drops is None:
-            self._drops = DropLog(self.name)
+            self._drops = DropLog(
+                self.name, counts=None if self._server is None else self._server.counters.dropped
+            )
         return self._drops
 
     def overflowed(self, _: str = "") -> None:
@@ -149,6 +154,7 @@ class Replies:
         """Drop what still waits for this connection; later replies to it are dropped too."""
         if self._server is not None:
             self._server._open -= 1
+            self._server.counters.closed(self.kind)
             self._server = None
         if self._layer is not None:
             self._layer.close_own(self.name)
@@ -255,7 +261,14 @@ class InterfaceServer:
     consumed_channels: frozenset[str] | None = None
     _sessions: dict[str, Session] = attrs.Factory(dict)
     _polled: dict[str, _Polled] = attrs.Factory(dict)
-    _warnings: DropLog = attrs.field(factory=lambda: DropLog("interface", interval=60), init=False)
+    #: Connections and drops, for :meth:`statistics` (the metrics).
+    counters: InterfaceCounters = attrs.field(factory=InterfaceCounters, init=False)
+    _warnings: DropLog = attrs.field(
+        default=attrs.Factory(
+            lambda self: DropLog("interface", interval=60, counts=self.counters.dropped), takes_self=True
+        ),
+        init=False,
+    )
     #: Requests in flight plus WebSockets open (reply channels open), for limit_concurrency.
     _open: int = 0
     _closed_since_trim: int = 0
@@ -284,18 +297,24 @@ class InterfaceServer:
 
     # -- replies ---------------------------------------------------------------------------
 
-    def open_replies(self) -> Replies:
-        """A new reply channel for one connection; :meth:`Replies.close` it when the connection ends."""
+    def statistics(self) -> InterfaceStatistics:
+        """Connections open and taken on, by kind, and what was dropped (see ``interface.counters``)."""
+        return self.counters.snapshot()
+
+    def open_replies(self, kind: str = "http") -> Replies:
+        """A new reply channel for one connection of *kind* (``"http"``, ``"websocket"``);
+        :meth:`Replies.close` it when the connection ends."""
         name = _names.next(self.prefix)
         buffer = self.config.reply_buffer
         layer = self.layer
         self._open += 1
+        self.counters.opened(kind)
         if self.own_channels:
-            replies = Replies(name, partial(layer.receive_own, name), buffer, self, layer)
+            replies = Replies(name, partial(layer.receive_own, name), buffer, self, layer, kind=kind)
             layer.open_own(name, capacity=buffer, on_overflow=replies.overflowed)
             return replies
         sender, receiver = trio.open_memory_channel[dict[str, Any]](buffer)
-        replies = Replies(name, receiver.receive, buffer, self, polled=receiver)
+        replies = Replies(name, receiver.receive, buffer, self, polled=receiver, kind=kind)
         self._polled[name] = _Polled(sender, replies)
 
         def close() -> None:

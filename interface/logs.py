@@ -55,6 +55,8 @@ class DropLog:
     subject: str
     interval: float = DROP_LOG_INTERVAL
     _kinds: dict[str, _Count] = attrs.Factory(dict)
+    #: Where every drop (and event) is counted by *what*, logged or not (the server's metrics).
+    counts: dict[str, int] | None = None
 
     def dropped(self, what: str, reason: str, level: int = logging.WARNING) -> None:
         """Count one *what* dropped for *reason*; log it if its line is due."""
@@ -65,6 +67,8 @@ class DropLog:
         self._note(what, text, level, text, False)
 
     def _note(self, what: str, reason: str, level: int, first: str, drop: bool) -> None:
+        if self.counts is not None:
+            self.counts[what] = self.counts.get(what, 0) + 1
         now = trio.current_time()
         count = self._kinds.get(what)
         if count is None:

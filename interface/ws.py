@@ -63,7 +63,7 @@ async def serve_websocket(
         await transport.reject(503, b"Service unavailable: too many connections.")
         log_access(info.client, f"WSREJECT {info.path}", 503, "-")
         return
-    replies = server.open_replies()
+    replies = server.open_replies("websocket")
     try:
         ws = WebSocketProtocol(
             reply_channel=replies.name,

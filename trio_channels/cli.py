@@ -39,7 +39,15 @@ from interface.listeners import bind_sockets, close_sockets
 from layers import ChannelLayerUnavailable
 
 from . import __version__
-from .config import DEMO_ROUTING, ConfigurationError, ServerConfig, Settings, describe_error, load_settings
+from .config import (
+    DEMO_ROUTING,
+    ConfigurationError,
+    ServerConfig,
+    Settings,
+    describe_error,
+    load_settings,
+    metrics_bind_for_process,
+)
 from .http import http_fallback
 from .logconfig import LOG_LEVELS, configure_logging
 from .routing import Router
@@ -446,6 +454,13 @@ def _build() -> tuple[argparse.ArgumentParser, list[Option]]:
     )
     b.add(logs[:1], "--no-access-log", action="store_true", help="no access log")
 
+    b.add(
+        groups("metrics"),
+        "--metrics-bind",
+        metavar="HOST:PORT",
+        field="metrics_bind",
+        help="serve GET /metrics in the Prometheus text format there (needs the metrics extra)",
+    )
     dev = groups("development", "run")
     b.add(
         dev,
@@ -602,6 +617,8 @@ def _banner(command: str, what: str, report: dict[str, Any], processes: int = 1)
             log.info("serving %s at %s (%s); press Ctrl+C to stop", what, url, layer)
     else:
         log.info("worker listening on %s (%s); press Ctrl+C to stop", ", ".join(report["channels"]), layer)
+    for url in report["metrics_urls"]:
+        log.info("Prometheus metrics on %s", url)
 
 
 @attrs.define
@@ -623,6 +640,7 @@ class _Announce:
             "ws_urls": info.ws_urls,
             "layer": type(info.layer).__name__,
             "channels": list(info.workers[0].channels) if info.workers else [],
+            "metrics_urls": [info.metrics_url] if info.metrics_url is not None else [],
         }
         if self.supervised is not None:
             self.supervised.report_ready(report)
@@ -723,6 +741,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reloader's child imports the application: an error in it waits for the next change.
         # With --processes, this process checks it (and the TLS files) once, so a typo is one line.
         prepared = _prepare(args, found, load_app=not reloading)
+        if supervised is not None and prepared.config.metrics_bind is not None:
+            # Child i of a supervisor serves its own metrics on the port + i - 1 (docs/metrics.rst).
+            try:
+                metrics_bind = metrics_bind_for_process(prepared.config.metrics_bind, supervised.index)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from exc
+            prepared = attrs.evolve(prepared, config=prepared.config.evolve(metrics_bind=metrics_bind))
         if processes > 1:
             try:
                 tls_context(prepared.config.certfile, prepared.config.keyfile)
@@ -751,7 +776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             def on_ready(reports: list[dict[str, Any]]) -> None:
                 announce.started_ = True
-                _banner(args.command, what, reports[0], processes)
+                metrics_urls = [url for report in reports for url in report["metrics_urls"]]
+                _banner(args.command, what, {**reports[0], "metrics_urls": metrics_urls}, processes)
 
             status, error = trio.run(
                 partial(_supervise, argv, prepared, on_ready, processes=processes, directories=directories)

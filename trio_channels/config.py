@@ -53,6 +53,7 @@ __all__ = [
     "Settings",
     "describe_error",
     "load_settings",
+    "metrics_bind_for_process",
 ]
 
 #: The routing served when none is given: the built-in demo (``python -m trio_channels run``).
@@ -188,6 +189,41 @@ def _session_store(instance: object, attribute: attrs.Attribute[Any], value: obj
         )
 
 
+def _metrics_bind(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"metrics_bind must be a 'host:port' string or None, got {value!r}")
+    try:
+        tcp = not value.startswith(("unix:", "fd://")) and parse_bind(value) is not None
+    except ValueError:
+        tcp = False
+    if not tcp:
+        raise ValueError(f"metrics_bind {value!r} is invalid: write it as host:port or [ipv6]:port")
+    try:
+        importlib.import_module("prometheus_client")
+    except ImportError as exc:
+        raise ValueError(
+            f"metrics_bind {value!r} needs prometheus_client, which is not installed: "
+            "pip install 'trio-channels[metrics]'"
+        ) from exc
+
+
+def metrics_bind_for_process(bind: str, index: int) -> str:
+    """The ``metrics_bind`` of the supervisor's child *index* (1 to N): the port + index - 1
+    (``127.0.0.1:9100`` -> ``127.0.0.1:9101`` for child 2); port 0 stays 0 (each picks one).
+
+    Raises :exc:`ValueError` naming *bind* if that port would be over 65535.
+    """
+    host, _, port = bind.rpartition(":")
+    if int(port) == 0:
+        return bind
+    shifted = int(port) + index - 1
+    if shifted > 65535:
+        raise ValueError(f"metrics_bind {bind!r}: process {index} would listen on port {shifted}, over 65535")
+    return f"{host}:{shifted}"
+
+
 def _interface_config(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, InterfaceConfig):
         raise TypeError(f"interface_config must be an interface.InterfaceConfig, got {value!r}")
@@ -218,6 +254,9 @@ class ServerConfig:
     ws_bind: tuple[str | socket.socket, ...] = attrs.field(default=(), converter=_strings, validator=_binds)
     #: The file mode of the Unix sockets ``bind`` creates (gunicorn's practice: owner and group).
     uds_perms: int = attrs.field(default=0o660, validator=_uds_perms)
+    #: Where ``GET /metrics`` answers in the Prometheus text format (``host:port``; port 0 picks
+    #: a free one); ``None``: no metrics listener. Needs the ``metrics`` extra (prometheus_client).
+    metrics_bind: str | None = attrs.field(default=None, validator=_metrics_bind)
     #: TLS certificate and private key (PEM) for the ``bind`` listeners: both, or neither.
     certfile: str | None = attrs.field(default=None, validator=_optional_str)
     keyfile: str | None = attrs.field(default=None, validator=_optional_str)

@@ -4,7 +4,7 @@ One nursery supervises everything::
 
     serve()
      ├─ the channel layer (entered: its timers / pollers run in its own nursery)
-     ├─ outer nursery: the interface's reply poller, the signal watcher
+     ├─ outer nursery: the interface's reply poller, the signal watcher, the metrics listener
      └─ graceful nursery: HTTP+WebSocket listeners, WebSocket-only listeners, workers
 
 Shutdown (SIGINT/SIGTERM, or the ``shutdown`` event): listeners stop accepting, cancel the
@@ -55,6 +55,8 @@ class ServerInfo:
     workers: list[Worker]
     shutdown: trio.Event
     config: ServerConfig
+    #: Where ``GET /metrics`` answers (``--metrics-bind``), else ``None``.
+    metrics_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -229,6 +231,13 @@ async def serve(
                                 ws_urls = await listeners.start(
                                     partial(serve_websocket_listener, server, ws_sockets, shutdown=shutdown)
                                 )
+                        metrics_url = None
+                        if metrics_sockets:
+                            from .metrics import serve_metrics  # the metrics extra: only when asked for
+
+                            metrics_url = await outer.start(
+                                serve_metrics, metrics_sockets[0], layer, server, started
+                            )
                         task_status.started(
                             ServerInfo(
                                 urls=urls,
@@ -238,6 +247,7 @@ async def serve(
                                 workers=started,
                                 shutdown=shutdown,
                                 config=config,
+                                metrics_url=metrics_url,
                             )
                         )
                         await shutdown.wait()
@@ -247,8 +257,10 @@ async def serve(
     # Bind before anything starts, so a bad address fails at once, before anything said it is
     # listening; the listeners own the sockets from then on (closing one twice is harmless).
     binds = [*config.bind, *config.ws_bind] if config.interface else []
-    bound = await bind_sockets(binds, uds_perms=config.uds_perms)
-    sockets, ws_sockets = bound[: len(config.bind)], bound[len(config.bind) :]
+    metrics_binds = [config.metrics_bind] if config.metrics_bind is not None else []
+    bound = await bind_sockets([*binds, *metrics_binds], uds_perms=config.uds_perms)
+    sockets, ws_sockets = bound[: len(config.bind)], bound[len(config.bind) : len(binds)]
+    metrics_sockets = bound[len(binds) :]
     try:
         if layer.is_open:
             await run()

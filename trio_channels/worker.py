@@ -27,7 +27,7 @@ import fnmatch
 import logging
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -36,8 +36,9 @@ import trio
 
 from interface.protocol import HttpResponseProtocol
 from layers import BaseChannelLayer, ChannelLayerUnavailable
-from layers.base import send_or_wait, validate_channel_name
+from layers.base import non_local_name, send_or_wait, validate_channel_name
 from layers.concurrency import leaves
+from layers.histograms import Histogram, HistogramSnapshot
 
 from .channel import Channel, Message, Outbox, use_layer, use_outbox
 from .exceptions import ConsumeLater, DenyConnection, RequestAborted
@@ -55,7 +56,11 @@ MESSAGE_RETRIES = 10
 
 @attrs.frozen(kw_only=True)
 class WorkerStatistics:
-    """What a worker has done so far."""
+    """What a worker has done so far.
+
+    ``received`` counts the messages taken from the layer by channel; ``durations`` how long
+    consumers ran, by ``(channel, consumer name)``.
+    """
 
     consumed: int
     failed: int
@@ -64,6 +69,8 @@ class WorkerStatistics:
     requeued: int
     unrouted: int
     running: int
+    received: Mapping[str, int] = attrs.Factory(dict)
+    durations: Mapping[tuple[str, str], HistogramSnapshot] = attrs.Factory(dict)
 
 
 def select_channels(
@@ -114,6 +121,8 @@ class Worker:
     _failures: int = attrs.field(default=0, init=False)
     _stopping: bool = attrs.field(default=False, init=False)
     _pulling: set[_Puller] = attrs.field(factory=set, init=False)
+    _received: dict[str, int] = attrs.field(factory=dict, init=False)
+    _durations: dict[tuple[str, str], Histogram] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         if type(self.concurrency) is not int or self.concurrency < 1:
@@ -133,7 +142,12 @@ class Worker:
         )
 
     def statistics(self) -> WorkerStatistics:
-        return WorkerStatistics(**self._counts, running=self._running)
+        return WorkerStatistics(
+            **self._counts,
+            running=self._running,
+            received=dict(self._received),
+            durations={key: histogram.snapshot() for key, histogram in self._durations.items()},
+        )
 
     async def run(
         self,
@@ -207,6 +221,8 @@ class Worker:
 
     async def _handle(self, channel: str, content: dict[str, Any], deadline: float) -> None:
         now = trio.current_time()
+        key = non_local_name(channel)  # a process-specific name counts under its prefix
+        self._received[key] = self._received.get(key, 0) + 1
         if now >= deadline:
             self._counts["expired"] += 1
             log.warning("dropped a message on %r: it expired before a consumer could start", channel)
@@ -223,10 +239,16 @@ class Worker:
         if self.consumer_timeout is not None:
             deadline = now + self.consumer_timeout
         name = self.router.consumer_name(consumer)
+        histogram = self._durations.get((key, name))
+        if histogram is None:
+            histogram = self._durations[(key, name)] = Histogram()
         try:
-            finished = await run_consumer(
-                consumer, message, kwargs, deadline=deadline, flush_timeout=self.flush_timeout
-            )
+            try:
+                finished = await run_consumer(
+                    consumer, message, kwargs, deadline=deadline, flush_timeout=self.flush_timeout
+                )
+            finally:
+                histogram.observe(trio.current_time() - now)
         except ConsumeLater:
             await self._requeue(message)
             return

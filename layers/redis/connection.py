@@ -46,6 +46,8 @@ from redis import exceptions as errors
 from redis.connection import HiredisRespSerializer, parse_url
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
+from ..histograms import ROUND_TRIP_BUCKETS, Histogram
+
 __all__ = [
     "ClusterAddress",
     "ConnectionPool",
@@ -1008,6 +1010,10 @@ class ConnectionPool:
     _failure: RedisError | None = attrs.field(default=None, init=False)
     _idle: list[RedisConnection] = attrs.Factory(list)
     _all: set[RedisConnection] = attrs.Factory(set)
+    #: Seconds from writing the commands of :meth:`execute_many` to reading their replies, on
+    #: the shared (pipelined) connection: the round trip a sender sees. Blocking commands on
+    #: dedicated connections are not in it.
+    round_trips: Histogram = attrs.field(factory=lambda: Histogram(ROUND_TRIP_BUCKETS), init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.resolver is not None:
@@ -1083,7 +1089,9 @@ class ConnectionPool:
         name now. So a send that met a failover runs once, on the new primary, or not at all.
         """
         connection = await self.shared()
+        started = trio.current_time()
         results = await connection.execute_many(commands)
+        self.round_trips.observe(trio.current_time() - started)
         if not self._resolver.follows_primary:
             return results
         redirected = getattr(self._resolver, "redirected", None)  # a Redis Cluster slot's

@@ -120,6 +120,7 @@ from ..groups import (
     validate_info,
     validate_since,
 )
+from ..histograms import HistogramSnapshot
 from . import scripts
 from .cluster import ClusterSlotResolver, ClusterTopology, key_slot, shard_tags
 from .connection import (
@@ -134,7 +135,7 @@ from .connection import (
     split_urls,
 )
 
-__all__ = ["RedisChannelLayer"]
+__all__ = ["RedisChannelLayer", "RedisServerStatistics"]
 
 log = logging.getLogger("layers.redis")
 
@@ -161,6 +162,21 @@ _UNAVAILABLE: Final = (
 #: ...and the error replies redis-py has no class for that mean the same (UNBLOCKED: a blocking
 #: command ended because its server became a replica).
 _UNAVAILABLE_REPLIES: Final = ("BUSY ", "MISCONF ", "NOREPLICAS ", "UNBLOCKED ")
+
+
+#: ChannelLayerUnavailable raised per server (``str(address)``), in this process: the metrics.
+_UNAVAILABLE_COUNTS: dict[str, int] = {}
+
+
+@attrs.frozen(kw_only=True)
+class RedisServerStatistics:
+    """One server of a Redis layer, as this process saw it: ``server`` names it,
+    ``round_trips`` times its (pipelined) command round trips, ``unavailable`` counts the
+    :exc:`~layers.ChannelLayerUnavailable` its commands raised."""
+
+    server: str
+    round_trips: HistogramSnapshot
+    unavailable: int
 
 
 class _MapErrors:
@@ -195,6 +211,8 @@ class _MapErrors:
         if isinstance(exc, _UNAVAILABLE) or (
             isinstance(exc, ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
         ):
+            server = str(self.address)
+            _UNAVAILABLE_COUNTS[server] = _UNAVAILABLE_COUNTS.get(server, 0) + 1
             raise ChannelLayerUnavailable(
                 f"Redis at {self.address} is unavailable: {exc or type(exc).__name__}"
             ) from exc
@@ -1642,6 +1660,17 @@ class RedisChannelLayer(ParkingLayer):
                     await _command(pool, "DEL", *keys)
                 if cursor in (b"0", 0, "0"):
                     break
+
+    def server_statistics(self) -> list[RedisServerStatistics]:
+        """Round trips and errors per server (shard), as this process saw them; no I/O."""
+        return [
+            RedisServerStatistics(
+                server=str(pool.address),
+                round_trips=pool.round_trips.snapshot(),
+                unavailable=_UNAVAILABLE_COUNTS.get(str(pool.address), 0),
+            )
+            for pool in self._pools
+        ]
 
     async def statistics(self, channel: str | None = None) -> LayerStatistics:
         self._require_open()

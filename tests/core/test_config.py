@@ -148,3 +148,26 @@ def test_a_bad_settings_module_is_one_line() -> None:
 
 async def load_user(user_id: Any) -> Any:
     return user_id
+
+
+def test_each_supervised_process_gets_the_next_metrics_port() -> None:
+    """--processes N: child i serves metrics on the port + i - 1; port 0 stays 0; past 65535 is refused."""
+    from trio_channels.config import metrics_bind_for_process
+
+    assert metrics_bind_for_process("127.0.0.1:9100", 1) == "127.0.0.1:9100"
+    assert metrics_bind_for_process("127.0.0.1:9100", 3) == "127.0.0.1:9102"
+    assert metrics_bind_for_process("[::1]:9100", 2) == "[::1]:9101"
+    assert metrics_bind_for_process("0.0.0.0:0", 4) == "0.0.0.0:0"
+    with pytest.raises(
+        ValueError, match=r"metrics_bind '127.0.0.1:65535': process 2 would listen on port 65536"
+    ):
+        metrics_bind_for_process("127.0.0.1:65535", 2)
+
+
+def test_metrics_bind_takes_host_port_only() -> None:
+    """A bad metrics_bind fails when the config is made, naming it."""
+    with pytest.raises(ValueError, match=r"metrics_bind 'localhost' is invalid"):
+        ServerConfig(metrics_bind="localhost")
+    with pytest.raises(ValueError, match=r"metrics_bind 'fd://3' is invalid: write it as host:port"):
+        ServerConfig(metrics_bind="fd://3")
+    assert ServerConfig(metrics_bind="127.0.0.1:0").metrics_bind == "127.0.0.1:0"
