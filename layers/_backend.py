@@ -65,7 +65,7 @@ import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 import outcome
@@ -80,6 +80,9 @@ from .base import (
     validate_receive_channels,
 )
 from .groups import GroupSendReport
+
+if TYPE_CHECKING:
+    from ._inmemory_state import InMemoryState, Payload
 
 __all__ = [
     "Delivery",
@@ -199,6 +202,16 @@ class OwnChannel:
         self.refused += 1
         if self.on_overflow is not None:
             self.on_overflow(channel)
+
+    def put(self, state: InMemoryState, channel: str, data: Payload, now: float, **options: Any) -> None:
+        """Queue a message for *channel* in *state* (``InMemoryState.put_own`` with this
+        channel's capacity and *options*); if it is full, count the refusal, tell
+        ``on_overflow``, and raise :exc:`ChannelFull`."""
+        try:
+            state.put_own(channel, data, now, self.capacity, **options)
+        except ChannelFull:
+            self.overflowed(channel)
+            raise
 
 
 def _own_channel_name(channel: object) -> str:

@@ -208,10 +208,7 @@ class InMemoryChannelLayer(ParkingLayer):
             return
         waiter = self._receivers.claim(channel, key)
         if waiter is not None:
-            self._state.count_handed_over(key)
-            message = decode_message(data) if isinstance(data, bytes) else data
-            # waiter.wake(), inlined: this is the hot path
-            trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, message, now + self.expiry)))
+            self._hand_over(waiter.task, channel, key, data, now)
             return
         try:
             self._state.put(key, channel, data, now)
@@ -221,21 +218,21 @@ class InMemoryChannelLayer(ParkingLayer):
         if self._timer_deadline == math.inf:
             self._wake_timer()
 
+    def _hand_over(self, task: trio.lowlevel.Task, channel: str, key: str, data: Payload, now: float) -> None:
+        """Wake *task*, a parked receiver, with the message (waiter.wake() inlined: the hot path)."""
+        self._state.count_handed_over(key)
+        message = decode_message(data) if isinstance(data, bytes) else data
+        trio.lowlevel.reschedule(task, outcome.Value((channel, message, now + self.expiry)))
+
     def _deliver_own(self, channel: str, key: str, data: Payload, now: float) -> None:
         own = self._own_open.get(channel)
         if own is None:
             return  # under an owned prefix but not open: its connection is gone
         waiter = self._receivers.claim_own(channel)
         if waiter is not None:
-            self._state.count_handed_over(key)
-            message = decode_message(data) if isinstance(data, bytes) else data
-            trio.lowlevel.reschedule(waiter.task, outcome.Value((channel, message, now + self.expiry)))
+            self._hand_over(waiter.task, channel, key, data, now)
             return
-        try:
-            self._state.put_own(channel, data, now, own.capacity)
-        except ChannelFull:
-            own.overflowed(channel)
-            raise
+        own.put(self._state, channel, data, now)
         if self._timer_deadline == math.inf:
             self._wake_timer()
 

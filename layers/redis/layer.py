@@ -725,11 +725,7 @@ class RedisChannelLayer(ParkingLayer):
             if own is not True:
                 waiter = self._receivers.claim_own(channel)
                 if waiter is None:
-                    try:
-                        self._local.put_own(channel, payload, now, own.capacity)
-                    except ChannelFull:
-                        own.overflowed(channel)
-                        raise
+                    own.put(self._local, channel, payload, now)
                     if self._local_deadline == math.inf:
                         self._local_wakeup.set()
                     return True
@@ -1210,11 +1206,9 @@ class RedisChannelLayer(ParkingLayer):
                     waiter.wake(delivery)
                 else:
                     try:
-                        self._local.put_own(
-                            channel, delivery[1], now, own.capacity, deadline=delivery[2], admitted=True
-                        )
+                        own.put(self._local, channel, delivery[1], now, deadline=delivery[2], admitted=True)
                     except ChannelFull:
-                        own.overflowed(channel)
+                        pass  # counted, and on_overflow told
                     else:
                         if stamp is not None:  # it counts in Redis until it is taken
                             self._held[id(delivery[1])] = (shard, self._stamps_key(channel), stamp)
