@@ -215,6 +215,12 @@ async def _frames(ws: object, count: int) -> list[dict[str, Any]]:
         return [json.loads(await ws.get_message()) for _ in range(count)]  # type: ignore[attr-defined]
 
 
+async def _presence(ws: object, *expected: tuple[str, str]) -> None:
+    """The next frames of *ws* are these presence events, (event, name) each."""
+    frames = await _frames(ws, len(expected))
+    assert [(frame["presence"], frame["info"]["name"]) for frame in frames] == list(expected)
+
+
 async def test_presence_and_catching_up() -> None:
     """Tutorial, "who is here, and catching up", run with its settings (history= and presence=
     in CHANNEL_LAYERS["CONFIG"]): who is here, join/leave events, offsets on every message, the
@@ -263,9 +269,13 @@ async def test_presence_and_catching_up() -> None:
                         "recovered": True,
                         "replayed": 1,
                     }
+                # Bob sees alice come and go: her leave has reached every member before carol
+                # joins (else carol could get it between her replayed frames and her join).
+                await _presence(bob, ("join", "alice"), ("leave", "alice"))
                 async with open_websocket(url, "/lobby/carol/") as carol:
                     first, second, joined, _ = await _frames(carol, 4)
                     assert [first["offset"], second["offset"], joined["join"]["replayed"]] == [1, 2, 2]
+                await _presence(bob, ("join", "carol"), ("leave", "carol"))
                 async with open_websocket(url, "/lobby/dave/?recover=chat:gone:5") as dave:
                     joined, _ = await _frames(dave, 2)
                     assert joined["join"]["recovered"] is False and joined["join"]["reason"] == "epoch"
