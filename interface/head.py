@@ -177,12 +177,21 @@ async def receive_some(sock: Any, stream: trio.abc.ReceiveStream) -> bytes:
 
 async def send_all(sock: Any, stream: trio.abc.SendStream, data: bytes) -> None:
     """Write *data* to *sock* (see :func:`raw_socket`) or *stream*; :exc:`trio.BrokenResourceError`
-    if the client is gone. Cancelled half-way, part of *data* may have gone out."""
+    if the client is gone. Cancelled half-way, part of *data* may have gone out.
+
+    On *sock*, a write the kernel takes at once is no checkpoint (see below)."""
     if sock is None:
         await stream.send_all(data)
         return
     try:
-        sent = await sock.send(data)
+        # The common case first, on the stdlib socket under Trio's: the kernel takes it all,
+        # and the task goes on without the scheduler pass Trio's send() adds after a write that
+        # did not block (every caller waits for its next read or reply right after, a
+        # checkpoint). What does not fit is written the usual way, waiting until it may.
+        try:
+            sent = sock._sock.send(data)
+        except BlockingIOError:
+            sent = 0
         if sent < len(data):
             with memoryview(data) as view:
                 while sent < len(data):

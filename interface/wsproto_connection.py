@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import socket
 import struct
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -53,6 +54,30 @@ def _frame(opcode: int, payload: bytes) -> bytes:
     if length < 65536:
         return struct.pack("!BBH", 0x80 | opcode, 126, length) + payload
     return struct.pack("!BBQ", 0x80 | opcode, 127, length) + payload
+
+
+async def _recv(sock: socket.socket) -> bytes:
+    # What Trio's socket recv() does, without its wrappers: a cancellation point; the bytes
+    # there are now, after a scheduler pass; or else a wait until some arrive. b"" once the
+    # client closed or reset the connection.
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        data = sock.recv(RECEIVE_SIZE)
+    except BlockingIOError:
+        pass
+    except OSError:
+        return b""
+    else:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return sock.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            pass
+        except OSError:
+            return b""
 
 
 class WsprotoTransport:
@@ -177,10 +202,7 @@ class WsprotoTransport:
                 if waiting.cancelled_caught:
                     raise WebSocketClosed(self._reply_code)
             elif self.sock is not None:  # the common case, inlined: an idle socket waits here
-                try:
-                    data = await self.sock.recv(RECEIVE_SIZE)
-                except OSError:
-                    data = b""
+                data = await _recv(self.sock._sock)
             else:
                 data = await receive_some(None, self.stream)
             if not data:
