@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import socket
 import struct
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -27,7 +26,7 @@ import trio
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
 from .common import CLOSE_TIMEOUT, ConnectionInfo, WebSocketClosed
-from .head import RECEIVE_SIZE, Head, addresses, connection_info, is_tls, raw_socket, receive_some, send_all
+from .head import Head, addresses, connection_info, is_tls, raw_socket, receive_raw, receive_some, send_all
 from .http11 import error_response
 from .logs import log
 
@@ -54,30 +53,6 @@ def _frame(opcode: int, payload: bytes) -> bytes:
     if length < 65536:
         return struct.pack("!BBH", 0x80 | opcode, 126, length) + payload
     return struct.pack("!BBQ", 0x80 | opcode, 127, length) + payload
-
-
-async def _recv(sock: socket.socket) -> bytes:
-    # What Trio's socket recv() does, without its wrappers: a cancellation point; the bytes
-    # there are now, after a scheduler pass; or else a wait until some arrive. b"" once the
-    # client closed or reset the connection.
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        data = sock.recv(RECEIVE_SIZE)
-    except BlockingIOError:
-        pass
-    except OSError:
-        return b""
-    else:
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return data
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            return sock.recv(RECEIVE_SIZE)
-        except BlockingIOError:
-            pass
-        except OSError:
-            return b""
 
 
 class WsprotoTransport:
@@ -202,7 +177,7 @@ class WsprotoTransport:
                 if waiting.cancelled_caught:
                     raise WebSocketClosed(self._reply_code)
             elif self.sock is not None:  # the common case, inlined: an idle socket waits here
-                data = await _recv(self.sock._sock)
+                data = await receive_raw(self.sock)
             else:
                 data = await receive_some(None, self.stream)
             if not data:
