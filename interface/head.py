@@ -31,6 +31,7 @@ __all__ = [
     "connection_info",
     "is_tls",
     "read_head",
+    "receive_raw",
 ]
 
 #: Largest request head accepted, in bytes (larger: 431).
@@ -166,23 +167,62 @@ def raw_socket(stream: trio.abc.Stream) -> Any:
 async def receive_some(sock: Any, stream: trio.abc.ReceiveStream) -> bytes:
     """Up to ``RECEIVE_SIZE`` bytes from *sock* (see :func:`raw_socket`) or *stream*; ``b""``
     once the client closed or reset the connection."""
+    if sock is not None:
+        return await receive_raw(sock)
     try:
-        if sock is not None:
-            data: bytes = await sock.recv(RECEIVE_SIZE)
-            return data
         return bytes(await stream.receive_some(RECEIVE_SIZE))  # (a no-op for bytes)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         return b""
 
 
+async def receive_raw(sock: Any) -> bytes:
+    """Up to ``RECEIVE_SIZE`` bytes from the Trio socket *sock*; ``b""`` once the client closed
+    or reset the connection.
+
+    What Trio's ``sock.recv()`` does, on the stdlib socket under it and without its wrappers
+    (they cost about as much as the system call on the per-message path): a cancellation
+    point; the bytes there are now, after a scheduler pass; else a wait until some arrive.
+    """
+    raw = sock._sock
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        data: bytes = raw.recv(RECEIVE_SIZE)
+    except BlockingIOError:
+        pass
+    except OSError:
+        return b""
+    else:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+    try:
+        while True:
+            await trio.lowlevel.wait_readable(raw)
+            try:
+                data = raw.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            return data
+    except (OSError, trio.ClosedResourceError):
+        return b""
+
+
 async def send_all(sock: Any, stream: trio.abc.SendStream, data: bytes) -> None:
     """Write *data* to *sock* (see :func:`raw_socket`) or *stream*; :exc:`trio.BrokenResourceError`
-    if the client is gone. Cancelled half-way, part of *data* may have gone out."""
+    if the client is gone. Cancelled half-way, part of *data* may have gone out.
+
+    On *sock*, a write the kernel takes at once is no checkpoint (see below)."""
     if sock is None:
         await stream.send_all(data)
         return
     try:
-        sent = await sock.send(data)
+        # The common case first, on the stdlib socket under Trio's: the kernel takes it all,
+        # and the task goes on without the scheduler pass Trio's send() adds after a write that
+        # did not block (every caller waits for its next read or reply right after, a
+        # checkpoint). What does not fit is written the usual way, waiting until it may.
+        try:
+            sent = sock._sock.send(data)
+        except BlockingIOError:
+            sent = 0
         if sent < len(data):
             with memoryview(data) as view:
                 while sent < len(data):

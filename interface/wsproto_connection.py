@@ -26,7 +26,7 @@ import trio
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
 from .common import CLOSE_TIMEOUT, ConnectionInfo, WebSocketClosed
-from .head import RECEIVE_SIZE, Head, addresses, connection_info, is_tls, raw_socket, receive_some, send_all
+from .head import Head, addresses, connection_info, is_tls, raw_socket, receive_raw, receive_some, send_all
 from .http11 import error_response
 from .logs import log
 
@@ -177,10 +177,7 @@ class WsprotoTransport:
                 if waiting.cancelled_caught:
                     raise WebSocketClosed(self._reply_code)
             elif self.sock is not None:  # the common case, inlined: an idle socket waits here
-                try:
-                    data = await self.sock.recv(RECEIVE_SIZE)
-                except OSError:
-                    data = b""
+                data = await receive_raw(self.sock)
             else:
                 data = await receive_some(None, self.stream)
             if not data:

@@ -180,32 +180,36 @@ class Worker:
     async def _consume_loop(self) -> None:
         # One of `concurrency` long-lived consumer tasks. Each pulls only when it is free, so a
         # worker whose consumers are all busy leaves messages on the layer for other workers.
-        # One cancel scope for the task's life, not one per message: stopping cancels it only
-        # while the task waits for a message (a receive loses nothing to a cancel), never while
-        # it handles one.
-        with trio.CancelScope() as scope:
-            puller = _Puller(scope)
-            self._pulling.add(puller)
-            try:
-                while not self._stopping:
-                    puller.waiting = True
-                    try:
-                        channel, content, deadline = await self.layer.receive_with_deadline(self.channels)
-                    except ChannelLayerUnavailable as exc:
-                        await self._layer_trouble(exc)
-                        continue
-                    finally:
-                        puller.waiting = False
-                    if self._failures:
-                        log.info("channel layer is back after %d failed receive(s)", self._failures)
-                        self._failures = 0
-                    self._running += 1
-                    try:
-                        await self._handle(channel, content, deadline)
-                    finally:
-                        self._running -= 1
-            finally:
-                self._pulling.discard(puller)
+        # One cancel scope at a time for the task, not one per message (entering a scope costs
+        # more than moving a deadline): while a consumer runs, its deadline is the message's
+        # (see _consume), else none; stopping cancels it only while the task waits for a
+        # message (a receive loses nothing to a cancel), never while it handles one. A scope
+        # that a message's deadline cancelled is replaced.
+        puller = _Puller(trio.CancelScope())
+        self._pulling.add(puller)
+        try:
+            while not self._stopping:
+                with trio.CancelScope() as scope:
+                    puller.scope = scope
+                    while not self._stopping and not scope.cancel_called:
+                        puller.waiting = True
+                        try:
+                            channel, content, deadline = await self.layer.receive_with_deadline(self.channels)
+                        except ChannelLayerUnavailable as exc:
+                            await self._layer_trouble(exc)
+                            continue
+                        finally:
+                            puller.waiting = False
+                        if self._failures:
+                            log.info("channel layer is back after %d failed receive(s)", self._failures)
+                            self._failures = 0
+                        self._running += 1
+                        try:
+                            await self._handle(channel, content, deadline, scope)
+                        finally:
+                            self._running -= 1
+        finally:
+            self._pulling.discard(puller)
 
     async def _layer_trouble(self, exc: ChannelLayerUnavailable) -> None:
         self._failures += 1
@@ -219,7 +223,9 @@ class Worker:
             )
         await trio.sleep(pause)
 
-    async def _handle(self, channel: str, content: dict[str, Any], deadline: float) -> None:
+    async def _handle(
+        self, channel: str, content: dict[str, Any], deadline: float, scope: trio.CancelScope
+    ) -> None:
         now = trio.current_time()
         key = non_local_name(channel)  # a process-specific name counts under its prefix
         self._received[key] = self._received.get(key, 0) + 1
@@ -244,9 +250,7 @@ class Worker:
             histogram = self._durations[(key, name)] = Histogram()
         try:
             try:
-                finished = await run_consumer(
-                    consumer, message, kwargs, deadline=deadline, flush_timeout=self.flush_timeout
-                )
+                await _consume(consumer, message, kwargs, scope, deadline, self.flush_timeout)
             finally:
                 histogram.observe(trio.current_time() - now)
         except ConsumeLater:
@@ -268,6 +272,12 @@ class Worker:
             return
         except BaseException as exc:
             if _is_cancellation(exc):
+                if scope.cancel_called:  # by the message's deadline: the task's loop goes on
+                    self._counts["timed_out"] += 1
+                    remaining = (
+                        "its message expired" if self.consumer_timeout is None else "consumer_timeout passed"
+                    )
+                    log.warning("consumer %s for a message on %r was cancelled: %s", name, channel, remaining)
                 raise
             self._counts["failed"] += 1
             log.error(
@@ -277,12 +287,7 @@ class Worker:
                 exc_info=exc,
             )
             return
-        if finished:
-            self._counts["consumed"] += 1
-        else:
-            self._counts["timed_out"] += 1
-            remaining = "its message expired" if self.consumer_timeout is None else "consumer_timeout passed"
-            log.warning("consumer %s for a message on %r was cancelled: %s", name, channel, remaining)
+        self._counts["consumed"] += 1
 
     async def _requeue(self, message: Message) -> None:
         channel = message.channel.name
@@ -319,15 +324,35 @@ async def run_consumer(
     reply channel: a 500 (503 if cancelled from outside), or a ``closed`` chunk if part of the
     response was sent; ``ConsumeLater`` and ``RequestAborted`` are not failures.
     """
+    with trio.CancelScope() as scope:
+        await _consume(consumer, message, kwargs, scope, deadline, flush_timeout)
+    return not scope.cancelled_caught
+
+
+async def _consume(
+    consumer: Consumer,
+    message: Message,
+    kwargs: dict[str, Any],
+    scope: trio.CancelScope,
+    deadline: float,
+    flush_timeout: float,
+) -> None:
+    # run_consumer's body, in *scope* (the worker's consumer task's own): its deadline is
+    # *deadline* while the consumer runs; a cancel by it propagates to *scope* after the
+    # failure was answered and the outbox flushed (shielded then: the scope is cancelled).
     outbox = Outbox(message.channel_layer)
     reply = _HttpReply.of(message)
     if reply is not None:
         outbox.watcher = reply.saw
     failure: str | None = "error"
     try:
-        with use_outbox(outbox), trio.CancelScope(deadline=deadline) as scope:
-            await consumer(message, **kwargs)
-        failure = "timeout" if scope.cancelled_caught else None
+        scope.deadline = deadline
+        try:
+            with use_outbox(outbox):
+                await consumer(message, **kwargs)
+        finally:
+            scope.deadline = math.inf
+        failure = None
     except DenyConnection:
         if message.channel.name != "websocket.connect" or not message.has_reply_channel:
             raise
@@ -338,13 +363,12 @@ async def run_consumer(
         raise
     except BaseException as exc:
         if _is_cancellation(exc):
-            failure = "cancelled"
+            failure = "timeout" if scope.cancel_called else "cancelled"
         raise
     finally:
         if failure is not None and reply is not None:
             reply.answer_failure(outbox, failure)
         await outbox.flush(timeout=flush_timeout)
-    return not scope.cancelled_caught
 
 
 #: How a failed ``http.request`` consumer is answered, by the way it failed.

@@ -267,6 +267,42 @@ async def test_consumer_deadline_is_the_message_expiry(
     assert "was cancelled: its message expired" in caplog.text
 
 
+async def test_one_consumer_task_goes_on_after_a_timeout(
+    autojump: trio.testing.MockClock, layer: InMemoryChannelLayer, start_worker: StartWorker
+) -> None:
+    """The consumer task whose message's deadline cancelled it (also one that swallowed the
+    cancel) takes the next messages, each with a deadline of its own."""
+    seen: list[tuple[str, float]] = []
+
+    async def work(message: Message) -> None:
+        start = trio.current_time()
+        try:
+            await trio.sleep(message["sleep"])
+        except trio.Cancelled:
+            seen.append((f"cancelled {message['n']}", trio.current_time() - start))
+            if message["swallow"]:
+                return
+            raise
+        seen.append((f"done {message['n']}", trio.current_time() - start))
+        await message.reply_channel.send({"n": message["n"]})
+
+    worker = await start_worker([route("work", work)], concurrency=1, consumer_timeout=2)
+    plan = [(1, 5, False), (2, 1, False), (3, 5, True), (4, 1.5, False), (5, 1.5, False)]
+    for n, sleep, swallow in plan:
+        await layer.send("work", {"n": n, "sleep": sleep, "swallow": swallow, "reply_channel": "reply!a"})
+    await trio.sleep(20)
+    assert seen == [
+        ("cancelled 1", pytest.approx(2)),
+        ("done 2", pytest.approx(1)),
+        ("cancelled 3", pytest.approx(2)),
+        ("done 4", pytest.approx(1.5)),
+        ("done 5", pytest.approx(1.5)),
+    ]
+    assert [(await receive_now(layer, ["reply!"]))[1]["n"] for _ in range(3)] == [2, 4, 5]
+    stats = worker.statistics()
+    assert (stats.timed_out, stats.consumed, stats.running) == (1, 4, 0)
+
+
 async def test_consumer_timeout_overrides(
     autojump: trio.testing.MockClock, layer: InMemoryChannelLayer, start_worker: StartWorker
 ) -> None:
