@@ -8,7 +8,9 @@ becomes a ``websocket.receive`` (a full channel is waited out, reading nothing m
 TCP holds the client back). One child task, the *writer*, receives the replies
 (``Replies.receive``, straight from the consumers' tasks on a layer with own channels) and
 writes them. That is two tasks per open WebSocket, as bare trio-websocket has, and nothing
-else per connection: timers and shutdown reach a session through the server.
+else per connection: timers and shutdown reach a session through the server. While the writer
+waits and nothing is queued for it, the layer offers a reply to :meth:`Session._direct` first,
+which writes a plain text/bytes frame from the sender's task if the socket takes it at once.
 
 * Everything that closes a socket from our side (the application's close, shutdown with 1001,
   a membership loss with 1012, a slow client with 1013, a ping timeout with 1011) goes through
@@ -31,12 +33,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from layers import ChannelFull, ChannelLayerUnavailable, MessageTooLarge
+from layers._backend import ParkingLayer
 
 from . import protocol
 from .common import CLOSE_TIMEOUT, ConnectionInfo, WebSocketClosed, WebSocketTransport
 from .logs import log, log_access
 from .messages import as_layer_message
 from .protocol import Close, Reject, SendBytes, SendText, WebSocketProtocol, WebSocketState
+from .wsproto_connection import WsprotoTransport
 
 if TYPE_CHECKING:
     from .core import InterfaceServer, Replies
@@ -153,6 +157,8 @@ class Session:
 
     __slots__ = (
         "_close_request",
+        "_direct_transport",
+        "_flush_due",
         "_ping_due",
         "_read_done",
         "_scope",
@@ -180,7 +186,9 @@ class Session:
         self._waiting = False  # the writer waits for a reply: its wait may be cancelled
         self._close_request: int | None = None  # the code of a close frame to send
         self._ping_due = False
+        self._flush_due = False  # a reply written directly went out only in part: the writer ends it
         self._read_done = False
+        self._direct_transport: WsprotoTransport | None = None
 
     # -- requests from elsewhere (never blocking) ------------------------------------------
 
@@ -210,6 +218,38 @@ class Session:
         # answer the close frame either: a second for it, not CLOSE_TIMEOUT.
         self.request_close(1011, reported=1006, linger=PING_TIMEOUT_LINGER)
 
+    def _direct(self, message: dict[str, Any]) -> bool:
+        """A reply offered by the layer while the writer waits and nothing is queued before it
+        (:meth:`~layers._backend.ParkingLayer.deliver_own_directly`): a plain text or bytes
+        frame is written from the sender's task if the socket takes it at once, saving the
+        writer's wake-up. False (the writer gets it as usual) for anything else, or when the
+        writer has something to do first (a close, a ping), or nothing could be written."""
+        transport = self._direct_transport
+        if (
+            transport is None
+            or not self._waiting
+            or self._close_request is not None
+            or self._ping_due
+            or self._flush_due
+            or len(message) != 1
+            or self.ws.state is not WebSocketState.OPEN
+        ):
+            return False
+        # What ws.reply() makes of a one-key text/bytes reply to an open socket: one frame.
+        text = message.get("text")
+        if type(text) is str:
+            written = transport.send_now(text, None)
+        else:
+            data = message.get("bytes")
+            if type(data) is not bytes:
+                return False
+            written = transport.send_now(None, data)
+        if written is None:  # part of the frame went out: the writer writes the rest first
+            self._flush_due = True
+            self._wake_writer()
+            return True
+        return written
+
     def _wake_writer(self) -> None:
         if self._waiting and self._wake is not None:
             self._wake.cancel()
@@ -231,6 +271,16 @@ class Session:
         self.replies.on_overflow = self._overflowed
         server._session_opened(self)
         layer, timeout = server.layer, server.config.receive_full_timeout
+        # Replies written from the senders' tasks while the writer waits (see _direct).
+        direct: ParkingLayer | None = None
+        if (
+            server.own_channels
+            and isinstance(layer, ParkingLayer)
+            and isinstance(transport, WsprotoTransport)
+        ):
+            if transport.sock is not None:
+                direct, self._direct_transport = layer, transport
+                direct.deliver_own_directly(self.name, self._direct)
         try:
             lifetime = server.websocket_lifetime
             async with trio.open_nursery() as nursery:
@@ -272,6 +322,9 @@ class Session:
                     await self._close(1000)
         finally:
             self.alive = False
+            if direct is not None:
+                direct.deliver_own_directly(self.name, None)
+                self._direct_transport = None
             self.replies.on_overflow = None
             server._session_closed(self)
         await _send_disconnect(server, ws, self.replies, ws.close_code)
@@ -287,7 +340,7 @@ class Session:
             message: dict[str, Any] | None = None
             with trio.CancelScope() as wake:
                 self._wake = wake
-                while self._close_request is None and not self._ping_due:
+                while self._close_request is None and not self._ping_due and not self._flush_due:
                     self._waiting = True
                     message = await replies.receive()
                     self._waiting = False
@@ -298,6 +351,10 @@ class Session:
                     message = None
             self._waiting = False
             self._wake = None
+            if self._flush_due:
+                self._flush_due = False
+                assert self._direct_transport is not None
+                await self._direct_transport.flush()
             if self._close_request is not None:
                 await self.transport.close(self._close_request)
                 return

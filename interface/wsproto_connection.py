@@ -61,6 +61,7 @@ class WsprotoTransport:
     __slots__ = (
         "_idle",
         "_parts",
+        "_pending",
         "_proto",
         "_reply_code",
         "_sending",
@@ -89,6 +90,7 @@ class WsprotoTransport:
         self._size = 0
         self._sending = False
         self._idle: trio.Event | None = None
+        self._pending = b""  # the rest of a frame send_now() got only partly out: written first
         self._reply_code: int | None = None  # our close code, when we close on a bad frame
 
     # -- handshake -------------------------------------------------------------------------
@@ -211,6 +213,32 @@ class WsprotoTransport:
             self._state = _CLOSING
             await self._write(bytes(self._proto.close(code)))
 
+    def send_now(self, text: str | None, data: bytes | None) -> bool | None:
+        """Write a text (else binary) frame from the calling task without blocking, if no write
+        is under way: True if the kernel took it whole (or the client is gone), None if it took
+        only part (the rest is written before anything else, by the next write: flush() it),
+        False if nothing was written (send it the usual way)."""
+        sock = self.sock
+        if self._sending or self.broken or self._pending or self._state != _OPEN or sock is None:
+            return False
+        frame = _frame(Opcode.TEXT, text.encode("utf-8")) if text is not None else _frame(Opcode.BINARY, data)  # type: ignore[arg-type]
+        try:
+            sent = sock._sock.send(frame)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.broken = True  # the client is gone: receive() reports how
+            return True
+        if sent < len(frame):
+            self._pending = frame[sent:]
+            return None
+        return True
+
+    async def flush(self) -> None:
+        """Write what :meth:`send_now` left over, if anything."""
+        if self._pending:
+            await self._write(b"")
+
     async def _write(self, data: bytes) -> None:
         # Writes never interleave: a second writer waits for the first (an Event made only then).
         while self._sending:
@@ -220,6 +248,8 @@ class WsprotoTransport:
         if self.broken:
             return
         self._sending = True
+        if self._pending:  # the rest of a frame send_now() began goes first
+            data, self._pending = self._pending + data, b""
         try:
             await send_all(self.sock, self.stream, data)
         except _WRITE_ERRORS:

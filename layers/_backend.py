@@ -38,6 +38,10 @@ So a message this process sends to one of its own channels is handed over (or he
 as full) here and never leaves the process, and on Redis the own prefix's one poller brings in
 what other processes send (receive_own itself never starts a poller).
 
+:meth:`ParkingLayer.deliver_own_directly` lets the receiver of an own channel take a message in
+the sender's task while it is parked and nothing is queued (an interface's writer writing a
+frame the socket takes at once), saving the wake-up of its task.
+
 :class:`ParkingLayer` is the receive flow built on it: validate, take fairly from what this
 process holds (:meth:`ParkingLayer._take`), else park. The in-memory layer holds everything;
 the Redis layer holds what its pollers brought in and what this process sent to its own
@@ -150,6 +154,10 @@ class Receivers:
         self._unpark(waiter)
         return waiter
 
+    def parked_own(self, channel: str) -> bool:
+        """Whether a receiver is parked on the full name *channel* (nothing is unparked)."""
+        return channel in self._parked
+
     def claim_own(self, channel: str) -> Waiter | None:
         """Unpark and return the receiver parked on the full name *channel*, or ``None``
         (a receiver parked on its prefix does not count: an own channel is never its)."""
@@ -197,6 +205,9 @@ class OwnChannel:
     on_overflow: Callable[[str], None] | None = None
     #: Messages refused so far.
     refused: int = 0
+    #: Set by :meth:`ParkingLayer.deliver_own_directly`: offered each message that would wake
+    #: the channel's parked receiver; True when it took the message (the receiver stays parked).
+    deliver: Callable[[dict[str, Any]], bool] | None = None
 
     def overflowed(self, channel: str) -> None:
         self.refused += 1
@@ -435,6 +446,22 @@ class ParkingLayer(BaseChannelLayer):
         if self._own_open.pop(channel, None) is None:
             return 0
         return self._drop_own(channel)
+
+    def deliver_own_directly(self, channel: str, deliver: Callable[[dict[str, Any]], bool] | None) -> None:
+        """Offer the messages of the open own channel *channel* to *deliver* (``None``: stop).
+
+        A message is offered only when the channel's receiver is parked in :meth:`receive_own`
+        and nothing waits in the channel's FIFO, so it is the next message that receiver would
+        get: ``deliver(message)`` is called in the sender's task, synchronously (it must not
+        block, and must not raise), and returns True if it took the message (the receiver stays
+        parked, nothing is queued) or False to have it handed to the receiver as usual. This
+        saves a task switch per message where the receiver only writes the message out (an
+        interface's writer whose socket takes a frame at once). Does nothing if *channel* is
+        not open.
+        """
+        own = self._own_open.get(channel)
+        if own is not None:
+            own.deliver = deliver
 
     def own_statistics(self, channel: str) -> OwnChannel | None:
         """The registration of the open own channel *channel* (its ``refused`` count), or ``None``."""

@@ -228,6 +228,12 @@ class InMemoryChannelLayer(ParkingLayer):
         own = self._own_open.get(channel)
         if own is None:
             return  # under an owned prefix but not open: its connection is gone
+        if own.deliver is not None and self._receivers.parked_own(channel):
+            # Its receiver waits, so nothing is queued before this message: offer it directly.
+            data = decode_message(data) if isinstance(data, bytes) else data
+            if own.deliver(data):
+                self._state.count_handed_over(key)
+                return
         waiter = self._receivers.claim_own(channel)
         if waiter is not None:
             self._hand_over(waiter.task, channel, key, data, now)

@@ -723,6 +723,12 @@ class RedisChannelLayer(ParkingLayer):
             if own is False:
                 return True  # under a prefix with own channels, but not open: gone
             if own is not True:
+                if own.deliver is not None and self._receivers.parked_own(channel):
+                    # Its receiver waits, so nothing is queued before this: offer it directly.
+                    payload = decode_message(payload) if isinstance(payload, bytes) else payload
+                    if own.deliver(payload):
+                        self._local.count_handed_over(name)
+                        return True
                 waiter = self._receivers.claim_own(channel)
                 if waiter is None:
                     own.put(self._local, channel, payload, now)

@@ -336,6 +336,58 @@ async def test_a_client_that_does_not_read_is_closed_with_1013_and_logged_once(
     assert log_lines.matching(f"closing {reply_channel} with 1013", logging.INFO)
 
 
+async def test_replies_keep_their_order_and_arrive_whole_while_the_socket_fills(
+    start_server: StartServer, listener: str
+) -> None:
+    """Replies written straight from the sender's task (the main port's writer idle, the socket
+    taking the frame at once) never overtake replies queued for the writer, and a frame the
+    socket takes only in part is finished before anything else: a client that reads slowly at
+    first receives every reply, whole, in sending order. Single sends (each may be written
+    directly) alternate with bursts sent without a checkpoint, and every fifth reply is one the
+    writer must handle (not a plain one-key reply): the replies behind it queue for the writer
+    until it ran. Pings of the heartbeat come in between."""
+    connects = Events()
+
+    async def connect(message: Message) -> None:
+        connects.add(dict(message.content))
+        await message.reply_channel.send({"accept": True})
+
+    routing = [route("websocket.connect", connect)]
+    config = InterfaceConfig(reply_buffer=4000, ping_interval=0.05)
+    info, base = await start(start_server, listener, routing, interface_config=config)
+    sent = 1200
+    texts = [f"{index} " + "x" * (index * 977 % 40000) for index in range(sent)]
+    with trio.fail_after(60):
+        async with open_websocket_url(base + "/direct/", message_queue_size=1) as ws:
+            (connected,) = await connects.wait_for(1)
+            reply_channel = connected["reply_channel"]
+            received: list[str] = []
+
+            async def read() -> None:
+                for index in range(sent):
+                    if index < 50:
+                        await trio.sleep(0.01)  # slow at first: the socket buffers fill
+                    received.append(str(await ws.get_message()))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                index = 0
+                while index < sent:
+                    burst = 1 if index % 3 else 7
+                    for number in range(index, min(index + burst, sent)):
+                        # Every fifth is not a plain one-key reply: never written directly.
+                        reply = (
+                            {"text": texts[number], "close": False}
+                            if number % 5 == 0
+                            else {"text": texts[number]}
+                        )
+                        await info.layer.send_nowait(reply_channel, reply)
+                    index += burst
+                    await trio.lowlevel.checkpoint()
+    assert [text.split(" ", 1)[0] for text in received] == [str(index) for index in range(sent)]
+    assert received == texts
+
+
 async def test_dropped_disconnect_is_a_warning(
     start_server: StartServer, listener: str, log_lines: LogLines
 ) -> None:
