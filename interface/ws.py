@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from layers import ChannelFull, ChannelLayerUnavailable, MessageTooLarge
-from layers._backend import ParkingLayer
 
 from . import protocol
 from .common import CLOSE_TIMEOUT, ConnectionInfo, WebSocketClosed, WebSocketTransport
@@ -220,7 +219,7 @@ class Session:
 
     def _direct(self, message: dict[str, Any]) -> bool:
         """A reply offered by the layer while the writer waits and nothing is queued before it
-        (:meth:`~layers._backend.ParkingLayer.deliver_own_directly`): a plain text or bytes
+        (:meth:`layers.BaseChannelLayer.deliver_own_directly`): a plain text or bytes
         frame is written from the sender's task if the socket takes it at once, saving the
         writer's wake-up. False (the writer gets it as usual) for anything else, or when the
         writer has something to do first (a close, a ping), or nothing could be written."""
@@ -272,15 +271,10 @@ class Session:
         server._session_opened(self)
         layer, timeout = server.layer, server.config.receive_full_timeout
         # Replies written from the senders' tasks while the writer waits (see _direct).
-        direct: ParkingLayer | None = None
-        if (
-            server.own_channels
-            and isinstance(layer, ParkingLayer)
-            and isinstance(transport, WsprotoTransport)
-        ):
-            if transport.sock is not None:
-                direct, self._direct_transport = layer, transport
-                direct.deliver_own_directly(self.name, self._direct)
+        direct = False
+        if server.own_channels and isinstance(transport, WsprotoTransport) and transport.sock is not None:
+            direct, self._direct_transport = True, transport
+            layer.deliver_own_directly(self.name, self._direct)
         try:
             lifetime = server.websocket_lifetime
             async with trio.open_nursery() as nursery:
@@ -322,8 +316,8 @@ class Session:
                     await self._close(1000)
         finally:
             self.alive = False
-            if direct is not None:
-                direct.deliver_own_directly(self.name, None)
+            if direct:
+                layer.deliver_own_directly(self.name, None)
                 self._direct_transport = None
             self.replies.on_overflow = None
             server._session_closed(self)

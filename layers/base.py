@@ -822,6 +822,13 @@ class BaseChannelLayer(abc.ABC):
         """The next message of the own channel *channel*, in sending order (the ``own`` extension)."""
         raise NotImplementedError(f"{type(self).__name__} has no own channels (the 'own' extension)")
 
+    def deliver_own_directly(self, channel: str, deliver: Callable[[dict[str, Any]], bool] | None) -> None:
+        """Offer the messages of the open own channel *channel* to *deliver*, in the sender's
+        task, while its receiver waits with nothing queued (``None``: stop); see
+        :meth:`layers._backend.ParkingLayer.deliver_own_directly`. An optimisation only: this
+        default does nothing, and every message then reaches :meth:`receive_own` as usual."""
+        return None  # a deliberate no-op default (B027), not an abstract method
+
     async def receive_own_nowait(self, channel: str) -> dict[str, Any]:
         """The next message waiting for the own channel *channel*, else :exc:`trio.WouldBlock`."""
         raise NotImplementedError(f"{type(self).__name__} has no own channels (the 'own' extension)")
