@@ -27,6 +27,7 @@ __all__ = [
     "Head",
     "Kind",
     "ReplayStream",
+    "WrappedStream",
     "addresses",
     "connection_info",
     "is_tls",
@@ -115,24 +116,13 @@ async def read_head(
         return Head(Kind.BAD, connection, None, b"", exc)
 
 
-class ReplayStream(trio.abc.HalfCloseableStream):
-    """A stream that first returns bytes already read from *inner*, then reads *inner*.
+class WrappedStream(trio.abc.HalfCloseableStream):
+    """A stream that passes every call to *inner*: the base of the wrappers that change one."""
 
-    Other attributes (``socket``, TLS details) are those of the inner stream.
-    """
-
-    def __init__(self, head: bytes, inner: trio.abc.Stream) -> None:
-        self._head = head
+    def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._head:
-            if max_bytes is None or max_bytes >= len(self._head):
-                data, self._head = self._head, b""
-            else:
-                data, self._head = self._head[:max_bytes], self._head[max_bytes:]
-            await trio.lowlevel.checkpoint()
-            return data
         return bytes(await self.inner.receive_some(max_bytes))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -148,6 +138,27 @@ class ReplayStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class ReplayStream(WrappedStream):
+    """A stream that first returns bytes already read from *inner*, then reads *inner*.
+
+    Other attributes (``socket``, TLS details) are those of the inner stream.
+    """
+
+    def __init__(self, head: bytes, inner: trio.abc.Stream) -> None:
+        super().__init__(inner)
+        self._head = head
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._head:
+            if max_bytes is None or max_bytes >= len(self._head):
+                data, self._head = self._head, b""
+            else:
+                data, self._head = self._head[:max_bytes], self._head[max_bytes:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return bytes(await self.inner.receive_some(max_bytes))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

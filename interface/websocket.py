@@ -23,7 +23,16 @@ from wsproto.frame_protocol import FrameProtocol
 
 from .common import WebSocketClosed
 from .core import InterfaceServer
-from .head import HEAD_TIMEOUT, Kind, ReplayStream, addresses, connection_info, is_tls, read_head
+from .head import (
+    HEAD_TIMEOUT,
+    Kind,
+    ReplayStream,
+    WrappedStream,
+    addresses,
+    connection_info,
+    is_tls,
+    read_head,
+)
 from .listeners import (
     IdleConnections,
     StartedWith,
@@ -43,7 +52,7 @@ log = logging.getLogger("interface")
 _LOCAL_ONLY_CODES = frozenset({1005, 1006, 1015})
 
 
-class _FailGuard(trio.abc.HalfCloseableStream):
+class _FailGuard(WrappedStream):
     """The stream trio-websocket writes to; sends the close frame it leaves out on a protocol error.
 
     RFC 6455 §7.1.7: to *fail* a connection (a frame breaking the protocol), send a close frame
@@ -55,7 +64,7 @@ class _FailGuard(trio.abc.HalfCloseableStream):
     """
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.connection: trio_websocket.WebSocketConnection | None = None
         self._close_sent = False
         self._closed: trio.Event | None = None
@@ -66,17 +75,6 @@ class _FailGuard(trio.abc.HalfCloseableStream):
         if data[:1] == b"\x88":
             self._close_sent = True
         await self.inner.send_all(data)
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return bytes(await self.inner.receive_some(max_bytes))
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        send_eof = getattr(self.inner, "send_eof", None)
-        if send_eof is not None:
-            await send_eof()
 
     async def aclose(self) -> None:
         if self._closed is not None:  # closed, or being closed by another task: wait for it

@@ -24,6 +24,7 @@ from .base import (
     decode_message,
     encode_message,
     non_local_name,
+    redacted,
     retry_when_full,
     send_or_wait,
     validate_channel_name,
@@ -85,7 +86,9 @@ def from_url(url: str, **options: Any) -> BaseChannelLayer:
     scheme = parts.scheme.lower()
     if scheme == "memory":
         if parts.netloc or parts.path not in ("", "/"):
-            raise ValueError(f"layer URL {url!r} is invalid: write it as 'memory://' (no host or path)")
+            raise ValueError(
+                f"layer URL {redacted(url)!r} is invalid: write it as 'memory://' (no host or path)"
+            )
         return InMemoryChannelLayer(**{**query_options(url, parts.query, strict=True), **options})
     if scheme in (
         "redis",
@@ -100,11 +103,11 @@ def from_url(url: str, **options: Any) -> BaseChannelLayer:
             from .redis import RedisChannelLayer
         except ImportError as exc:
             raise ValueError(
-                f"layer URL {url!r} needs the Redis layer, which failed to import: {exc}"
+                f"layer URL {redacted(url)!r} needs the Redis layer, which failed to import: {exc}"
             ) from exc
         return RedisChannelLayer.from_url(url, **options)
     raise ValueError(
-        f"layer URL {url!r} is invalid: unknown scheme {parts.scheme!r}; "
+        f"layer URL {redacted(url)!r} is invalid: unknown scheme {parts.scheme!r}; "
         "use memory://, redis://host:6379/0, rediss://, unix://, redis+sentinel://host:26379/mymaster/0 "
         "or redis-cluster://host1:7000,host2:7001/"
     )

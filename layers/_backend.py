@@ -80,6 +80,7 @@ from .base import (
     ChannelFull,
     non_local_name,
     parse_delay_message,
+    redacted,
     validate_channel_name,
     validate_receive_channels,
 )
@@ -553,12 +554,14 @@ def query_options(
         if convert is None:
             if strict:
                 known = ", ".join([*known_numbers, *text])
-                raise ValueError(f"layer URL {url!r} is invalid: unknown option {key!r}; use {known}")
+                raise ValueError(
+                    f"layer URL {redacted(url)!r} is invalid: unknown option {key!r}; use {known}"
+                )
             continue
         try:
             options[key] = convert(value)
         except ValueError:
             raise ValueError(
-                f"layer URL {url!r} is invalid: option {key}={value!r} must be a number"
+                f"layer URL {redacted(url)!r} is invalid: option {key}={value!r} must be a number"
             ) from None
     return options

@@ -59,6 +59,7 @@ __all__ = [
     "encode_trusted_message",
     "non_local_name",
     "parse_delay_message",
+    "redacted",
     "retry_when_full",
     "send_or_wait",
     "validate_channel_name",
@@ -160,6 +161,15 @@ def validate_channel_name(name: object, *, receive: bool = False) -> str:
             _VALID_SEND_NAMES.clear()
         _VALID_SEND_NAMES.add(name)
     return name
+
+
+def redacted(url: str) -> str:
+    """*url* with its password, if any, shown as ``***`` (for error messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.partition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{after}"
 
 
 def validate_group_name(name: object) -> str:

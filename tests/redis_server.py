@@ -71,8 +71,38 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class _Process:
+    """What the server classes below share: each has ``port``, ``process`` and ``directory``."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None
+    directory: str
+
+    def _wait_ready(self, what: str) -> None:
+        """Return once the process answers PING (not LOADING); else stop it and raise."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                _ask(self.port, "PING", timeout=0.2)
+                return
+            except Exception:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{what} did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(Path(self.directory), ignore_errors=True)
+
+
 @attrs.define(eq=False)
-class RedisServer:
+class RedisServer(_Process):
     """One redis-server on 127.0.0.1:<port>; ``stop()``/``start()`` for fault tests.
 
     Without persistence by default; ``appendonly=True`` keeps its data across a restart (AOF,
@@ -102,27 +132,8 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        self.process = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(Path(self.directory), ignore_errors=True)
+        self._wait_ready("redis-server")
+        return self
 
 
 # ----------------------------------------------------------------------------- Redis Sentinel
@@ -189,7 +200,7 @@ class RedisReplica(RedisServer):
 
 
 @attrs.define(eq=False)
-class RedisSentinel:
+class RedisSentinel(_Process):
     """One sentinel (``redis-server CONFIG --sentinel``) on 127.0.0.1:<port>, monitoring the
     primary on *primary_port* as *service*, with short timeouts so a failover takes seconds:
     the primary is judged down after *down_after_ms* of silence."""
@@ -218,25 +229,8 @@ class RedisSentinel:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                _ask(self.port, "PING", timeout=0.2)
-                return self
-            except Exception:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis-server --sentinel did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        self.process = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(Path(self.directory), ignore_errors=True)
+        self._wait_ready("redis-server --sentinel")
+        return self
 
 
 _QUICK_SYNC = ("--repl-diskless-sync", "no")

@@ -38,6 +38,7 @@ import layers
 from interface import InterfaceConfig
 from interface.listeners import parse_bind
 from layers import BaseChannelLayer, InMemoryChannelLayer
+from layers.base import redacted
 
 from .auth import UserLoader
 from .http import ASGIApp
@@ -161,7 +162,8 @@ def _layer(instance: object, attribute: attrs.Attribute[Any], value: object) -> 
     try:
         layers.from_url(value, channel_capacity=DEFAULT_CHANNEL_CAPACITY)  # built to check, then dropped
     except (ValueError, TypeError) as exc:
-        message = str(exc) if repr(value) in str(exc) else f"layer URL {value!r}: {exc}"
+        shown = repr(redacted(value))
+        message = str(exc) if shown in str(exc) else f"layer URL {shown}: {exc}"
         raise ValueError(message) from exc
 
 

@@ -46,6 +46,7 @@ from redis import exceptions as errors
 from redis.connection import HiredisRespSerializer, parse_url
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
+from ..base import redacted
 from ..histograms import ROUND_TRIP_BUCKETS, Histogram
 
 __all__ = [
@@ -143,15 +144,6 @@ def split_urls(text: str) -> list[str]:
                 continue
         urls.append(piece)
     return urls
-
-
-def redacted(url: str) -> str:
-    """*url* with its password, if any, shown as ``***`` (for error messages and logs)."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, after = rest.partition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{after}"
 
 
 @attrs.frozen

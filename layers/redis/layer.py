@@ -102,6 +102,7 @@ from ..base import (
     decode_message,
     encode_trusted_message,
     non_local_name,
+    redacted,
     validate_channel_name,
     validate_group_name,
     validate_process_prefix,
@@ -464,7 +465,7 @@ class RedisChannelLayer(ParkingLayer):
 
         hosts = split_urls(url)
         if not hosts:
-            raise ValueError(f"layer URL {url!r} is invalid: it names no Redis server")
+            raise ValueError(f"layer URL {redacted(url)!r} is invalid: it names no Redis server")
         parsed = query_options(url, urlsplit(hosts[-1]).query, text=("prefix",), numbers={"heartbeat": float})
         return cls(hosts=hosts, **{**parsed, **options})
 

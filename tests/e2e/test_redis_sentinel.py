@@ -19,6 +19,7 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from layers import from_url
+from layers.base import redacted
 from trio_channels.server import DEFAULT_CHANNEL_CAPACITY
 
 from ..redis_server import SentinelSet, _free_port
@@ -201,7 +202,8 @@ def test_cli_with_a_bad_sentinel_url_is_one_line_and_exit_2(layer: str, says: st
     assert result.returncode == 2, result.stderr
     line = error_line(result)
     assert says in line
-    assert line.count(repr(layer)) == 1  # named once
+    assert line.count(repr(redacted(layer))) == 1  # named once, with any password as ***
+    assert "s3cret" not in line
 
 
 def test_cli_with_a_bad_sentinel_dict_is_one_line_and_exit_2(tmp_path: Path) -> None:
